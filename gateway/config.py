@@ -1,0 +1,227 @@
+"""Typed configuration: built-in defaults, then a TOML file, then environment variables.
+
+Every value is validated once at start-up; a bad one raises ConfigError with a single line
+that names the key and where the value came from, so an operator can fix it without reading code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, of the wrong type or out of range."""
+
+
+def _positive(v: float) -> str | None:
+    return None if v > 0 else "must be > 0"
+
+
+def _non_negative(v: float) -> str | None:
+    return None if v >= 0 else "must be >= 0"
+
+
+def _port(v: int) -> str | None:
+    return None if 0 <= v <= 65535 else "must be a port number 0..65535"
+
+
+def _http_url(v: str) -> str | None:
+    if not v:
+        return None
+    parts = urlsplit(v)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "must be an http(s) URL with a host"
+    return None
+
+
+def _path(v: str) -> str | None:
+    return None if v.startswith("/") else "must start with '/'"
+
+
+def _one_of(*allowed: str) -> Callable[[str], str | None]:
+    def check(v: str) -> str | None:
+        return None if v in allowed else f"must be one of {', '.join(allowed)}"
+
+    return check
+
+
+def _opt(check: Callable[[Any], str | None] | None = None, **kw: Any) -> Any:
+    return field(metadata={"check": check}, **kw)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = _opt(_port, default=8080)
+    # aiohttp waits this long for in-flight client requests before closing resources.
+    shutdown_timeout: float = _opt(_non_negative, default=10.0)
+    max_line_size: int = _opt(_positive, default=8190)
+    max_field_size: int = _opt(_positive, default=8190)
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    url: str = _opt(_http_url, default="http://127.0.0.1:8081")
+    mkab_path: str = _opt(_path, default="/api/v2/mkab")
+    visit_path: str = _opt(_path, default="/api/v2/visit")
+    calldoctor_path: str = _opt(_path, default="/api/v2/calldoctor")
+    disp_path: str = _opt(_path, default="/api/v2/disp")
+    lpu_query_param: str = "lpuGuid"
+    call_timeout: float = _opt(_positive, default=5.0)
+    connect_timeout: float = _opt(_positive, default=2.0)
+    max_body_bytes: int = _opt(_positive, default=2 * 1024 * 1024)
+    max_connections: int = _opt(_positive, default=256)
+    retries: int = _opt(_non_negative, default=2)
+    retry_backoff: float = _opt(_non_negative, default=0.05)
+    # Retries may add at most this fraction of first attempts (plus a small floor), so that an
+    # upstream in trouble is not hit with three times the traffic.
+    retry_budget_ratio: float = _opt(_non_negative, default=0.2)
+    retry_budget_floor: int = _opt(_non_negative, default=20)
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    deadline: float = _opt(_positive, default=20.0)
+    ttl: float = _opt(_positive, default=600.0)
+    max_sessions: int = _opt(_positive, default=100_000)
+    require_token_on_poll: bool = False
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = _opt(_one_of("debug", "info", "warning", "error"), default="info")
+    format: str = _opt(_one_of("json", "console"), default="json")
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+    session: SessionConfig = field(default_factory=SessionConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def replace(self, **sections: Mapping[str, Any]) -> Config:
+        """A copy with some keys changed, validated like a file: replace(session={"ttl": 5})."""
+        data = as_dict(self)
+        for name, values in sections.items():
+            data.setdefault(name, {}).update(values)
+        return build_config(data, source="override")
+
+
+# Names operators already use; each maps to one (section, key).
+ENV_NAMES: dict[str, tuple[str, str]] = {
+    "GATEWAY_HOST": ("server", "host"),
+    "GATEWAY_PORT": ("server", "port"),
+    "GATEWAY_UPSTREAM_URL": ("upstream", "url"),
+    "GATEWAY_SESSION_DEADLINE": ("session", "deadline"),
+    "GATEWAY_SESSION_TTL": ("session", "ttl"),
+    "GATEWAY_MAX_SESSIONS": ("session", "max_sessions"),
+    "GATEWAY_LOG_LEVEL": ("log", "level"),
+    "GATEWAY_LOG_FORMAT": ("log", "format"),
+}
+
+
+def as_dict(config: Config) -> dict[str, dict[str, Any]]:
+    return dataclasses.asdict(config)
+
+
+def _coerce(raw: Any, typ: type, from_env: bool) -> Any:
+    """Turns a TOML or environment value into the field's type, or raises ValueError."""
+    if typ is bool:
+        if isinstance(raw, bool):
+            return raw
+        if from_env and isinstance(raw, str) and raw.lower() in ("1", "true", "yes", "0", "false", "no"):
+            return raw.lower() in ("1", "true", "yes")
+        raise ValueError("must be true or false")
+    if typ is int:
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            return raw
+        if from_env and isinstance(raw, str):
+            try:
+                return int(raw)
+            except ValueError:
+                pass
+        raise ValueError("must be an integer")
+    if typ is float:
+        if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            return float(raw)
+        if from_env and isinstance(raw, str):
+            try:
+                return float(raw)
+            except ValueError:
+                pass
+        raise ValueError("must be a number")
+    if typ is str:
+        if isinstance(raw, str):
+            return raw
+        raise ValueError("must be a string")
+    raise ValueError(f"unsupported type {typ}")
+
+
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def build_config(
+    data: Mapping[str, Any], source: str = "file", env_sources: Mapping[tuple[str, str], str] | None = None
+) -> Config:
+    """Validates a nested mapping into a Config; unknown sections and keys are errors."""
+    env_sources = env_sources or {}
+    sections: dict[str, Any] = {}
+    section_types = {f.name: f.type for f in dataclasses.fields(Config)}
+    for name in data:
+        if name not in section_types:
+            raise ConfigError(f"config error: unknown section [{name}] (in {source})")
+    for sec_field in dataclasses.fields(Config):
+        cls = {c.__name__: c for c in (ServerConfig, UpstreamConfig, SessionConfig, LogConfig)}[str(sec_field.type)]
+        given = data.get(sec_field.name, {})
+        if not isinstance(given, Mapping):
+            raise ConfigError(f"config error: [{sec_field.name}] must be a table (in {source})")
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        for key in given:
+            if key not in known:
+                raise ConfigError(f"config error: unknown key {sec_field.name}.{key} (in {source})")
+        values: dict[str, Any] = {}
+        for key, raw in given.items():
+            where = env_sources.get((sec_field.name, key), source)
+            fdef = known[key]
+            try:
+                value = _coerce(raw, _TYPES[str(fdef.type)], from_env=where.startswith("GATEWAY_"))
+                check = fdef.metadata.get("check")
+                problem = check(value) if check else None
+                if problem:
+                    raise ValueError(problem)
+            except ValueError as exc:
+                raise ConfigError(f"config error: {sec_field.name}.{key} {exc} (got {raw!r} from {where})") from None
+            values[key] = value
+        sections[sec_field.name] = cls(**values)
+    return Config(**sections)
+
+
+def load_config(env: Mapping[str, str] | None = None, path: str | Path | None = None) -> Config:
+    """Defaults, then the TOML file (path, or GATEWAY_CONFIG), then environment names."""
+    env = os.environ if env is None else env
+    data: dict[str, dict[str, Any]] = {}
+    source = "defaults"
+    path = path or env.get("GATEWAY_CONFIG")
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"config error: cannot read {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config error: {path} is not valid TOML: {exc}") from None
+        source = str(path)
+    env_sources: dict[tuple[str, str], str] = {}
+    for name, (section, key) in ENV_NAMES.items():
+        if name in env:
+            data.setdefault(section, {})[key] = env[name]
+            env_sources[(section, key)] = name
+    return build_config(data, source=source, env_sources=env_sources)
