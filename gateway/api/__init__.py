@@ -1,0 +1,1 @@
+"""HTTP handlers: `tickets` is the old contract, `health` the probes."""

@@ -1,0 +1,67 @@
+"""The old session contract (old-api.md §1 and §2): create a session, poll it."""
+
+from __future__ import annotations
+
+import re
+import time
+
+from aiohttp import web
+
+from gateway import keys
+from gateway.errors import GatewayError
+from gateway.store.base import same_token
+from gateway.upstream import Caller
+
+CREATE_PATH = "/api/v2/old/visit/tickets"
+POLL_PATH = "/api/v2/old/visit/tickets/{session}"
+
+_GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+# RFC 6750 b64token: what a bearer token may contain. Anything else is not a token.
+_BEARER = re.compile(r"Bearer ([A-Za-z0-9\-._~+/]+=*)")
+
+
+def bearer_token(request: web.Request) -> str | None:
+    """The token of a well-formed `Authorization: Bearer <token>`, else None."""
+    match = _BEARER.fullmatch(request.headers.get("Authorization", ""))
+    return match.group(1) if match else None
+
+
+def caller_of(request: web.Request) -> Caller:
+    return Caller(
+        authorization=request.headers["Authorization"],
+        request_id=request[keys.REQUEST_ID],
+        client_app=request.headers.get("ClientApplication"),
+    )
+
+
+async def create_session(request: web.Request) -> web.Response:
+    token = bearer_token(request)
+    if token is None:
+        raise GatewayError("unauthorized")
+    guid = await request.app[keys.FANOUT].open_session(token, caller_of(request))
+    return web.json_response({"session": guid})
+
+
+async def read_session(request: web.Request) -> web.Response:
+    guid = request.match_info["session"]
+    if not _GUID.fullmatch(guid):
+        raise GatewayError("bad_session_id")
+    has_auth = "Authorization" in request.headers
+    if not has_auth and request.app[keys.CONFIG].session.require_token_on_poll:
+        raise GatewayError("unauthorized")
+    session = await request.app[keys.STORE].load(guid.lower())
+    if session is None:
+        raise GatewayError("session_not_found")
+    if has_auth:
+        token = bearer_token(request)
+        # Another patient's token gets the same 404 as an unknown GUID: never reveal existence.
+        if token is None or not same_token(session.token_hash, token):
+            raise GatewayError("session_not_found")
+    now = time.time()
+    request.app[keys.METRICS].polls.labels("true" if session.is_final(now) else "false").inc()
+    return web.Response(body=session.body(now), content_type="application/json")
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get(CREATE_PATH, create_session, allow_head=False)
+    app.router.add_get(POLL_PATH, read_session, allow_head=False)

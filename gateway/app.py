@@ -1,0 +1,53 @@
+"""The app factory: create_app(config) wires the store, the upstream client and the fan-out,
+each opened and closed in a cleanup context, in dependency order."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from gateway import keys
+from gateway.api import health, tickets
+from gateway.config import Config
+from gateway.fanout import Fanout
+from gateway.metrics import Metrics
+from gateway.middleware import errors, request_context
+from gateway.store.memory import MemoryStore
+from gateway.upstream import Upstream, new_client_session
+
+
+async def _store(app: web.Application) -> AsyncIterator[None]:
+    config = app[keys.CONFIG]
+    store = MemoryStore(config.session.max_sessions, config.session.ttl, app[keys.METRICS])
+    app[keys.STORE] = store
+    yield
+    await store.close()
+
+
+async def _upstream(app: web.Application) -> AsyncIterator[None]:
+    config = app[keys.CONFIG]
+    client = new_client_session(config.upstream)
+    app[keys.CLIENT] = client
+    app[keys.UPSTREAM] = Upstream(config.upstream, client, app[keys.METRICS])
+    yield
+    await client.close()
+
+
+async def _fanout(app: web.Application) -> AsyncIterator[None]:
+    fanout = Fanout(app[keys.CONFIG].session, app[keys.STORE], app[keys.UPSTREAM], app[keys.METRICS])
+    app[keys.FANOUT] = fanout
+    yield
+    # Cleanup runs after aiohttp has answered in-flight requests; the fan-outs go first, while
+    # the client session and the store they use are still open.
+    await fanout.close()
+
+
+def create_app(config: Config, metrics: Metrics | None = None) -> web.Application:
+    app = web.Application(middlewares=[request_context, errors])
+    app[keys.CONFIG] = config
+    app[keys.METRICS] = metrics or Metrics()
+    app.cleanup_ctx.extend([_store, _upstream, _fanout])
+    tickets.add_routes(app)
+    health.add_routes(app)
+    return app

@@ -1,0 +1,82 @@
+"""`gateway serve | sandbox | demo`: the console entry point."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+
+import structlog
+from aiohttp import web
+
+from gateway.app import create_app
+from gateway.config import Config, ConfigError, load_config
+from gateway.logs import configure_logging
+from gateway.sandbox.app import create_sandbox_app
+
+log = structlog.get_logger("gateway.cli")
+
+
+async def run_apps(apps: Sequence[tuple[str, web.Application, str, int]], config: Config) -> None:
+    """Serves each app on its host and port until SIGINT or SIGTERM, then shuts down gracefully:
+    stop listening, answer in-flight requests (up to server.shutdown_timeout), clean up."""
+    runners = []
+    for name, app, host, port in apps:
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            shutdown_timeout=config.server.shutdown_timeout,
+            handler_cancellation=False,
+            max_line_size=config.server.max_line_size,
+            max_field_size=config.server.max_field_size,
+        )
+        await runner.setup()
+        await web.TCPSite(runner, host, port).start()
+        runners.append(runner)
+        log.info("listening", app=name, url=f"http://{host}:{port}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting_down")
+        for runner in runners:
+            await runner.cleanup()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the gateway (config: GATEWAY_CONFIG and GATEWAY_* variables)")
+    sandbox = sub.add_parser("sandbox", help="run the simulated new API")
+    sandbox.add_argument("--host", default="127.0.0.1")
+    sandbox.add_argument("--port", type=int, default=8081)
+    demo = sub.add_parser("demo", help="run the sandbox and a gateway pointed at it, in one process")
+    demo.add_argument("--sandbox-port", type=int, default=8081)
+    args = parser.parse_args(argv)
+
+    try:
+        config = load_config()
+        if args.command == "demo":
+            config = config.replace(upstream={"url": f"http://127.0.0.1:{args.sandbox_port}"})
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    configure_logging(config.log)
+
+    apps: list[tuple[str, web.Application, str, int]] = []
+    if args.command in ("sandbox", "demo"):
+        host, port = (args.host, args.port) if args.command == "sandbox" else ("127.0.0.1", args.sandbox_port)
+        apps.append(("sandbox", create_sandbox_app(), host, port))
+    if args.command in ("serve", "demo"):
+        apps.append(("gateway", create_app(config), config.server.host, config.server.port))
+    try:
+        asyncio.run(run_apps(apps, config))
+    except OSError as exc:
+        print(f"gateway: cannot listen: {exc.strerror}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,21 @@
+"""Typed application keys: everything a handler needs hangs off the app under one of these."""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+
+from gateway.config import Config
+from gateway.fanout import Fanout
+from gateway.metrics import Metrics
+from gateway.store.base import SessionStore
+from gateway.upstream import Upstream
+
+CONFIG = web.AppKey("config", Config)
+METRICS = web.AppKey("metrics", Metrics)
+STORE = web.AppKey("store", SessionStore)
+CLIENT = web.AppKey("client_session", aiohttp.ClientSession)
+UPSTREAM = web.AppKey("upstream", Upstream)
+FANOUT = web.AppKey("fanout", Fanout)
+# Per request: the id logged on every line and sent upstream as X-Request-Id.
+REQUEST_ID = web.RequestKey("request_id", str)

@@ -1,0 +1,105 @@
+"""Prometheus instruments, one registry per app (no process-wide state).
+
+Naming follows the Prometheus conventions: `gateway_` prefix, base units, counters end in
+`_total`. Every label takes values from a closed set (route, side, outcome, reason, a configured
+app table, a configured version list), never from what a client sends verbatim.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from gateway import __version__
+
+# Buckets sit on the time-to-complete SLO thresholds (seconds) so p50/p95/p99 are readable there.
+SESSION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 10.0, 15.0, 20.0, 30.0, 60.0)
+UPSTREAM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+UPSTREAM_METHODS = ("mkab", "visit", "calldoctor", "disp")
+LPU_FAILURE_REASONS = ("timeout", "status", "invalid_body", "connection", "too_large", "deadline", "internal")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.build_info = Info("gateway_build", "Build of the running gateway.", registry=r)
+        self.build_info.info({"version": __version__})
+
+        self.old_requests = Counter(
+            "gateway_old_requests_total",
+            "Requests on the old session path, by route, serving side, client app, app version and status class.",
+            ("route", "side", "app", "app_version", "status_class"),
+            registry=r,
+        )
+        self.client_last_seen = Gauge(
+            "gateway_client_last_seen_timestamp_seconds",
+            "Unix time of the last old-path request from each client app.",
+            ("app",),
+            registry=r,
+        )
+        self.http_requests = Counter(
+            "gateway_http_requests_total",
+            "All HTTP requests by route template and status class.",
+            ("route", "status_class"),
+            registry=r,
+        )
+        self.http_duration = Histogram(
+            "gateway_http_request_duration_seconds",
+            "Time to answer an HTTP request, by route template.",
+            ("route",),
+            buckets=UPSTREAM_BUCKETS,
+            registry=r,
+        )
+        self.sessions_created = Counter(
+            "gateway_sessions_created_total", "Sessions created by the gateway.", registry=r
+        )
+        self.sessions_in_flight = Gauge(
+            "gateway_sessions_in_flight", "Sessions whose fan-out is still running on this replica.", registry=r
+        )
+        self.session_complete = Histogram(
+            "gateway_session_complete_seconds",
+            "Time from session creation until every LPU is terminal.",
+            buckets=SESSION_BUCKETS,
+            registry=r,
+        )
+        self.lpu_outcomes = Counter(
+            "gateway_lpu_outcomes_total",
+            "Terminal LPU states, by outcome and failure reason (ok for Complete).",
+            ("outcome", "reason"),
+            registry=r,
+        )
+        self.polls = Counter(
+            "gateway_session_polls_total",
+            "Polls of existing sessions, by whether the session was final when read.",
+            ("final",),
+            registry=r,
+        )
+        self.upstream_duration = Histogram(
+            "gateway_upstream_request_duration_seconds",
+            "Upstream call duration (last attempt), by method and outcome.",
+            ("method", "outcome"),
+            buckets=UPSTREAM_BUCKETS,
+            registry=r,
+        )
+        self.upstream_retries = Counter(
+            "gateway_upstream_retries_total", "Upstream calls retried, by method.", ("method",), registry=r
+        )
+        self.retry_budget_exhausted = Counter(
+            "gateway_upstream_retry_budget_exhausted_total",
+            "Retries not made because the retry budget was spent.",
+            registry=r,
+        )
+        self.store_hits = Counter("gateway_store_hits_total", "Session lookups that found the session.", registry=r)
+        self.store_misses = Counter(
+            "gateway_store_misses_total", "Session lookups that found nothing (unknown or expired).", registry=r
+        )
+        self.store_expired = Counter("gateway_store_expired_total", "Sessions dropped after their TTL.", registry=r)
+        self.store_rejected = Counter(
+            "gateway_store_rejected_total", "Sessions refused because the store was full.", registry=r
+        )
+        self.store_sessions = Gauge("gateway_store_sessions", "Sessions held by the store.", registry=r)
+        for method in UPSTREAM_METHODS:
+            self.upstream_retries.labels(method)
+        for reason in LPU_FAILURE_REASONS:
+            self.lpu_outcomes.labels("failed", reason)
+        self.lpu_outcomes.labels("complete", "ok")

@@ -1,0 +1,1 @@
+"""The simulated new API: `data` holds the demo patients, `app` serves them with fault knobs."""

@@ -1,0 +1,1 @@
+"""Session stores: `base` defines the interface, `memory` is the default implementation."""

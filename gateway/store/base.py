@@ -1,0 +1,124 @@
+"""The session store: what a session is, and the narrow interface every store implements.
+
+A session is written once at creation (its LPUs, serialized once) and then only gains terminal
+per-LPU results, each written at most once. Results are stored as the finished JSON of their
+TicketLists element, so a poll joins bytes and serializes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass, field
+from typing import Protocol
+
+IN_PROGRESS = "InProgress"
+COMPLETE = "Complete"
+FAILED = "Failed"
+
+_EMPTY_TAIL = b',"visits":[],"calls":[],"disps":[]}'
+
+
+class StoreFull(Exception):
+    """The store holds its maximum number of live sessions; nothing is evicted to make room."""
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached (a shared store that is down or slow)."""
+
+
+def token_hash(token: str) -> str:
+    """What binds a session to its token; the token itself is never stored or logged."""
+    return hashlib.sha256(b"visit-gateway/session-token\0" + token.encode()).hexdigest()
+
+
+def same_token(stored_hash: str, token: str) -> bool:
+    return hmac.compare_digest(stored_hash, token_hash(token))
+
+
+def entry_bytes(state: str, lpu: bytes, visits: bytes = b"[]", calls: bytes = b"[]", disps: bytes = b"[]") -> bytes:
+    """One TicketLists element from already-serialized parts."""
+    return b"".join(
+        (
+            b'{"state":"',
+            state.encode(),
+            b'","lpu":',
+            lpu,
+            b',"visits":',
+            visits,
+            b',"calls":',
+            calls,
+            b',"disps":',
+            disps,
+            b"}",
+        )
+    )
+
+
+def in_progress_entry(lpu: bytes) -> bytes:
+    return b'{"state":"InProgress","lpu":' + lpu + _EMPTY_TAIL
+
+
+def failed_entry(lpu: bytes) -> bytes:
+    return b'{"state":"Failed","lpu":' + lpu + _EMPTY_TAIL
+
+
+def entry_state(entry: bytes) -> str:
+    return COMPLETE if entry.startswith(b'{"state":"Complete"') else FAILED
+
+
+@dataclass
+class Session:
+    """A session as a store holds it. `results` maps LPU index → terminal entry bytes."""
+
+    guid: str
+    token_hash: str
+    created_at: float
+    deadline: float
+    lpus: tuple[bytes, ...]
+    lpu_guids: tuple[str, ...]
+    results: dict[int, bytes] = field(default_factory=dict)
+    _body: tuple[tuple[int, bool], bytes] | None = field(default=None, repr=False, compare=False)
+
+    def is_final(self, now: float) -> bool:
+        return len(self.results) == len(self.lpus) or now >= self.deadline
+
+    def unfinished(self) -> list[int]:
+        return [i for i in range(len(self.lpus)) if i not in self.results]
+
+    def states(self, now: float) -> list[str]:
+        late = now >= self.deadline
+        return [
+            entry_state(self.results[i]) if i in self.results else (FAILED if late else IN_PROGRESS)
+            for i in range(len(self.lpus))
+        ]
+
+    def body(self, now: float) -> bytes:
+        """The poll response. An LPU unfinished at the deadline reads as Failed even if the
+        replica that ran it died, so no reader ever sees InProgress past the deadline."""
+        late = now >= self.deadline
+        key = (len(self.results), late)
+        if self._body is not None and self._body[0] == key:
+            return self._body[1]
+        unfinished = failed_entry if late else in_progress_entry
+        parts = [self.results.get(i) or unfinished(lpu) for i, lpu in enumerate(self.lpus)]
+        body = b"[" + b",".join(parts) + b"]"
+        self._body = (key, body)
+        return body
+
+
+class SessionStore(Protocol):
+    async def create(self, session: Session) -> None:
+        """Stores a new session. Raises StoreFull or StoreUnavailable."""
+
+    async def load(self, guid: str) -> Session | None:
+        """The session, or None if unknown or expired. Raises StoreUnavailable."""
+
+    async def finish_lpu(self, guid: str, index: int, entry: bytes) -> bool:
+        """Records LPU `index` as terminal. Only the first write wins (states never go back);
+        returns whether this one did."""
+
+    async def ready(self) -> bool:
+        """Whether the store can serve now (for /readyz)."""
+
+    async def close(self) -> None: ...

@@ -1,0 +1,63 @@
+"""The in-process store: one replica's sessions in a cachetools.TTLCache."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from cachetools import TTLCache
+
+from gateway.metrics import Metrics
+from gateway.store.base import Session, StoreFull
+
+
+class _ExpiringCache(TTLCache):
+    def __init__(self, maxsize: int, ttl: float, on_expire: Callable[[int], None]) -> None:
+        super().__init__(maxsize=maxsize, ttl=ttl, timer=time.monotonic)
+        self._on_expire = on_expire
+
+    def expire(self, time: Any = None) -> Any:
+        expired = super().expire(time)
+        if expired:
+            self._on_expire(len(expired))
+        return expired
+
+
+class MemoryStore:
+    """Sessions live for `ttl` seconds from creation, reads do not extend them.
+
+    When `max_sessions` live sessions exist, creating another raises StoreFull (the API answers
+    503 with Retry-After) instead of evicting: an evicted session would turn an app's polling
+    into 404s mid-flow, which is data lost; a refused one is retried by the app.
+    """
+
+    def __init__(self, max_sessions: int, ttl: float, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._cache: _ExpiringCache = _ExpiringCache(max_sessions, ttl, metrics.store_expired.inc)
+        metrics.store_sessions.set_function(lambda: len(self._cache))
+
+    async def create(self, session: Session) -> None:
+        self._cache.expire()
+        if len(self._cache) >= self._cache.maxsize:
+            self._metrics.store_rejected.inc()
+            raise StoreFull
+        self._cache[session.guid] = session
+
+    async def load(self, guid: str) -> Session | None:
+        session = self._cache.get(guid)
+        (self._metrics.store_hits if session is not None else self._metrics.store_misses).inc()
+        return session
+
+    async def finish_lpu(self, guid: str, index: int, entry: bytes) -> bool:
+        session = self._cache.get(guid)
+        if session is None or index in session.results:
+            return False
+        session.results[index] = entry
+        return True
+
+    async def ready(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        self._cache.clear()

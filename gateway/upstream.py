@@ -1,0 +1,159 @@
+"""Calls to the new API: one shared aiohttp.ClientSession, per-call timeout, body cap,
+bounded retries under a retry budget. Hosts come only from configuration."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from gateway.config import UpstreamConfig
+from gateway.metrics import Metrics
+
+RETRYABLE_STATUSES = frozenset({502, 503, 504})
+
+
+class CallFailure(Exception):
+    """An upstream call that failed for good. `reason` is one of the metric reasons:
+    timeout, status, invalid_body, connection, too_large."""
+
+    def __init__(self, reason: str, status: int | None = None, detail: str = "") -> None:
+        super().__init__(f"{reason}{f' {status}' if status else ''}{f': {detail}' if detail else ''}")
+        self.reason = reason
+        self.status = status
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Caller:
+    """What an upstream call carries on behalf of the app's request."""
+
+    authorization: str
+    request_id: str
+    client_app: str | None = None
+
+    def headers(self) -> dict[str, str]:
+        headers = {
+            "Authorization": self.authorization,
+            "X-Request-Id": self.request_id,
+            "Accept": "application/json",
+        }
+        if self.client_app is not None:
+            headers["ClientApplication"] = self.client_app
+        return headers
+
+
+class RetryBudget:
+    """Each first attempt earns `ratio` of a retry, up to `floor` saved; a retry spends one.
+    Under a widespread outage retries stop adding load instead of tripling it."""
+
+    def __init__(self, ratio: float, floor: int) -> None:
+        self._ratio = ratio
+        self._cap = float(max(floor, 1))
+        self._tokens = float(floor)
+
+    def record_attempt(self) -> None:
+        self._tokens = min(self._cap, self._tokens + self._ratio)
+
+    def try_spend(self) -> bool:
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+
+def new_client_session(config: UpstreamConfig) -> aiohttp.ClientSession:
+    # One connector for the whole app, sized for fan-out: every LPU call of every session
+    # shares it, and keep-alive makes the 3×LPU calls of a session cheap.
+    connector = aiohttp.TCPConnector(limit=config.max_connections, limit_per_host=0, ttl_dns_cache=300)
+    return aiohttp.ClientSession(connector=connector, trust_env=False, raise_for_status=False)
+
+
+class Upstream:
+    def __init__(self, config: UpstreamConfig, session: aiohttp.ClientSession, metrics: Metrics) -> None:
+        self._config = config
+        self._session = session
+        self._metrics = metrics
+        self._budget = RetryBudget(config.retry_budget_ratio, config.retry_budget_floor)
+        base = config.url.rstrip("/")
+        self._urls = {
+            "mkab": URL(base + config.mkab_path),
+            "visit": URL(base + config.visit_path),
+            "calldoctor": URL(base + config.calldoctor_path),
+            "disp": URL(base + config.disp_path),
+        }
+        self._timeout = aiohttp.ClientTimeout(total=config.call_timeout, sock_connect=config.connect_timeout)
+
+    async def mkab(self, caller: Caller) -> Any:
+        return await self.get_json("mkab", caller)
+
+    async def for_lpu(self, method: str, lpu_guid: str, caller: Caller) -> Any:
+        return await self.get_json(method, caller, {self._config.lpu_query_param: lpu_guid})
+
+    async def get_json(self, method: str, caller: Caller, params: dict[str, str] | None = None) -> Any:
+        """The parsed JSON of a 200 answer, or CallFailure. Retries connect errors and
+        502/503/504 only: those are the failures where the upstream did no work."""
+        attempt = 0
+        self._budget.record_attempt()
+        while True:
+            started = time.perf_counter()
+            try:
+                result = await self._attempt(method, caller, params)
+            except CallFailure as failure:
+                self._metrics.upstream_duration.labels(method, failure.reason).observe(time.perf_counter() - started)
+                retryable = failure.status in RETRYABLE_STATUSES or failure.detail == "connect"
+                if not retryable or attempt >= self._config.retries:
+                    raise
+                if not self._budget.try_spend():
+                    self._metrics.retry_budget_exhausted.inc()
+                    raise
+                attempt += 1
+                self._metrics.upstream_retries.labels(method).inc()
+                await asyncio.sleep(random.uniform(0, self._config.retry_backoff * 2**attempt))
+                continue
+            self._metrics.upstream_duration.labels(method, "ok").observe(time.perf_counter() - started)
+            return result
+
+    async def _attempt(self, method: str, caller: Caller, params: dict[str, str] | None) -> Any:
+        try:
+            async with self._session.get(
+                self._urls[method],
+                params=params,
+                headers=caller.headers(),
+                timeout=self._timeout,
+                allow_redirects=False,
+            ) as resp:
+                if resp.status != 200:
+                    raise CallFailure("status", resp.status)
+                body = await self._read_capped(resp)
+        except CallFailure:
+            raise
+        except TimeoutError:
+            raise CallFailure("timeout") from None
+        except aiohttp.ClientConnectorError:
+            raise CallFailure("connection", detail="connect") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise CallFailure("connection", detail=type(exc).__name__) from None
+        try:
+            return json.loads(body)
+        except (ValueError, RecursionError):
+            raise CallFailure("invalid_body", detail="not JSON") from None
+
+    async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes:
+        cap = self._config.max_body_bytes
+        if resp.content_length is not None and resp.content_length > cap:
+            raise CallFailure("too_large")
+        chunks = []
+        size = 0
+        async for chunk in resp.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > cap:
+                raise CallFailure("too_large")
+            chunks.append(chunk)
+        return b"".join(chunks)
