@@ -3,7 +3,7 @@
 VENV ?= .venv
 PYTHON ?= python3
 # Debian packages the tests run for real.
-SYSTEM_PACKAGES ?=
+SYSTEM_PACKAGES ?= redis-server prometheus
 
 .PHONY: setup run test lint system-deps
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,6 +116,9 @@ class Config:
         return build_config(data, source="override")
 
 
+# A section is a frozen dataclass and a field of Config; nothing else needs to know about it.
+_SECTION_CLASSES: dict[str, type] = typing.get_type_hints(Config)
+
 # Names operators already use; each maps to one (section, key).
 ENV_NAMES: dict[str, tuple[str, str]] = {
     "GATEWAY_HOST": ("server", "host"),
@@ -174,12 +178,11 @@ def build_config(
     """Validates a nested mapping into a Config; unknown sections and keys are errors."""
     env_sources = env_sources or {}
     sections: dict[str, Any] = {}
-    section_types = {f.name: f.type for f in dataclasses.fields(Config)}
     for name in data:
-        if name not in section_types:
+        if name not in _SECTION_CLASSES:
             raise ConfigError(f"config error: unknown section [{name}] (in {source})")
     for sec_field in dataclasses.fields(Config):
-        cls = {c.__name__: c for c in (ServerConfig, UpstreamConfig, SessionConfig, LogConfig)}[str(sec_field.type)]
+        cls = _SECTION_CLASSES[sec_field.name]
         given = data.get(sec_field.name, {})
         if not isinstance(given, Mapping):
             raise ConfigError(f"config error: [{sec_field.name}] must be a table (in {source})")
