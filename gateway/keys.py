@@ -19,3 +19,6 @@ UPSTREAM = web.AppKey("upstream", Upstream)
 FANOUT = web.AppKey("fanout", Fanout)
 # Per request: the id logged on every line and sent upstream as X-Request-Id.
 REQUEST_ID = web.RequestKey("request_id", str)
+# Per request: which side served an old-path request ("gateway", "legacy" or "shadow"); the
+# rollout sets it, the old-path metrics read it.
+SERVED_BY = web.RequestKey("served_by", str)

@@ -98,6 +98,55 @@ class Metrics:
             "gateway_store_rejected_total", "Sessions refused because the store was full.", registry=r
         )
         self.store_sessions = Gauge("gateway_store_sessions", "Sessions held by the store.", registry=r)
+        # Rollout (legacy forwarding and shadow compare), declared here so that dashboards and
+        # alert rules have one place to look; the rollout module records them.
+        self.rollout_decisions = Counter(
+            "gateway_rollout_decisions_total",
+            "Session creations routed, by serving side and the rule that decided.",
+            ("side", "reason"),
+            registry=r,
+        )
+        self.shadow_results = Counter(
+            "gateway_shadow_results_total",
+            "Shadow comparisons of legacy and gateway answers, by result and reason.",
+            ("result", "reason"),
+            registry=r,
+        )
+        self.legacy_duration = Histogram(
+            "gateway_legacy_request_duration_seconds",
+            "Calls forwarded to the legacy service, by route and outcome.",
+            ("route", "outcome"),
+            buckets=UPSTREAM_BUCKETS,
+            registry=r,
+        )
+        self.rollout_flags_valid = Gauge(
+            "gateway_rollout_flags_valid", "1 if the last read of the flags file was valid, else 0.", registry=r
+        )
+        self.rollout_flags_reloads = Counter(
+            "gateway_rollout_flags_reloads_total", "Reads of the flags file, by result.", ("result",), registry=r
+        )
+        # Shared store (Redis) health and fan-out takeover between replicas.
+        self.store_up = Gauge("gateway_store_up", "1 if the session store is reachable, else 0.", registry=r)
+        self.store_state_changes = Counter(
+            "gateway_store_state_changes_total", "Store reachability changes, by new state.", ("state",), registry=r
+        )
+        self.takeovers = Counter(
+            "gateway_session_takeovers_total",
+            "Orphaned sessions finished by this replica, by how (rerun, failed).",
+            ("result",),
+            registry=r,
+        )
+        # Limits that protect the service.
+        self.rejected = Counter(
+            "gateway_rejected_requests_total",
+            "Requests refused by a protective limit, by limit.",
+            ("limit",),
+            registry=r,
+        )
+        self.circuit_open = Counter(
+            "gateway_upstream_circuit_open_total", "Upstream calls failed fast by an open circuit breaker.", registry=r
+        )
+        self.store_up.set(1)
         for method in UPSTREAM_METHODS:
             self.upstream_retries.labels(method)
         for reason in LPU_FAILURE_REASONS:
