@@ -5,7 +5,7 @@ PYTHON ?= python3
 # Debian packages the tests run for real.
 SYSTEM_PACKAGES ?= redis-server prometheus
 
-.PHONY: setup run test lint system-deps
+.PHONY: setup run test lint system-deps bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,14 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+$(VENV)/.bench: $(VENV)/.installed pyproject.toml
+	$(VENV)/bin/pip install --quiet -e '.[test,bench]'
+	touch $@
+
+# The benchmark (docs/benchmarks.md): everything on 127.0.0.1; BENCH_ARGS="--quick --runs 1" for a smoke run.
+bench: $(VENV)/.bench
+	$(VENV)/bin/python -m bench $(BENCH_ARGS)
+
 run: setup
 	$(VENV)/bin/gateway demo
 
@@ -21,8 +29,8 @@ system-deps:
 	bash scripts/system-deps.sh $(SYSTEM_PACKAGES)
 
 lint: setup
-	$(VENV)/bin/ruff check gateway tests
-	$(VENV)/bin/ruff format --check gateway tests
+	$(VENV)/bin/ruff check gateway tests bench
+	$(VENV)/bin/ruff format --check gateway tests bench
 
 test: setup system-deps lint
 	$(VENV)/bin/pytest
