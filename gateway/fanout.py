@@ -19,13 +19,16 @@ from gateway.config import SessionConfig
 from gateway.errors import GatewayError
 from gateway.mapping import MappingError, map_calls, map_disps, map_mkab_list, map_visits
 from gateway.metrics import Metrics
+from gateway.reuse import ReuseIndex, SharedFanout
 from gateway.store.base import (
     COMPLETE,
+    FAILED,
     Session,
     SessionStore,
     StoreFull,
     StoreUnavailable,
     entry_bytes,
+    entry_state,
     failed_entry,
     token_hash,
 )
@@ -55,6 +58,7 @@ class Fanout:
         self._upstream = upstream
         self._metrics = metrics
         self._tasks: set[asyncio.Task[None]] = set()
+        self._reuse = ReuseIndex(config.reuse_window, config.max_sessions) if config.reuse_window > 0 else None
 
     @property
     def running(self) -> int:
@@ -65,16 +69,30 @@ class Fanout:
 
         Raises GatewayError with the status old-api.md §1 gives for each upstream failure.
         """
+        key = token_hash(token)
+        if self._reuse is not None:
+            shared = self._reuse.find(key, time.monotonic())
+            if shared is not None and (guid := await self._share(shared)) is not None:
+                return guid
         lpus = await self._patient_lpus(caller)
         now = time.time()
         session = Session(
             guid=str(uuid.uuid4()),
-            token_hash=token_hash(token),
+            token_hash=key,
             created_at=now,
             deadline=now + self._config.deadline,
             lpus=tuple(dumps(lpu) for lpu in lpus),
             lpu_guids=tuple(lpu["guid"] for lpu in lpus),
         )
+        await self._create(session)
+        shared = self._reuse.add(key, session.guid, time.monotonic()) if self._reuse is not None else None
+        if lpus:
+            self.start(session, caller, range(len(lpus)), shared)
+        elif shared is not None:
+            shared.finished()
+        return session.guid
+
+    async def _create(self, session: Session) -> None:
         try:
             await self._store.create(session)
         except StoreFull:
@@ -82,8 +100,36 @@ class Fanout:
         except StoreUnavailable:
             raise GatewayError("unavailable", retry_after=1) from None
         self._metrics.sessions_created.inc()
-        if lpus:
-            self.start(session, caller, range(len(lpus)))
+
+    async def _share(self, shared: SharedFanout) -> str | None:
+        """A new session with the shared fan-out's results (see gateway/reuse.py), or None when
+        that fan-out cannot be shared (gone from the store, or an LPU Failed)."""
+        source = await self._store.load(shared.guid)
+        now = time.time()
+        if source is None or FAILED in source.states(now):
+            shared.failed = True
+            return None
+        session = Session(
+            guid=str(uuid.uuid4()),
+            token_hash=source.token_hash,
+            created_at=now,
+            deadline=source.deadline,
+            lpus=source.lpus,
+            lpu_guids=source.lpu_guids,
+            results=dict(source.results),
+        )
+        await self._create(session)
+        if shared.running:
+            # From here on the fan-out writes every result to this session too; what it wrote
+            # while this one was being created is copied now (a result is written once: a
+            # duplicate write is a no-op).
+            shared.subscribers.append(session.guid)
+            latest = await self._store.load(shared.guid)
+            for index, entry in (latest.results if latest is not None else {}).items():
+                if index not in session.results:
+                    await self._store.finish_lpu(session.guid, index, entry)
+        self._metrics.sessions_reused.inc()
+        log.info("session_reused", session=session.guid, shared=shared.guid)
         return session.guid
 
     async def _patient_lpus(self, caller: Caller) -> list[dict[str, Any]]:
@@ -101,13 +147,26 @@ class Fanout:
             log.warning("mkab_failed", method="mkab", reason="invalid_body", path=exc.path, problem=exc.problem)
             raise GatewayError("upstream_failed") from None
 
-    def start(self, session: Session, caller: Caller, indices: range | list[int]) -> None:
-        """Runs the given LPUs of a session in a task the app owns."""
-        task = asyncio.get_running_loop().create_task(self._run(session, caller, list(indices)))
+    def start(
+        self, session: Session, caller: Caller, indices: range | list[int], shared: SharedFanout | None = None
+    ) -> None:
+        """Runs the given LPUs of a session in a task the app owns. Each result is also written
+        to the sessions sharing this fan-out (`shared`), if any."""
+        task = asyncio.get_running_loop().create_task(self._run(session, caller, list(indices), shared))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, session: Session, caller: Caller, indices: list[int]) -> None:
+    async def _finish(self, session: Session, index: int, entry: bytes, shared: SharedFanout | None) -> bool:
+        """Writes LPU `index`'s terminal entry; returns whether this write won."""
+        won = await self._store.finish_lpu(session.guid, index, entry)
+        if won and shared is not None:
+            if entry_state(entry) == FAILED:
+                shared.failed = True
+            for guid in list(shared.subscribers):
+                await self._store.finish_lpu(guid, index, entry)
+        return won
+
+    async def _run(self, session: Session, caller: Caller, indices: list[int], shared: SharedFanout | None) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (session.deadline - time.time())
         pending = set(indices)
@@ -116,18 +175,22 @@ class Fanout:
             async with asyncio.timeout_at(deadline):
                 async with asyncio.TaskGroup() as group:
                     for index in indices:
-                        group.create_task(self._lpu(session, index, caller, pending))
+                        group.create_task(self._lpu(session, index, caller, pending, shared))
         except TimeoutError:
             for index in sorted(pending):
-                if await self._store.finish_lpu(session.guid, index, failed_entry(session.lpus[index])):
+                if await self._finish(session, index, failed_entry(session.lpus[index]), shared):
                     self._record_failure(session, index, "session", "deadline", "")
         except StoreUnavailable:
             log.warning("fanout_store_unavailable", session=session.guid)
         finally:
             self._metrics.sessions_in_flight.dec()
+            if shared is not None:
+                shared.finished()
         self._metrics.session_complete.observe(time.time() - session.created_at)
 
-    async def _lpu(self, session: Session, index: int, caller: Caller, pending: set[int]) -> None:
+    async def _lpu(
+        self, session: Session, index: int, caller: Caller, pending: set[int], shared: SharedFanout | None
+    ) -> None:
         lpu_guid = session.lpu_guids[index]
         try:
             # The first failed call fails the LPU and cancels its two siblings.
@@ -140,13 +203,13 @@ class Fanout:
             if not isinstance(first, _LpuFailed):
                 raise
             pending.discard(index)
-            if await self._store.finish_lpu(session.guid, index, failed_entry(session.lpus[index])):
+            if await self._finish(session, index, failed_entry(session.lpus[index]), shared):
                 self._record_failure(session, index, first.method, first.reason, first.detail)
             return
         visits, lpu_calls, disps = (task.result() for task in calls)
         pending.discard(index)
         entry = entry_bytes(COMPLETE, session.lpus[index], visits, lpu_calls, disps)
-        if await self._store.finish_lpu(session.guid, index, entry):
+        if await self._finish(session, index, entry, shared):
             self._metrics.lpu_outcomes.labels("complete", "ok").inc()
 
     async def _fetch(self, method: str, mapper: Any, lpu_guid: str, caller: Caller) -> bytes:
