@@ -31,7 +31,7 @@ def load_average() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
-def describe(loop: str) -> dict[str, Any]:
+def describe(loop: str, json_lib: str) -> dict[str, Any]:
     return {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": cpu_model(),
@@ -40,5 +40,5 @@ def describe(loop: str) -> dict[str, Any]:
         "python": platform.python_version(),
         "aiohttp": _version("aiohttp"),
         "loop": f"uvloop {_version('uvloop')}" if loop == "uvloop" else "asyncio",
-        "json": f"orjson {_version('orjson')}" if _version("orjson") else "stdlib json",
+        "json": f"orjson {_version('orjson')}" if json_lib == "orjson" else "stdlib json",
     }

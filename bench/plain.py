@@ -1,9 +1,12 @@
 """The fan-out ceiling: a plain aiohttp client issuing the gateway's upstream calls itself.
 
 Per "session": the MKAB list, then visit, calldoctor and disp for each LPU concurrently, with
-the headers the gateway sends; bodies are read, not mapped. `concurrency` sessions are in
-flight at a time; it stops after `sessions` sessions or `time_limit` seconds. Prints one JSON
-line: calls made, wall seconds, CPU seconds of this process.
+the headers the gateway sends; bodies are read, not mapped. Prints one JSON line.
+
+- mode "calls": `concurrency` sessions in flight at a time; it stops after `sessions` sessions
+  or `time_limit` seconds; prints calls made, wall seconds, CPU seconds of this process.
+- mode "bursts": `bursts` times, `concurrency` sessions started at once; prints each session's
+  request id (`bench-...`, so the upstream times its calls) and its duration.
 
     python -m bench.plain --spec '{"upstream": "http://127.0.0.1:PORT", "tokens": [...], ...}'
 """
@@ -14,6 +17,8 @@ import argparse
 import asyncio
 import json
 import resource
+import time
+import uuid
 from typing import Any
 
 import aiohttp
@@ -42,21 +47,39 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
                 calls += 1
                 return await resp.read()
 
-        async def session(i: int) -> None:
+        async def session(i: int, request_id: str = "plain") -> None:
             headers = {
                 "Authorization": f"Bearer {tokens[i % len(tokens)]}",
-                "X-Request-Id": f"plain-{i}",
+                "X-Request-Id": request_id,
                 "Accept": "application/json",
             }
             lpus = [entry["lpu"]["guid"] for entry in json.loads(await get("/api/v2/mkab", headers))]
             await asyncio.gather(*(get(path, headers, {"lpuGuid": g}) for g in lpus for path in METHOD_PATHS))
 
+        if spec.get("mode") == "bursts":
+            return await bursts(spec["concurrency"], spec["bursts"], session)
         await closed_loop(2, 2, 10, session)  # warm the connection pool, not counted
         calls = 0
         cpu0 = _cpu()
         done, wall = await closed_loop(spec["concurrency"], spec["sessions"], spec["time_limit"], session)
         cpu = _cpu() - cpu0
     return {"sessions": done, "calls": calls, "wall": wall, "cpu": cpu}
+
+
+async def bursts(concurrency: int, count: int, session: Any) -> dict[str, Any]:
+    samples: list[tuple[str, float]] = []
+
+    async def timed(i: int, record: bool) -> None:
+        rid = f"bench-{uuid.uuid4().hex}"
+        started = time.monotonic()
+        await session(i, rid)
+        if record:
+            samples.append((rid, time.monotonic() - started))
+
+    for burst in range(count + 1):  # the first one warms the pool
+        async with asyncio.timeout(60):
+            await asyncio.gather(*(timed(i, burst > 0) for i in range(concurrency)))
+    return {"samples": samples}
 
 
 def main() -> None:

@@ -39,12 +39,13 @@ def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
     return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
 
 
-def gateway_spec(up: Proc, logdir: str, loop: str, **config: dict[str, Any]) -> dict[str, Any]:
+def gateway_spec(up: Proc, logdir: str, loop: str, json_lib: str = "orjson", **config: Any) -> dict[str, Any]:
     upstream_section = {"url": up.url} | config.pop("upstream", {})
     return {
         "config": {"upstream": upstream_section, **config},
         "log": f"{logdir}/gateway.log",
         "loop": loop,
+        "json": json_lib,
     }
 
 
@@ -60,16 +61,15 @@ async def measure_all(args: argparse.Namespace, logdir: str) -> dict[str, Any]:
     upstream_spec = {"groups": {"10": 0, "5": 0}, "patients": PATIENTS_PER_GROUP, "delay": 0.1, "loop": loop}
 
     with started("upstream", upstream_spec) as upstream:
-        spec = gateway_spec(upstream, logdir, loop, upstream={"max_connections": OVERHEAD_POOL})
+        spec = gateway_spec(upstream, logdir, loop, args.json_lib, upstream={"max_connections": OVERHEAD_POOL})
         with started("gateway", spec) as gateway:
             t = scenarios.Target(upstream, gateway)
             try:
                 if "overhead" in only:
                     await t.set_delay(0.1)
                     for concurrent, sizes in SIZES["overhead_bursts"].items():
-                        bursts = sizes[quick]
-                        out[f"overhead_{concurrent}"] = await repeat(
-                            runs, lambda c=concurrent, b=bursts: scenarios.overhead(t, c, b)
+                        out[f"overhead_{concurrent}"] = await measure_overhead(
+                            t, upstream, runs, concurrent, sizes[quick], loop
                         )
                 await t.set_delay(0.0)
                 if "calls" in only:
@@ -80,7 +80,7 @@ async def measure_all(args: argparse.Namespace, logdir: str) -> dict[str, Any]:
                 t.close()
 
         if "memory" in only:
-            with started("gateway", gateway_spec(upstream, logdir, loop)) as gateway:
+            with started("gateway", gateway_spec(upstream, logdir, loop, args.json_lib)) as gateway:
                 t = scenarios.Target(upstream, gateway)
                 try:
                     await t.set_delay(0.0)
@@ -92,7 +92,7 @@ async def measure_all(args: argparse.Namespace, logdir: str) -> dict[str, Any]:
         if "amplification" in only:
             patients, opens = SIZES["amplification"][quick]
             for window in (0.0, 60.0):
-                spec = gateway_spec(upstream, logdir, loop, session={"reuse_window": window})
+                spec = gateway_spec(upstream, logdir, loop, args.json_lib, session={"reuse_window": window})
                 with started("gateway", spec) as gateway:
                     t = scenarios.Target(upstream, gateway)
                     try:
@@ -105,23 +105,31 @@ async def measure_all(args: argparse.Namespace, logdir: str) -> dict[str, Any]:
     return out
 
 
+async def measure_overhead(
+    t: scenarios.Target, upstream: Proc, runs: int, concurrent: int, bursts: int, loop: str
+) -> dict[str, Any]:
+    gateway_runs, plain_runs = [], []
+    for _ in range(runs):
+        gateway_runs.append(await scenarios.overhead(t, concurrent, bursts))
+        await t.upstream_stats(reset=True)
+        spec = plain_spec(upstream, loop, mode="bursts", concurrency=concurrent, bursts=bursts)
+        spec["max_connections"] = OVERHEAD_POOL
+        plain_runs.append(await scenarios.plain_overhead(t, await asyncio.to_thread(run_plain_client, spec, 300)))
+    return {"gateway": median_of(gateway_runs), "ceiling": median_of(plain_runs)}
+
+
+def plain_spec(upstream: Proc, loop: str, **spec: Any) -> dict[str, Any]:
+    tokens = [scenarios.token(10, i) for i in range(PATIENTS_PER_GROUP)]
+    return {"upstream": upstream.url, "tokens": tokens, "loop": loop, **spec}
+
+
 async def measure_calls(t: scenarios.Target, upstream: Proc, runs: int, sessions: int, loop: str) -> dict[str, Any]:
     """Gateway and plain client alternate, so a change in the machine's load hits both."""
     gateway_runs, plain_runs = [], []
     for _ in range(runs):
         gateway_runs.append(await scenarios.fanout_calls(t, sessions, concurrency=8, time_limit=30))
-        plain = await asyncio.to_thread(
-            run_plain_client,
-            {
-                "upstream": upstream.url,
-                "tokens": [scenarios.token(10, i) for i in range(PATIENTS_PER_GROUP)],
-                "concurrency": 8,
-                "sessions": sessions,
-                "time_limit": 30,
-                "loop": loop,
-            },
-            120,
-        )
+        spec = plain_spec(upstream, loop, mode="calls", concurrency=8, sessions=sessions, time_limit=30)
+        plain = await asyncio.to_thread(run_plain_client, spec, 120)
         plain["per_cpu_s"] = plain["calls"] / plain["cpu"]
         plain["per_s"] = plain["calls"] / plain["wall"]
         plain_runs.append(plain)
@@ -171,11 +179,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--runs", type=int, default=5, help="runs per figure; the table shows medians")
     parser.add_argument("--quick", action="store_true", help="smaller runs (a smoke test of the benchmark)")
-    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio", help="every process's event loop")
+    parser.add_argument(
+        "--json", dest="json_lib", choices=("orjson", "stdlib"), default="orjson", help="the gateway's JSON library"
+    )
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(FIGURES)}")
-    parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    parser.add_argument("--save", type=Path, help="also write the raw figures here (JSON)")
     args = parser.parse_args(argv)
-    machine = describe(args.loop)
+    machine = describe(args.loop, args.json_lib)
     machine["load_before"] = load_average()
     started_at = time.time()
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as logdir:
@@ -184,6 +195,6 @@ def main(argv: list[str] | None = None) -> int:
     machine["duration_s"] = round(time.time() - started_at)
     machine["runs"] = args.runs
     print(render(machine, results))
-    if args.json:
-        args.json.write_text(json.dumps({"machine": machine, "results": results}, indent=2))
+    if args.save:
+        args.save.write_text(json.dumps({"machine": machine, "results": results}, indent=2))
     return 0

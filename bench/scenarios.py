@@ -108,6 +108,10 @@ async def overhead(t: Target, concurrent: int, bursts: int, lpus: int = 10) -> d
             slowest = by_request[rid][1]
             slowest_calls.append(slowest)
             samples.append(total - slowest)
+    return overhead_figures(samples, slowest_calls)
+
+
+def overhead_figures(samples: list[float], slowest_calls: list[float]) -> dict[str, float]:
     return {
         "p50": percentile(samples, 50) * 1000,
         "p95": percentile(samples, 95) * 1000,
@@ -115,6 +119,13 @@ async def overhead(t: Target, concurrent: int, bursts: int, lpus: int = 10) -> d
         "n": len(samples),
         "slowest_call_ms": percentile(slowest_calls, 50) * 1000,
     }
+
+
+async def plain_overhead(t: Target, result: dict[str, Any]) -> dict[str, float]:
+    """The same figure for the plain client's bursts (`bench.plain`, mode "bursts")."""
+    by_request = (await t.upstream_stats(reset=True))["by_request"]
+    slowest = [by_request[rid][1] for rid, _ in result["samples"]]
+    return overhead_figures([total - s for (_, total), s in zip(result["samples"], slowest, strict=True)], slowest)
 
 
 async def fanout_calls(

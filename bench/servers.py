@@ -187,6 +187,10 @@ class Recorder:
 
 
 def gateway_app(spec: dict[str, Any]) -> web.Application:
+    if spec.get("json") == "stdlib":
+        from bench import stdlib_json
+
+        stdlib_json.use_in_gateway()
     config = Config().replace(**spec.get("config", {}))
     log_path = spec.get("log")
     configure_logging(config.log, stream=open(log_path, "a") if log_path else None)
