@@ -44,8 +44,10 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
         out.append(
             (
                 "upstream calls/s per gateway core during fan-out (10-LPU sessions, 8 in flight, instant upstream)",
-                f"{_rate(g['per_cpu_s'])} per CPU-s ({_rate(g['per_s'])}/s wall, gateway {g['gateway_busy']:.0%} busy)",
-                f"plain aiohttp client: {_rate(c['per_cpu_s'])} per CPU-s ({_rate(c['per_s'])}/s wall)",
+                f"{_rate(g['per_cpu_s'])} per CPU-s ({_rate(g['per_s'])}/s wall; gateway {g['gateway_busy']:.0%}, "
+                f"upstream {g['upstream_busy']:.0%} busy)",
+                f"plain aiohttp client: {_rate(c['per_cpu_s'])} per CPU-s ({_rate(c['per_s'])}/s wall; "
+                f"upstream ~{c['upstream_busy']:.0%} busy)",
                 f"{ratio:.2f}",
                 "≥ 0.8",
                 _verdict(ratio >= 0.8),
@@ -114,7 +116,8 @@ def render(machine: dict[str, Any], results: dict[str, Any]) -> str:
         f"- machine: {machine['cpu']}, {machine['cores']} cores, Linux {machine['kernel']}; "
         f"Python {machine['python']}, aiohttp {machine['aiohttp']}, {machine['loop']}, {machine['json']}",
         f"- load average (1/5/15 min) before: {machine['load_before']}, after: {machine['load_after']}; "
-        f"{machine['duration_s']} s; each figure is the median of {machine['runs']} runs",
+        f"{machine['duration_s']} s; each figure is the median of {machine['runs']} runs; "
+        f"upstream pool for the overhead figure: {machine['pool']} connections",
         "",
         "| figure | gateway | ceiling / baseline (same run) | ratio | target | |",
         "|---|---|---|---|---|---|",
