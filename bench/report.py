@@ -97,8 +97,8 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
     if on is not None:
         out.append(
             (
-                f"upstream amplification: {on['sessions']:.0f} screen opens by "
-                "several patients, each opening several times within a minute (5 LPUs)",
+                f"upstream amplification: {on['patients']:.0f} patients (5 LPUs) each open the screen "
+                f"{on['opens']:.0f} times within 3 s (all within a minute); upstream calls ÷ one fan-out per patient",
                 f"{on['amplification']:.2f} (reuse window 60 s; {on['per_session']:.1f} calls per session)",
                 f"window off: {off['amplification']:.2f} ({off['per_session']:.1f} calls per session)" if off else "—",
                 "—",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import statistics
 import tempfile
@@ -100,8 +101,9 @@ async def measure_all(args: argparse.Namespace, logdir: str) -> dict[str, Any]:
                     t = scenarios.Target(upstream, gateway)
                     try:
                         await t.set_delay(0.1)
+                        first = itertools.count(0, patients)
                         out[f"amplification_{int(window)}"] = await repeat(
-                            runs, lambda t=t: scenarios.amplification(t, patients, opens, spread=3.0)
+                            runs, lambda t=t, n=first: scenarios.amplification(t, patients, opens, 3.0, next(n))
                         )
                     finally:
                         t.close()

@@ -233,10 +233,13 @@ async def memory(t: Target, sessions: int, lpus: int = 5) -> dict[str, float]:
     return {"per_session": (after - before) / len(guids), "json": sum(sizes) / len(sizes), "sessions": len(guids)}
 
 
-async def amplification(t: Target, patients: int, opens: int, spread: float, lpus: int = 5) -> dict[str, float]:
-    """The app pattern: each of `patients` opens the screen `opens` times at random moments
-    within `spread` seconds (all within one minute); each open creates a session and polls it
-    every 100 ms until nothing is InProgress. Counts upstream calls."""
+async def amplification(
+    t: Target, patients: int, opens: int, spread: float, first: int, lpus: int = 5
+) -> dict[str, float]:
+    """The app pattern: each of `patients` (numbered from `first`: every run has its own, so no
+    run shares an earlier run's fan-outs) opens the screen `opens` times at random moments within
+    `spread` seconds (all within one minute); each open creates a session and polls it every
+    100 ms until nothing is InProgress. Counts upstream calls."""
     rng = random.Random(6)
     await t.upstream_stats(reset=True)
 
@@ -252,12 +255,14 @@ async def amplification(t: Target, patients: int, opens: int, spread: float, lpu
                 await asyncio.sleep(0.1)
 
     await asyncio.gather(
-        *(open_screen(p, rng.uniform(0, spread)) for p in range(patients) for _ in range(opens)),
+        *(open_screen(p, rng.uniform(0, spread)) for p in range(first, first + patients) for _ in range(opens)),
     )
     calls = (await t.upstream_stats(reset=True))["calls"]
     one_fanout = 1 + 3 * lpus
     return {
         "calls": calls,
+        "patients": patients,
+        "opens": opens,
         "sessions": patients * opens,
         "per_session": calls / (patients * opens),
         "amplification": calls / (patients * one_fanout),
