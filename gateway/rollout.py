@@ -218,7 +218,8 @@ class Rollout:
         self._metrics = metrics
         self.enabled = bool(config.legacy_url)
         self.flags = Flags(mode=config.mode)
-        self.file = FileState(config.flags_file) if config.flags_file else None
+        # Without a legacy service the flags decide nothing: the file is not even read.
+        self.file = FileState(config.flags_file) if config.flags_file and self.enabled else None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         for side, reason in DECISIONS:

@@ -160,9 +160,15 @@ def closed_port_url() -> str:
 
 
 async def wait_until(condition: Callable[[], Any], within: float = 10.0, what: str = "condition") -> None:
-    """Waits on an observable condition, bounded; fails the test when it does not come true."""
+    """Waits on an observable condition (a function, or a coroutine function), bounded; fails
+    the test when it does not come true in time."""
     loop = asyncio.get_running_loop()
     end = loop.time() + within
-    while not condition():
+    while True:
+        met = condition()
+        if asyncio.iscoroutine(met):
+            met = await met
+        if met:
+            return
         assert loop.time() < end, f"{what} not reached within {within}s"
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.02)

@@ -49,13 +49,13 @@ async def create_session(request: web.Request) -> web.Response:
 
 
 async def read_session(request: web.Request) -> web.Response:
+    request[keys.SERVED_BY] = GATEWAY
     guid = request.match_info["session"]
     if not _GUID.fullmatch(guid):
         raise GatewayError("bad_session_id")
     has_auth = "Authorization" in request.headers
     if not has_auth and request.app[keys.CONFIG].session.require_token_on_poll:
         raise GatewayError("unauthorized")
-    request[keys.SERVED_BY] = GATEWAY
     session = await request.app[keys.STORE].load(guid.lower())
     if session is None:
         if keys.LEGACY in request.app:
