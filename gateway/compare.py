@@ -41,14 +41,15 @@ class Comparison:
 class _Ignore:
     def __init__(self, fields: Iterable[str]) -> None:
         self._names = frozenset(f for f in fields if "." not in f)
-        self._paths = tuple(f for f in fields if "." in f)
+        self._paths = frozenset(f for f in fields if "." in f)
+
+    def __bool__(self) -> bool:
+        return bool(self._names or self._paths)
 
     def __call__(self, generic: str) -> bool:
-        if not generic:
-            return False
-        if self._names & set(generic.split(".")):
-            return True
-        return any(generic == p or generic.startswith(p + ".") for p in self._paths)
+        # Callers descend only into fields that are not ignored, so the last name and the exact
+        # path are all there is to check.
+        return generic.rpartition(".")[2] in self._names or generic in self._paths
 
 
 def _join(generic: str, key: str) -> str:
@@ -57,6 +58,8 @@ def _join(generic: str, key: str) -> str:
 
 def _strip(value: Any, generic: str, ignored: _Ignore) -> Any:
     """The value without its ignored fields."""
+    if not ignored:
+        return value
     if isinstance(value, dict):
         return {k: _strip(v, _join(generic, k), ignored) for k, v in value.items() if not ignored(_join(generic, k))}
     if isinstance(value, list):
