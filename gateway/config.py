@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import typing
 from collections.abc import Callable, Mapping
@@ -40,6 +41,22 @@ def _http_url(v: str) -> str | None:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return "must be an http(s) URL with a host"
     return None
+
+
+def _redis_url(v: str) -> str | None:
+    if not v:
+        return None
+    parts = urlsplit(v)
+    if parts.scheme in ("redis", "rediss") and parts.hostname:
+        return None
+    if parts.scheme == "unix" and parts.path:
+        return None
+    return "must be a redis://, rediss:// or unix:// URL (or empty for the in-process store)"
+
+
+def _key_prefix(v: str) -> str | None:
+    # Braces would turn into Redis Cluster hash tags; whitespace and ':' would make key names ambiguous.
+    return None if re.fullmatch(r"[A-Za-z0-9_.-]{1,32}", v) else "must be 1-32 of A-Z a-z 0-9 _ . -"
 
 
 def _path(v: str) -> str | None:
@@ -96,6 +113,21 @@ class SessionConfig:
 
 
 @dataclass(frozen=True)
+class RedisConfig:
+    """The shared session store. An empty url keeps sessions in the process (one replica only)."""
+
+    url: str = _opt(_redis_url, default="")
+    prefix: str = _opt(_key_prefix, default="vg")
+    # Bounds every Redis call: connect, each command, and the wait for a pooled connection.
+    timeout: float = _opt(_positive, default=0.5)
+    max_connections: int = _opt(_positive, default=64)
+    # A replica's claim on a running fan-out lasts this long unless renewed (every third of it).
+    lease_ttl: float = _opt(_positive, default=3.0)
+    # How often reachability is checked, and so how soon a recovered Redis is used again.
+    probe_interval: float = _opt(_positive, default=1.0)
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = _opt(_one_of("debug", "info", "warning", "error"), default="info")
     format: str = _opt(_one_of("json", "console"), default="json")
@@ -107,6 +139,7 @@ class Config:
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     session: SessionConfig = field(default_factory=SessionConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
 
     def replace(self, **sections: Mapping[str, Any]) -> Config:
         """A copy with some keys changed, validated like a file: replace(session={"ttl": 5})."""
@@ -129,6 +162,7 @@ ENV_NAMES: dict[str, tuple[str, str]] = {
     "GATEWAY_MAX_SESSIONS": ("session", "max_sessions"),
     "GATEWAY_LOG_LEVEL": ("log", "level"),
     "GATEWAY_LOG_FORMAT": ("log", "format"),
+    "GATEWAY_REDIS_URL": ("redis", "url"),
 }
 
 
