@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 
 class ConfigError(ValueError):
@@ -43,15 +43,52 @@ def _http_url(v: str) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class SentinelTarget:
+    """Where `redis+sentinel://[[user]:password@]host:port[,host:port...]/<primary name>[/<db>]` points."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    primary: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+
+
+def parse_sentinel_url(v: str) -> SentinelTarget:
+    """Raises ValueError (without the URL in the message: it may hold a password)."""
+    rest = v.removeprefix("redis+sentinel://")
+    if rest == v:
+        raise ValueError("not a redis+sentinel:// URL")
+    netloc, _, path = rest.partition("/")
+    userinfo, _, hosts = netloc.rpartition("@")
+    username, _, password = userinfo.partition(":")
+    sentinels = []
+    for address in hosts.split(","):
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("each sentinel must be host:port")
+        sentinels.append((host, int(port)))
+    primary, _, db = path.partition("/")
+    if not primary or (db and not db.isdigit()):
+        raise ValueError("the path must be /<primary name>[/<db>]")
+    return SentinelTarget(tuple(sentinels), primary, int(db or 0), unquote(username) or None, unquote(password) or None)
+
+
 def _redis_url(v: str) -> str | None:
     if not v:
+        return None
+    if v.startswith("redis+sentinel://"):
+        try:
+            parse_sentinel_url(v)
+        except ValueError as exc:
+            return f"is not a valid redis+sentinel:// URL: {exc}"
         return None
     parts = urlsplit(v)
     if parts.scheme in ("redis", "rediss") and parts.hostname:
         return None
     if parts.scheme == "unix" and parts.path:
         return None
-    return "must be a redis://, rediss:// or unix:// URL (or empty for the in-process store)"
+    return "must be a redis://, rediss://, unix:// or redis+sentinel:// URL (or empty for the in-process store)"
 
 
 def _key_prefix(v: str) -> str | None:
@@ -70,8 +107,9 @@ def _one_of(*allowed: str) -> Callable[[str], str | None]:
     return check
 
 
-def _opt(check: Callable[[Any], str | None] | None = None, **kw: Any) -> Any:
-    return field(metadata={"check": check}, **kw)
+def _opt(check: Callable[[Any], str | None] | None = None, secret: bool = False, **kw: Any) -> Any:
+    """A field with its check; a `secret` one (it may hold a password) is never echoed in errors."""
+    return field(metadata={"check": check, "secret": secret}, **kw)
 
 
 @dataclass(frozen=True)
@@ -116,7 +154,7 @@ class SessionConfig:
 class RedisConfig:
     """The shared session store. An empty url keeps sessions in the process (one replica only)."""
 
-    url: str = _opt(_redis_url, default="")
+    url: str = _opt(_redis_url, default="", secret=True)
     prefix: str = _opt(_key_prefix, default="vg")
     # Bounds every Redis call: connect, each command, and the wait for a pooled connection.
     timeout: float = _opt(_positive, default=0.5)
@@ -235,7 +273,8 @@ def build_config(
                 if problem:
                     raise ValueError(problem)
             except ValueError as exc:
-                raise ConfigError(f"config error: {sec_field.name}.{key} {exc} (got {raw!r} from {where})") from None
+                shown = "<hidden>" if fdef.metadata.get("secret") else repr(raw)
+                raise ConfigError(f"config error: {sec_field.name}.{key} {exc} (got {shown} from {where})") from None
             values[key] = value
         sections[sec_field.name] = cls(**values)
     return Config(**sections)

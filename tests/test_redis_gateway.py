@@ -134,8 +134,30 @@ async def test_a_replica_shutting_down_hands_its_sessions_over_at_once(
     assert sample(staying, "gateway_session_takeovers_total", result="rerun") == 1
 
 
-async def _is(status: Awaitable[int], expected: int) -> bool:
-    return await status == expected
+async def test_a_sentinel_failover_is_followed_without_a_restart(
+    upstream: Any, gateway: Any, redis_sentinel: Any
+) -> None:
+    p = patient(None, None)
+    _, url = await upstream(p)
+    client = await gateway(url, redis={"url": redis_sentinel.url} | FAST_PROBE)
+    guid = await create(client, p.token)
+    before, _ = await poll_until_final(client, guid, bearer(p.token))
+    assert redis_sentinel.primary_port() == redis_sentinel.primary.port
+    with redis_sentinel.replica.client() as replica:  # replication is asynchronous: let it arrive
+        await wait_for(lambda: asyncio.to_thread(replica.exists, f"vg:s:{guid}"))
+
+    await asyncio.to_thread(redis_sentinel.primary.stop)
+    await wait_for(lambda: _is(status_of(client, "/readyz"), 503))
+    await wait_for(lambda: _is(asyncio.to_thread(redis_sentinel.primary_port), redis_sentinel.replica.port), 30)
+    await wait_for(lambda: _is(status_of(client, "/readyz"), 200), 30)
+    after, _ = await poll_until_final(client, guid, bearer(p.token))
+    assert after == before, "a session that reached the replica is still served by it as the new primary"
+    body, _ = await poll_until_final(client, await create(client, p.token), bearer(p.token))
+    assert [e["state"] for e in body] == ["Complete", "Complete"]
+
+
+async def _is(value: Awaitable[Any], expected: Any) -> bool:
+    return await value == expected
 
 
 async def _true(value: bool) -> bool:

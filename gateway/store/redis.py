@@ -32,10 +32,11 @@ from typing import Any, TypeVar
 import structlog
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from gateway.config import RedisConfig, SessionConfig
+from gateway.config import RedisConfig, SessionConfig, parse_sentinel_url
 from gateway.metrics import Metrics
 from gateway.store.base import Session, StoreFull, StoreUnavailable
 
@@ -144,22 +145,15 @@ class RedisStore:
         self._metrics = metrics
         self._prefix = config.prefix
         self._index = f"{config.prefix}:sessions"
-        pool = BlockingConnectionPool.from_url(
-            config.url,
-            max_connections=config.max_connections,
-            timeout=config.timeout,
-            socket_timeout=config.timeout,
-            socket_connect_timeout=config.timeout,
-            # One attempt per call: the caller decides what a failure means, within its own bound.
-            retry=Retry(NoBackoff(), 0),
-            client_name=f"visit-gateway-{self.owner[:12]}",
-        )
-        self._redis = Redis.from_pool(pool)
+        self._redis = _client(config)
         self._create = self._redis.register_script(_CREATE)
         self._finish = self._redis.register_script(_FINISH)
         self._acquire = self._redis.register_script(_ACQUIRE)
         self._renew = self._redis.register_script(_RENEW)
         self._release = self._redis.register_script(_RELEASE)
+        # At most max_connections calls at once, whatever the pool kind: the others wait (within
+        # their timeout) instead of failing.
+        self._slots = asyncio.Semaphore(config.max_connections)
         self.reachability = Reachability(metrics)
         self._probe_task: asyncio.Task[None] | None = None
 
@@ -179,7 +173,7 @@ class RedisStore:
         if fail_fast and not self.reachability.up:
             raise StoreUnavailable
         try:
-            async with asyncio.timeout(self._config.timeout):
+            async with asyncio.timeout(self._config.timeout), self._slots:
                 result = await op()
         except (RedisError, OSError, TimeoutError) as exc:
             self.reachability.failed(exc)
@@ -271,6 +265,32 @@ class RedisStore:
             self._probe_task.cancel()
             await asyncio.gather(self._probe_task, return_exceptions=True)
         await self._redis.aclose()
+
+
+def _client(config: RedisConfig) -> Redis:
+    """A client with every wait bounded by `config.timeout` and no retries of its own (the caller
+    decides what a failure means). A redis+sentinel:// URL asks the sentinels for the primary,
+    again after every connection error, so a failover is followed without a restart."""
+    bounds: dict[str, Any] = {
+        "socket_timeout": config.timeout,
+        "socket_connect_timeout": config.timeout,
+        "retry": Retry(NoBackoff(), 0),
+    }
+    if not config.url.startswith("redis+sentinel://"):
+        pool = BlockingConnectionPool.from_url(
+            config.url, max_connections=config.max_connections, timeout=config.timeout, **bounds
+        )
+        return Redis.from_pool(pool)
+    target = parse_sentinel_url(config.url)
+    sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=dict(bounds))
+    return sentinel.master_for(
+        target.primary,
+        db=target.db,
+        username=target.username,
+        password=target.password,
+        max_connections=config.max_connections,
+        **bounds,
+    )
 
 
 def _decode(guid: str, raw: dict[bytes, bytes], orphaned: bool) -> Session:
