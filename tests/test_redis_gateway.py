@@ -84,6 +84,21 @@ async def test_redis_down_answers_503_at_once_and_service_resumes_when_it_is_bac
     assert len(events_since(mark, "store_unreachable")) == 1 and len(events_since(mark, "store_reachable")) == 1
 
 
+async def test_a_gateway_started_before_redis_serves_once_redis_is_up(
+    upstream: Any, gateway: Any, redis_server: Any
+) -> None:
+    p = patient(None)
+    _, url = await upstream(p)
+    await asyncio.to_thread(redis_server.stop)
+    client = await gateway(url, redis={"url": redis_server.url} | FAST_PROBE)
+    assert await status_of(client, "/readyz") == 503
+    await assert_unavailable_at_once(client, TICKETS, p.token)
+    await asyncio.to_thread(redis_server.start)
+    await wait_for(lambda: _is(status_of(client, "/readyz"), 200))
+    body, _ = await poll_until_final(client, await create(client, p.token), bearer(p.token))
+    assert [e["state"] for e in body] == ["Complete"]
+
+
 async def test_redis_hanging_answers_503_within_the_timeout_then_at_once(
     upstream: Any, gateway: Any, redis_server: Any
 ) -> None:

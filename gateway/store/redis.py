@@ -194,7 +194,10 @@ class RedisStore:
     async def _probe_forever(self) -> None:
         while True:
             await asyncio.sleep(self._config.probe_interval)
-            await self.probe()
+            try:
+                await self.probe()
+            except Exception:  # a bug here must not leave the store marked down for good
+                log.exception("store_probe_failed")
 
     async def create(self, session: Session) -> None:
         fields: list[Any] = [b"h", session.token_hash, b"c", repr(session.created_at)]
