@@ -16,13 +16,23 @@ from gateway.metrics import Metrics
 from gateway.middleware import errors, request_context
 from gateway.rollout import Rollout
 from gateway.shadow import Shadow
+from gateway.store.base import SessionStore
 from gateway.store.memory import MemoryStore
+from gateway.store.redis import RedisStore
 from gateway.upstream import Upstream, new_client_session
 
 
 async def _store(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
-    store = MemoryStore(config.session.max_sessions, config.session.ttl, app[keys.METRICS])
+    store: SessionStore
+    if config.redis.url:
+        redis_store = RedisStore(config.redis, config.session, app[keys.METRICS])
+        await redis_store.start()
+        store = redis_store
+    else:
+        store = MemoryStore(
+            config.session.max_sessions, config.session.ttl, app[keys.METRICS], lease_ttl=config.redis.lease_ttl
+        )
     app[keys.STORE] = store
     yield
     await store.close()
@@ -38,7 +48,10 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _fanout(app: web.Application) -> AsyncIterator[None]:
-    fanout = Fanout(app[keys.CONFIG].session, app[keys.STORE], app[keys.UPSTREAM], app[keys.METRICS])
+    config = app[keys.CONFIG]
+    fanout = Fanout(
+        config.session, app[keys.STORE], app[keys.UPSTREAM], app[keys.METRICS], lease_ttl=config.redis.lease_ttl
+    )
     app[keys.FANOUT] = fanout
     yield
     # Cleanup runs after aiohttp has answered in-flight requests; the fan-outs go first, while

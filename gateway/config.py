@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 
 class ConfigError(ValueError):
@@ -42,6 +43,59 @@ def _http_url(v: str) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class SentinelTarget:
+    """Where `redis+sentinel://[[user]:password@]host:port[,host:port...]/<primary name>[/<db>]` points."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    primary: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+
+
+def parse_sentinel_url(v: str) -> SentinelTarget:
+    """Raises ValueError (without the URL in the message: it may hold a password)."""
+    rest = v.removeprefix("redis+sentinel://")
+    if rest == v:
+        raise ValueError("not a redis+sentinel:// URL")
+    netloc, _, path = rest.partition("/")
+    userinfo, _, hosts = netloc.rpartition("@")
+    username, _, password = userinfo.partition(":")
+    sentinels = []
+    for address in hosts.split(","):
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("each sentinel must be host:port")
+        sentinels.append((host, int(port)))
+    primary, _, db = path.partition("/")
+    if not primary or (db and not db.isdigit()):
+        raise ValueError("the path must be /<primary name>[/<db>]")
+    return SentinelTarget(tuple(sentinels), primary, int(db or 0), unquote(username) or None, unquote(password) or None)
+
+
+def _redis_url(v: str) -> str | None:
+    if not v:
+        return None
+    if v.startswith("redis+sentinel://"):
+        try:
+            parse_sentinel_url(v)
+        except ValueError as exc:
+            return f"is not a valid redis+sentinel:// URL: {exc}"
+        return None
+    parts = urlsplit(v)
+    if parts.scheme in ("redis", "rediss") and parts.hostname:
+        return None
+    if parts.scheme == "unix" and parts.path:
+        return None
+    return "must be a redis://, rediss://, unix:// or redis+sentinel:// URL (or empty for the in-process store)"
+
+
+def _key_prefix(v: str) -> str | None:
+    # Braces would turn into Redis Cluster hash tags; whitespace and ':' would make key names ambiguous.
+    return None if re.fullmatch(r"[A-Za-z0-9_.-]{1,32}", v) else "must be 1-32 of A-Z a-z 0-9 _ . -"
+
+
 def _path(v: str) -> str | None:
     return None if v.startswith("/") else "must start with '/'"
 
@@ -58,8 +112,9 @@ def _admin_token(v: str) -> str | None:
     return None if not v or len(v) >= 16 else "must be empty (no admin endpoint) or at least 16 characters"
 
 
-def _opt(check: Callable[[Any], str | None] | None = None, **kw: Any) -> Any:
-    return field(metadata={"check": check}, **kw)
+def _opt(check: Callable[[Any], str | None] | None = None, secret: bool = False, **kw: Any) -> Any:
+    """A field with its check; a `secret` one (it may hold a password) is never echoed in errors."""
+    return field(metadata={"check": check, "secret": secret}, **kw)
 
 
 @dataclass(frozen=True)
@@ -101,6 +156,21 @@ class SessionConfig:
 
 
 @dataclass(frozen=True)
+class RedisConfig:
+    """The shared session store. An empty url keeps sessions in the process (one replica only)."""
+
+    url: str = _opt(_redis_url, default="", secret=True)
+    prefix: str = _opt(_key_prefix, default="vg")
+    # Bounds every Redis call: connect, each command, and the wait for a pooled connection.
+    timeout: float = _opt(_positive, default=0.5)
+    max_connections: int = _opt(_positive, default=64)
+    # A replica's claim on a running fan-out lasts this long unless renewed (every third of it).
+    lease_ttl: float = _opt(_positive, default=3.0)
+    # How often reachability is checked, and so how soon a recovered Redis is used again.
+    probe_interval: float = _opt(_positive, default=1.0)
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = _opt(_one_of("debug", "info", "warning", "error"), default="info")
     format: str = _opt(_one_of("json", "console"), default="json")
@@ -135,6 +205,7 @@ class Config:
     session: SessionConfig = field(default_factory=SessionConfig)
     log: LogConfig = field(default_factory=LogConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
 
     def replace(self, **sections: Mapping[str, Any]) -> Config:
         """A copy with some keys changed, validated like a file: replace(session={"ttl": 5})."""
@@ -161,6 +232,7 @@ ENV_NAMES: dict[str, tuple[str, str]] = {
     "GATEWAY_ROLLOUT_MODE": ("rollout", "mode"),
     "GATEWAY_ROLLOUT_FLAGS_FILE": ("rollout", "flags_file"),
     "GATEWAY_ROLLOUT_ADMIN_TOKEN": ("rollout", "admin_token"),
+    "GATEWAY_REDIS_URL": ("redis", "url"),
 }
 
 
@@ -239,7 +311,8 @@ def build_config(
                 if problem:
                     raise ValueError(problem)
             except ValueError as exc:
-                raise ConfigError(f"config error: {sec_field.name}.{key} {exc} (got {raw!r} from {where})") from None
+                shown = "<hidden>" if fdef.metadata.get("secret") else repr(raw)
+                raise ConfigError(f"config error: {sec_field.name}.{key} {exc} (got {shown} from {where})") from None
             values[key] = value
         sections[sec_field.name] = cls(**values)
     return Config(**sections)

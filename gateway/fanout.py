@@ -3,6 +3,10 @@ visits, calls and disps concurrently, writing each LPU's terminal state as soon 
 
 The fan-out tasks belong to the app: `Fanout.close()` (called from the app's cleanup context,
 after in-flight requests have been answered) cancels whatever is still running.
+
+Each running fan-out holds its session's lease in the store, renewed by one background task, so
+that another replica can tell a running session from an orphaned one and finish the latter
+(`take_over`; the protocol is in the README, "Replicas and Redis").
 """
 
 from __future__ import annotations
@@ -49,12 +53,23 @@ class _LpuFailed(Exception):
 
 
 class Fanout:
-    def __init__(self, config: SessionConfig, store: SessionStore, upstream: Upstream, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        config: SessionConfig,
+        store: SessionStore,
+        upstream: Upstream,
+        metrics: Metrics,
+        lease_ttl: float = 3.0,
+    ) -> None:
         self._config = config
         self._store = store
         self._upstream = upstream
         self._metrics = metrics
+        self._lease_ttl = lease_ttl
         self._tasks: set[asyncio.Task[None]] = set()
+        # Session guid → the task running its fan-out here, whose lease the keeper renews.
+        self._leased: dict[str, asyncio.Task[None]] = {}
+        self._keeper: asyncio.Task[None] | None = None
 
     @property
     def running(self) -> int:
@@ -65,6 +80,9 @@ class Fanout:
 
         Raises GatewayError with the status old-api.md §1 gives for each upstream failure.
         """
+        if not await self._store.ready():
+            # Before the upstream call: with the store down the session could not be kept anyway.
+            raise GatewayError("unavailable", retry_after=1)
         lpus = await self._patient_lpus(caller)
         now = time.time()
         session = Session(
@@ -102,10 +120,15 @@ class Fanout:
             raise GatewayError("upstream_failed") from None
 
     def start(self, session: Session, caller: Caller, indices: range | list[int]) -> None:
-        """Runs the given LPUs of a session in a task the app owns."""
-        task = asyncio.get_running_loop().create_task(self._run(session, caller, list(indices)))
+        """Runs the given LPUs of a session in a task the app owns. This replica must hold the
+        session's lease (taken by `create` or `acquire_lease`); it is renewed while the task runs."""
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._run(session, caller, list(indices)))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        self._leased[session.guid] = task
+        if self._keeper is None:
+            self._keeper = loop.create_task(self._keep_leases())
 
     async def _run(self, session: Session, caller: Caller, indices: list[int]) -> None:
         loop = asyncio.get_running_loop()
@@ -113,19 +136,68 @@ class Fanout:
         pending = set(indices)
         self._metrics.sessions_in_flight.inc()
         try:
-            async with asyncio.timeout_at(deadline):
-                async with asyncio.TaskGroup() as group:
-                    for index in indices:
-                        group.create_task(self._lpu(session, index, caller, pending))
-        except TimeoutError:
-            for index in sorted(pending):
-                if await self._store.finish_lpu(session.guid, index, failed_entry(session.lpus[index])):
-                    self._record_failure(session, index, "session", "deadline", "")
-        except StoreUnavailable:
-            log.warning("fanout_store_unavailable", session=session.guid)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    async with asyncio.TaskGroup() as group:
+                        for index in indices:
+                            group.create_task(self._lpu(session, index, caller, pending))
+            except TimeoutError:
+                for index in sorted(pending):
+                    if await self._store.finish_lpu(session.guid, index, failed_entry(session.lpus[index])):
+                        self._record_failure(session, index, "session", "deadline", "")
+        except* StoreUnavailable:
+            # The unwritten LPUs read as Failed at the deadline; the lease lapses, so a poll with
+            # the token may re-run them once the store is back (take_over).
+            log.warning("fanout_store_unavailable", session=session.guid, unfinished=len(pending))
         finally:
             self._metrics.sessions_in_flight.dec()
+            if self._leased.get(session.guid) is asyncio.current_task():
+                del self._leased[session.guid]
         self._metrics.session_complete.observe(time.time() - session.created_at)
+
+    async def _keep_leases(self) -> None:
+        """Renews the leases of the fan-outs running here, several times per lease_ttl; stops a
+        fan-out whose lease another replica holds now, or whose session is gone."""
+        while True:
+            await asyncio.sleep(self._lease_ttl / 3)
+            running = dict(self._leased)
+            try:
+                lost = await self._store.renew_leases(running)
+            except StoreUnavailable:
+                continue  # logged by the store; a lease that lapses meanwhile is retaken or lost
+            except Exception:  # a bug here must not end renewals for every fan-out of the replica
+                log.exception("lease_renewal_failed")
+                continue
+            for guid in lost:
+                log.warning("lease_lost", session=guid)
+                running[guid].cancel()
+
+    async def take_over(self, session: Session, caller: Caller | None) -> None:
+        """Finishes an orphaned session (no replica holds its lease: its replica died or lost the
+        store mid-run). Before the deadline, a poll with the session's token (`caller`) re-runs
+        the unfinished LPUs here; after it, any poll writes them Failed. A poll without the token
+        before the deadline changes nothing: the LPUs read as Failed from the deadline anyway.
+        Of replicas polling at once, only the one that takes the lease acts."""
+        unfinished = session.unfinished()
+        if not session.orphaned or not unfinished or session.guid in self._leased:
+            return  # running, finished, or running here (the keeper takes its lapsed lease back)
+        late = time.time() >= session.deadline
+        if caller is None and not late:
+            return
+        try:
+            if not await self._store.acquire_lease(session.guid):
+                return
+            result = "failed" if late else "rerun"
+            log.info("session_takeover", session=session.guid, result=result, lpus=len(unfinished))
+            self._metrics.takeovers.labels(result).inc()
+            if caller is not None and result == "rerun":
+                self.start(session, caller, unfinished)
+                return
+            for index in unfinished:
+                if await self._store.finish_lpu(session.guid, index, failed_entry(session.lpus[index])):
+                    self._record_failure(session, index, "session", "deadline", "orphaned")
+        except StoreUnavailable:
+            log.warning("takeover_store_unavailable", session=session.guid)
 
     async def _lpu(self, session: Session, index: int, caller: Caller, pending: set[int]) -> None:
         lpu_guid = session.lpu_guids[index]
@@ -175,10 +247,20 @@ class Fanout:
         )
 
     async def close(self) -> None:
-        """Cancels every running fan-out and waits for them to end."""
+        """Cancels every running fan-out and waits for them to end, then gives up their leases
+        so that another replica can take the sessions over at the next poll, not a lease later."""
+        if self._keeper is not None:
+            self._keeper.cancel()
+            await asyncio.gather(self._keeper, return_exceptions=True)
+        leased = list(self._leased)
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
             log.info("fanout_cancelled", sessions=len(tasks))
+        for guid in leased:
+            try:
+                await self._store.release_lease(guid)
+            except StoreUnavailable:
+                break  # the leases lapse by themselves

@@ -20,6 +20,9 @@ from gateway.logs import configure_logging
 from gateway.sandbox.app import Sandbox, create_sandbox_app
 from gateway.sandbox.data import LpuKnobs, SandboxPatient, demo_lpu
 
+# A real redis-server, and gateway replicas as processes: fixtures in their own modules.
+pytest_plugins = ["redis_server", "replicas"]
+
 TOKENS: set[str] = set()
 LOG = io.StringIO()
 

@@ -11,7 +11,7 @@ from gateway import keys
 from gateway.errors import GatewayError
 from gateway.legacy import as_response, forwarded_headers
 from gateway.rollout import GATEWAY, LEGACY, SHADOW
-from gateway.store.base import same_token
+from gateway.store.base import StoreUnavailable, same_token
 from gateway.upstream import Caller
 
 CREATE_PATH = "/api/v2/old/visit/tickets"
@@ -56,7 +56,10 @@ async def read_session(request: web.Request) -> web.Response:
     has_auth = "Authorization" in request.headers
     if not has_auth and request.app[keys.CONFIG].session.require_token_on_poll:
         raise GatewayError("unauthorized")
-    session = await request.app[keys.STORE].load(guid.lower())
+    try:
+        session = await request.app[keys.STORE].load(guid.lower())
+    except StoreUnavailable:
+        raise GatewayError("unavailable", retry_after=1) from None
     if session is None:
         if keys.LEGACY in request.app:
             # Not one of the gateway's sessions: the legacy service made it, before the gateway
@@ -68,6 +71,9 @@ async def read_session(request: web.Request) -> web.Response:
         # Another patient's token gets the same 404 as an unknown GUID: never reveal existence.
         if token is None or not same_token(session.token_hash, token):
             raise GatewayError("session_not_found")
+    if session.orphaned:
+        # The replica that ran this session is gone: finish it here (README, "Replicas and Redis").
+        await request.app[keys.FANOUT].take_over(session, caller_of(request) if has_auth else None)
     now = time.time()
     request.app[keys.METRICS].polls.labels("true" if session.is_final(now) else "false").inc()
     return web.Response(body=session.body(now), content_type="application/json")
