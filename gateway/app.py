@@ -9,12 +9,15 @@ from aiohttp import web
 
 from gateway import keys
 from gateway.api import health, tickets
+from gateway.api import metrics as metrics_api
+from gateway.clients import client_table
 from gateway.config import Config
 from gateway.fanout import Fanout
 from gateway.metrics import Metrics
 from gateway.middleware import errors, request_context
 from gateway.store.memory import MemoryStore
 from gateway.upstream import Upstream, new_client_session
+from gateway.usage import old_path_usage
 
 
 async def _store(app: web.Application) -> AsyncIterator[None]:
@@ -44,10 +47,14 @@ async def _fanout(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(config: Config, metrics: Metrics | None = None) -> web.Application:
-    app = web.Application(middlewares=[request_context, errors])
+    app = web.Application(middlewares=[request_context, old_path_usage, errors])
     app[keys.CONFIG] = config
     app[keys.METRICS] = metrics or Metrics()
+    app[keys.CLIENTS] = client_table(config.clients)
+    app[keys.METRICS].zero_client_series(app[keys.CLIENTS].apps)
     app.cleanup_ctx.extend([_store, _upstream, _fanout])
     tickets.add_routes(app)
     health.add_routes(app)
+    if config.metrics.port == 0:
+        metrics_api.add_routes(app)
     return app

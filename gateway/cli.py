@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import structlog
 from aiohttp import web
 
+from gateway.api.metrics import create_metrics_app
 from gateway.app import create_app
 from gateway.config import Config, ConfigError, load_config
 from gateway.logs import configure_logging
@@ -73,7 +74,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         host, port = (args.host, args.port) if args.command == "sandbox" else ("127.0.0.1", args.sandbox_port)
         apps.append(("sandbox", create_sandbox_app(), host, port))
     if args.command in ("serve", "demo"):
-        apps.append(("gateway", create_app(config), config.server.host, config.server.port))
+        gateway = create_app(config)
+        apps.append(("gateway", gateway, config.server.host, config.server.port))
+        if config.metrics.port:
+            host = config.metrics.host or config.server.host
+            apps.append(("metrics", create_metrics_app(gateway), host, config.metrics.port))
     try:
         asyncio.run(run_apps(apps, config))
     except OSError as exc:

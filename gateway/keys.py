@@ -5,6 +5,7 @@ from __future__ import annotations
 import aiohttp
 from aiohttp import web
 
+from gateway.clients import ClientTable
 from gateway.config import Config
 from gateway.fanout import Fanout
 from gateway.metrics import Metrics
@@ -17,6 +18,8 @@ STORE = web.AppKey("store", SessionStore)
 CLIENT = web.AppKey("client_session", aiohttp.ClientSession)
 UPSTREAM = web.AppKey("upstream", Upstream)
 FANOUT = web.AppKey("fanout", Fanout)
+# The configured client apps and versions, for the old-path metrics.
+CLIENTS = web.AppKey("clients", ClientTable)
 # Per request: the id logged on every line and sent upstream as X-Request-Id.
 REQUEST_ID = web.RequestKey("request_id", str)
 # Per request: which side served an old-path request ("gateway", "legacy" or "shadow"); the
