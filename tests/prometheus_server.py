@@ -71,6 +71,17 @@ class PrometheusServer:
             assert time.monotonic() < end, f"after {within}s, {expr} gave {result}"
             await asyncio.sleep(0.2)
 
+    async def wait_for_rules(self, within: float = 20.0) -> list[dict[str, Any]]:
+        """Every loaded rule, once each has been evaluated at least once."""
+        end = time.monotonic() + within
+        while True:
+            data = await self.api("rules")
+            rules = [rule for group in data["groups"] for rule in group["rules"]]
+            if rules and all(rule["health"] != "unknown" for rule in rules):
+                return rules
+            assert time.monotonic() < end, f"rules not evaluated after {within}s: {rules}"
+            await asyncio.sleep(0.2)
+
     async def wait_ready(self) -> None:
         end = time.monotonic() + START_LIMIT
         async with aiohttp.ClientSession() as http:
