@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from gateway import __version__
+from gateway.clients import UNKNOWN
 
 # Buckets sit on the time-to-complete SLO thresholds (seconds) so p50/p95/p99 are readable there.
 SESSION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 10.0, 15.0, 20.0, 30.0, 60.0)
@@ -90,7 +91,7 @@ class Metrics:
         )
         self.upstream_duration = Histogram(
             "gateway_upstream_request_duration_seconds",
-            "Upstream call duration (last attempt), by method and outcome.",
+            "Duration of each attempt of an upstream call, by method and outcome (ok or the failure reason).",
             ("method", "outcome"),
             buckets=UPSTREAM_BUCKETS,
             registry=r,
@@ -191,4 +192,4 @@ class Metrics:
             self.client_last_seen.labels(app)
             for route in OLD_ROUTES:
                 for side in SIDES:
-                    self.old_requests.labels(route, side, app, "unknown", "2xx")
+                    self.old_requests.labels(route, side, app, UNKNOWN, "2xx")
