@@ -8,13 +8,16 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from gateway import keys
-from gateway.api import health, tickets
+from gateway.api import admin, health, tickets
 from gateway.api import metrics as metrics_api
 from gateway.clients import client_table
 from gateway.config import Config
 from gateway.fanout import Fanout
+from gateway.legacy import Legacy
 from gateway.metrics import Metrics
 from gateway.middleware import errors, request_context
+from gateway.rollout import Rollout
+from gateway.shadow import Shadow
 from gateway.store.memory import MemoryStore
 from gateway.upstream import Upstream, new_client_session
 from gateway.usage import old_path_usage
@@ -46,15 +49,34 @@ async def _fanout(app: web.Application) -> AsyncIterator[None]:
     await fanout.close()
 
 
+async def _rollout(app: web.Application) -> AsyncIterator[None]:
+    config = app[keys.CONFIG].rollout
+    metrics = app[keys.METRICS]
+    rollout = Rollout(config, metrics)
+    app[keys.ROLLOUT] = rollout
+    await rollout.start()
+    if rollout.enabled:
+        legacy = Legacy(config, metrics)
+        shadow = Shadow(config, app[keys.FANOUT], app[keys.STORE], legacy, metrics)
+        app[keys.LEGACY], app[keys.SHADOW] = legacy, shadow
+    yield
+    # Before the fan-outs close: a compare waits on them, and uses the legacy client.
+    if rollout.enabled:
+        await shadow.close()
+        await legacy.close()
+    await rollout.close()
+
+
 def create_app(config: Config, metrics: Metrics | None = None) -> web.Application:
     app = web.Application(middlewares=[request_context, old_path_usage, errors])
     app[keys.CONFIG] = config
     app[keys.METRICS] = metrics or Metrics()
     app[keys.CLIENTS] = client_table(config.clients)
     app[keys.METRICS].zero_client_series(app[keys.CLIENTS].apps)
-    app.cleanup_ctx.extend([_store, _upstream, _fanout])
+    app.cleanup_ctx.extend([_store, _upstream, _fanout, _rollout])
     tickets.add_routes(app)
     health.add_routes(app)
+    admin.add_routes(app)
     if config.metrics.port == 0:
         metrics_api.add_routes(app)
     return app

@@ -92,6 +92,11 @@ def _versions(v: tuple[str, ...]) -> str | None:
     return f"versions must be major.minor without leading zeros (got {bad[0]!r})" if bad else None
 
 
+def _admin_token(v: str) -> str | None:
+    # An admin token short enough to guess would make the inspection endpoint public.
+    return None if not v or len(v) >= 16 else "must be empty (no admin endpoint) or at least 16 characters"
+
+
 def _opt(check: Callable[[Any], str | None] | None = None, **kw: Any) -> Any:
     return field(metadata={"check": check}, **kw)
 
@@ -161,11 +166,34 @@ class ClientsConfig:
 
 
 @dataclass(frozen=True)
+class RolloutConfig:
+    """Putting the gateway in front of the legacy service (README "Rollout"). Without a
+    legacy_url every session is the gateway's, exactly as if this section did not exist."""
+
+    legacy_url: str = _opt(_http_url, default="")
+    # The side for sessions no rule of the flags file decides, unless the file sets `mode`.
+    mode: str = _opt(_one_of("legacy", "gateway", "shadow"), default="legacy")
+    flags_file: str = ""
+    flags_poll_interval: float = _opt(_positive, default=2.0)
+    legacy_timeout: float = _opt(_positive, default=10.0)
+    legacy_connect_timeout: float = _opt(_positive, default=2.0)
+    legacy_max_connections: int = _opt(_positive, default=64)
+    legacy_max_body_bytes: int = _opt(_positive, default=8 * 1024 * 1024)
+    shadow_max_concurrent: int = _opt(_non_negative, default=20)
+    shadow_timeout: float = _opt(_positive, default=60.0)
+    shadow_poll_interval: float = _opt(_positive, default=1.0)
+    shadow_ignore_fields: tuple[str, ...] = ()
+    shadow_max_samples: int = _opt(_non_negative, default=50)
+    admin_token: str = _opt(_admin_token, default="")
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     session: SessionConfig = field(default_factory=SessionConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     clients: ClientsConfig = field(default_factory=ClientsConfig)
 
@@ -190,6 +218,10 @@ ENV_NAMES: dict[str, tuple[str, str]] = {
     "GATEWAY_MAX_SESSIONS": ("session", "max_sessions"),
     "GATEWAY_LOG_LEVEL": ("log", "level"),
     "GATEWAY_LOG_FORMAT": ("log", "format"),
+    "GATEWAY_LEGACY_URL": ("rollout", "legacy_url"),
+    "GATEWAY_ROLLOUT_MODE": ("rollout", "mode"),
+    "GATEWAY_ROLLOUT_FLAGS_FILE": ("rollout", "flags_file"),
+    "GATEWAY_ROLLOUT_ADMIN_TOKEN": ("rollout", "admin_token"),
     "GATEWAY_METRICS_PORT": ("metrics", "port"),
 }
 
@@ -230,8 +262,8 @@ def _coerce(raw: Any, typ: type, from_env: bool) -> Any:
         raise ValueError("must be a string")
     if typ is tuple:
         if from_env and isinstance(raw, str):
-            raw = [part.strip() for part in raw.split(",") if part.strip()]
-        if isinstance(raw, (list, tuple)) and all(isinstance(v, str) for v in raw):
+            raw = [item.strip() for item in raw.split(",") if item.strip()]
+        if isinstance(raw, (list, tuple)) and all(isinstance(item, str) for item in raw):
             return tuple(raw)
         raise ValueError("must be a list of strings")
     if typ is dict:

@@ -8,7 +8,10 @@ from aiohttp import web
 from gateway.clients import ClientTable
 from gateway.config import Config
 from gateway.fanout import Fanout
+from gateway.legacy import Legacy
 from gateway.metrics import Metrics
+from gateway.rollout import Rollout
+from gateway.shadow import Shadow
 from gateway.store.base import SessionStore
 from gateway.upstream import Upstream
 
@@ -18,6 +21,11 @@ STORE = web.AppKey("store", SessionStore)
 CLIENT = web.AppKey("client_session", aiohttp.ClientSession)
 UPSTREAM = web.AppKey("upstream", Upstream)
 FANOUT = web.AppKey("fanout", Fanout)
+# The rollout's flags (always present) and, only when rollout.legacy_url is set, the legacy
+# client and the shadow compare.
+ROLLOUT = web.AppKey("rollout", Rollout)
+LEGACY = web.AppKey("legacy", Legacy)
+SHADOW = web.AppKey("shadow", Shadow)
 # The configured client apps and versions, for the old-path metrics.
 CLIENTS = web.AppKey("clients", ClientTable)
 # Per request: the id logged on every line and sent upstream as X-Request-Id.

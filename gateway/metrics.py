@@ -20,13 +20,9 @@ UPSTREAM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 
 UPSTREAM_METHODS = ("mkab", "visit", "calldoctor", "disp")
 LPU_FAILURE_REASONS = ("timeout", "status", "invalid_body", "connection", "too_large", "deadline", "internal")
-# Label values of the old-path and rollout metrics.
+# Label values of the old-path metrics.
 OLD_ROUTES = ("create", "poll")
 SIDES = ("gateway", "legacy", "shadow")
-SHADOW_RESULTS = ("match", "mismatch", "incomplete")
-# The reason of the zero series created before the rollout records anything: Prometheus stores an
-# empty label as no label, so no made-up reason shows on a dashboard.
-NO_REASON = ""
 
 
 class Metrics:
@@ -178,12 +174,7 @@ class Metrics:
         self.lpu_outcomes.labels("complete", "ok")
         for final in ("true", "false"):
             self.polls.labels(final)
-        for side in SIDES:
-            self.rollout_decisions.labels(side, NO_REASON)
-        for result in SHADOW_RESULTS:
-            self.shadow_results.labels(result, NO_REASON)
-        for route in OLD_ROUTES:
-            self.legacy_duration.labels(route, "ok")
+        # The rollout creates its own decision and shadow series (gateway/rollout.py, shadow.py).
 
     def zero_client_series(self, apps: Iterable[str]) -> None:
         """Old-path series for every app the config can name (and other, unknown): an app that

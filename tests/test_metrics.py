@@ -7,17 +7,22 @@ import random
 import shutil
 import subprocess
 import uuid
+from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 from conftest import TOKENS, bearer, new_token
 from dashboards import used_metric_names
+from fake_legacy import start_legacy, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 from workload import (
     CLIENTS,
+    ROUNDS,
     TICKETS,
     Patients,
     expected_lpu_outcomes,
+    rollout_section,
     run_workload,
     serve_gateway,
     workload_config,
@@ -49,49 +54,70 @@ async def scrape(url: str) -> str:
             return await resp.text()
 
 
-async def test_metrics_after_the_workload(upstream: Any) -> None:
+async def test_metrics_after_the_workload(upstream: Any, aiohttp_server: Any, tmp_path: Path) -> None:
     patients = Patients()
     _, url = await upstream(*patients.all())
-    async with serve_gateway(workload_config(url, deadline=1.0)) as gw:
-        done = await run_workload(gw.url, patients)
-        text = await scrape(gw.metrics_url)
+    _, legacy_url = await start_legacy(aiohttp_server)
+    plain = workload_config(url, deadline=1.0)
+    in_front = workload_config(url, deadline=1.0, rollout=rollout_section(legacy_url, tmp_path))
+    async with serve_gateway(plain) as gw, serve_gateway(in_front) as gw_rollout:
+        done = await run_workload(gw.url, patients, rollout_url=gw_rollout.url)
+
+        async def compared() -> bool:
+            found = samples(await scrape(gw_rollout.metrics_url))
+            return all(
+                total(found, "gateway_shadow_results_total", result=r) == n for r, n in done.shadow_compares.items()
+            )
+
+        await wait_until(compared, what="the shadow compares")
+        text, rollout_text = await scrape(gw.metrics_url), await scrape(gw_rollout.metrics_url)
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{gw.url}/metrics") as resp:
                 assert resp.status == 404, "with an admin listener, /metrics is not on the public port"
 
     promtool = shutil.which("promtool")
     assert promtool, "promtool is missing: `make test` installs Debian's prometheus package"
-    check = subprocess.run(  # noqa: ASYNC221 (the gateway is stopped by now)
-        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
-    )
-    assert check.returncode == 0, check.stdout + check.stderr
+    for exposition in (text, rollout_text):
+        check = subprocess.run(  # noqa: ASYNC221 (the gateways are stopped by now)
+            [promtool, "check", "metrics"], input=exposition, capture_output=True, text=True, timeout=30
+        )
+        assert check.returncode == 0, check.stdout + check.stderr
 
-    found = samples(text)
+    found, found_rollout = samples(text), samples(rollout_text)
     exposed = {name.removesuffix("_bucket").removesuffix("_count").removesuffix("_sum") for name, _ in found}
+    exposed |= {name.removesuffix("_bucket").removesuffix("_count").removesuffix("_sum") for name, _ in found_rollout}
     missing = used_metric_names() - exposed
     assert not missing, f"dashboards or alert rules use metrics /metrics does not have: {sorted(missing)}"
 
-    old = {
-        (dict(ls)["route"], dict(ls)["app"], dict(ls)["app_version"], dict(ls)["status_class"]): v
-        for (name, ls), v in found.items()
-        if name == "gateway_old_requests_total" and v > 0
-    }
+    # Old-path use, both gateways together, is exactly what the workload sent, side by side.
+    labels = ("route", "side", "app", "app_version", "status_class")
+    old: Counter[tuple[str, ...]] = Counter()
+    for (name, ls), v in [*found.items(), *found_rollout.items()]:
+        if name == "gateway_old_requests_total" and v > 0:
+            old[tuple(dict(ls)[label] for label in labels)] += int(v)
     assert old == done.requests
-    assert total(found, "gateway_old_requests_total", side="gateway") == sum(done.requests.values())
-    assert total(found, "gateway_old_requests_total", side="legacy") == 0
-    for app in done.by_app():
+    assert set(done.by("side")) == {"gateway", "legacy", "shadow"}
+    for app in done.by("app"):
         assert total(found, "gateway_client_last_seen_timestamp_seconds", app=app) > 0
+
+    # The gateway without a legacy service ran the scripted sessions alone.
     for (outcome, reason), n in expected_lpu_outcomes().items():
         assert total(found, "gateway_lpu_outcomes_total", outcome=outcome, reason=reason) == n, (outcome, reason)
-    assert total(found, "gateway_sessions_created_total") == done.sessions_created
     assert total(found, "gateway_sessions_deadline_total") == 1
     assert total(found, "gateway_upstream_retries_total") >= 1
     assert total(found, "gateway_upstream_retry_budget_exhausted_total") >= 1
-    assert total(found, "gateway_store_misses_total") == 2
+    assert total(found, "gateway_store_misses_total") == ROUNDS
     assert total(found, "gateway_session_polls_total") == total(found, "gateway_store_hits_total")
-    assert total(found, "gateway_session_complete_seconds_count") == done.sessions_created
     assert total(found, "gateway_sessions_in_flight") == 0
-    leaked = [t for t in TOKENS if t in text]
+    assert total(found_rollout, "gateway_rollout_decisions_total", side="legacy", reason="deny_list") == ROUNDS
+    assert total(found_rollout, "gateway_rollout_decisions_total", side="gateway", reason="allow_list") == ROUNDS
+    assert total(found_rollout, "gateway_rollout_decisions_total", side="shadow", reason="default") == 3 * ROUNDS
+    shadow_candidates = sum(done.shadow_compares.values())
+    created = total(found, "gateway_sessions_created_total") + total(found_rollout, "gateway_sessions_created_total")
+    assert created == done.sessions_created + shadow_candidates
+    for f in (found, found_rollout):
+        assert total(f, "gateway_session_complete_seconds_count") == total(f, "gateway_sessions_created_total")
+    leaked = [t for t in TOKENS if t in text or t in rollout_text]
     assert not leaked, "a token appears in /metrics"
 
 

@@ -1,18 +1,21 @@
 """A scripted old-path workload for the metrics tests: five client apps, healthy and failing LPUs,
-retries, a session that hits the deadline, and error answers. It runs against a gateway served
-for real (AppRunner on 127.0.0.1, with its admin listener) in front of the sandbox, and returns
-exactly what it did, so tests can compare the metrics with it.
+retries, a session that hits the deadline, and error answers; optionally a second gateway in
+front of a legacy service, with sessions served by each side and shadow compares. It runs
+against gateways served for real (AppRunner on 127.0.0.1, with their admin listeners) in front
+of the sandbox, and returns exactly what it did, so tests can compare the metrics with it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -22,7 +25,7 @@ from conftest import bearer, new_token, patient
 from gateway.api.metrics import create_metrics_app
 from gateway.app import create_app
 from gateway.config import Config
-from gateway.sandbox.data import LpuKnobs, SandboxPatient
+from gateway.sandbox.data import LpuKnobs, SandboxLpu, SandboxPatient
 
 TICKETS = "/api/v2/old/visit/tickets"
 DEADLINE = 3.0
@@ -41,6 +44,33 @@ APPS: dict[str, tuple[dict[str, str], str]] = {
     "other": ({"User-Agent": "curl/8.5.0"}, "other"),
     "unknown": ({}, "unknown"),
 }
+
+
+# The rollout flags of the gateway in front of the legacy service: android is allowed onto the
+# gateway, web is denied (legacy), every other app is shadowed (legacy answers, the gateway
+# compares its own answer in the background).
+ROLLOUT_FLAGS = f"""
+version = "metrics-workload"
+mode = "shadow"
+allow_apps = ["{ANDROID_GUID}"]
+deny_apps = ["{WEB_GUID}"]
+"""
+GOLDEN = Path(__file__).parent / "golden" / "ticket_lists.json"
+
+
+def golden_patient() -> SandboxPatient:
+    """A patient whose gateway answer is the seed's golden answer, which the fake legacy
+    service also gives: a shadow compare of the two matches."""
+    [entry] = json.loads(GOLDEN.read_text())
+    lpu = SandboxLpu(info=entry["lpu"], visits=entry["visits"], calls=entry["calls"], disps=entry["disps"])
+    return SandboxPatient(new_token(), [lpu])
+
+
+def rollout_section(legacy_url: str, directory: Path) -> dict[str, Any]:
+    """[rollout] for a gateway in front of `legacy_url` running ROLLOUT_FLAGS."""
+    flags = directory / "rollout-flags.toml"
+    flags.write_text(ROLLOUT_FLAGS)
+    return {"legacy_url": legacy_url, "flags_file": str(flags), "shadow_poll_interval": 0.05}
 
 
 def workload_config(upstream_url: str, deadline: float = DEADLINE, **sections: dict[str, Any]) -> Config:
@@ -67,12 +97,13 @@ class Patients:
     retrying: SandboxPatient = field(default_factory=lambda: patient(LpuKnobs(fault="status", status=503)))
     hanging: SandboxPatient = field(default_factory=lambda: patient(None, LpuKnobs(fault="hang")))
     broken_mkab: SandboxPatient = field(default_factory=lambda: patient(None))
+    golden: SandboxPatient = field(default_factory=golden_patient)
 
     def __post_init__(self) -> None:
         self.broken_mkab.mkab_status = 500
 
     def all(self) -> list[SandboxPatient]:
-        return [self.healthy, self.failing, self.retrying, self.hanging, self.broken_mkab]
+        return [self.healthy, self.failing, self.retrying, self.hanging, self.broken_mkab, self.golden]
 
     def tokens(self) -> list[str]:
         return [p.token for p in self.all()]
@@ -80,16 +111,18 @@ class Patients:
 
 @dataclass
 class Done:
-    """What the workload did: old-path requests by (route, app, app_version, status_class)."""
+    """What the workload did: old-path requests by (route, side, app, app_version, status_class)."""
 
-    requests: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)
-    sessions_created: int = 0
+    requests: Counter[tuple[str, str, str, str, str]] = field(default_factory=Counter)
+    shadow_compares: Counter[str] = field(default_factory=Counter)  # result → sessions
+    sessions_created: int = 0  # by the gateway side, for a client (shadow compares make more)
     request_ids: dict[str, str] = field(default_factory=dict)  # session GUID → X-Request-Id of its create
 
-    def by_app(self) -> Counter[str]:
+    def by(self, label: str) -> Counter[str]:
+        index = ("route", "side", "app", "app_version", "status_class").index(label)
         counts: Counter[str] = Counter()
-        for (_, app, _, _), n in self.requests.items():
-            counts[app] += n
+        for key, n in self.requests.items():
+            counts[key[index]] += n
         return counts
 
 
@@ -123,28 +156,32 @@ class OldPathClient:
         self.base = base
         self.done = done
 
-    async def get(self, route: str, path: str, app: str, token: str | None = None) -> tuple[int, Any]:
+    async def get(
+        self, route: str, path: str, app: str, token: str | None = None, side: str = "gateway"
+    ) -> tuple[int, Any]:
         headers, version = APPS[app]
         request_id = uuid.uuid4().hex
         headers = headers | {"X-Request-Id": request_id} | (bearer(token) if token else {})
         async with self.http.get(self.base + path, headers=headers) as resp:
             body = await resp.json()
             status = resp.status
-        self.done.requests[(route, app, version, f"{status // 100}xx")] += 1
-        if route == "create" and status == 200:
+        self.done.requests[(route, side, app, version, f"{status // 100}xx")] += 1
+        if route == "create" and status == 200 and side == "gateway":
             self.done.sessions_created += 1
             self.done.request_ids[body["session"]] = request_id
         return status, body
 
-    async def create(self, app: str, token: str, expect: int = 200) -> str | None:
-        status, body = await self.get("create", TICKETS, app, token)
+    async def create(self, app: str, token: str, expect: int = 200, side: str = "gateway") -> str | None:
+        status, body = await self.get("create", TICKETS, app, token, side)
         assert status == expect, body
         return body["session"] if status == 200 else None
 
-    async def poll_until_final(self, app: str, guid: str, token: str, limit: float = 30.0) -> list[str]:
+    async def poll_until_final(
+        self, app: str, guid: str, token: str, side: str = "gateway", limit: float = 30.0
+    ) -> list[str]:
         end = time.monotonic() + limit
         while True:
-            status, body = await self.get("poll", f"{TICKETS}/{guid}", app, token)
+            status, body = await self.get("poll", f"{TICKETS}/{guid}", app, token, side)
             assert status == 200, body
             states = [entry["state"] for entry in body]
             if "InProgress" not in states:
@@ -174,13 +211,15 @@ async def run_workload(
     patients: Patients,
     between_rounds: Callable[[Done], Awaitable[None]] | None = None,
     rounds: int = ROUNDS,
+    rollout_url: str | None = None,
 ) -> Done:
     """Android's first session hangs until the deadline. Meanwhile, for `rounds` rounds: every
     app creates and polls a healthy and a failing patient's session; ios retries into an
     exhausted budget; other meets a broken MKAB list (502); web sends a token the upstream
-    rejects (401); unknown polls a GUID nobody created (404). `between_rounds` runs after each
-    round while the first session still hangs: a scraper can see every series appear, then
-    grow, as a rate() needs."""
+    rejects (401); unknown polls a GUID nobody created (404); and, given `rollout_url` (a gateway
+    running ROLLOUT_FLAGS in front of a legacy service), one session per app on each side.
+    `between_rounds` runs after each round while the first session still hangs: a scraper can
+    see every series appear, then grow, as a rate() needs."""
     done = Done()
     # aiohttp would send its own User-Agent: the apps' headers are exactly the ones in APPS.
     async with aiohttp.ClientSession(skip_auto_headers=("User-Agent",)) as http:
@@ -189,10 +228,32 @@ async def run_workload(
         assert hanging is not None
         for _ in range(rounds):
             await one_round(client, patients)
+            if rollout_url is not None:
+                await rollout_round(OldPathClient(http, rollout_url, done), patients)
             if between_rounds is not None:
                 await between_rounds(done)
         assert await client.poll_until_final("android", hanging, patients.hanging.token) == ["Complete", "Failed"]
     return done
+
+
+async def rollout_round(client: OldPathClient, patients: Patients) -> None:
+    """Sessions on each side of a gateway running ROLLOUT_FLAGS. A shadowed session's polls go to
+    the legacy service, which made it; the fake legacy service answers the golden answer."""
+    golden = patients.golden
+    guid = await client.create("android", golden.token, side="gateway")
+    assert guid is not None
+    assert await client.poll_until_final("android", guid, golden.token) == ["Complete"]
+    for app, side, p, compare in (
+        ("web", "legacy", golden, None),
+        ("ios", "shadow", golden, "match"),
+        ("unknown", "shadow", golden, "match"),
+        ("other", "shadow", patients.healthy, "mismatch"),  # two LPUs here, one in the legacy answer
+    ):
+        guid = await client.create(app, p.token, side=side)
+        assert guid is not None
+        assert await client.poll_until_final(app, guid, p.token, side="legacy") == ["Complete"]
+        if compare is not None:
+            client.done.shadow_compares[compare] += 1
 
 
 async def one_round(client: OldPathClient, patients: Patients) -> None:
