@@ -9,6 +9,8 @@ from aiohttp import web
 
 from gateway import keys
 from gateway.api import admin, health, tickets
+from gateway.api import metrics as metrics_api
+from gateway.clients import client_table
 from gateway.config import Config
 from gateway.fanout import Fanout
 from gateway.legacy import Legacy
@@ -20,6 +22,7 @@ from gateway.store.base import SessionStore
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore
 from gateway.upstream import Upstream, new_client_session
+from gateway.usage import old_path_usage
 
 
 async def _store(app: web.Application) -> AsyncIterator[None]:
@@ -78,11 +81,15 @@ async def _rollout(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(config: Config, metrics: Metrics | None = None) -> web.Application:
-    app = web.Application(middlewares=[request_context, errors])
+    app = web.Application(middlewares=[request_context, old_path_usage, errors])
     app[keys.CONFIG] = config
     app[keys.METRICS] = metrics or Metrics()
+    app[keys.CLIENTS] = client_table(config.clients)
+    app[keys.METRICS].zero_client_series(app[keys.CLIENTS].apps)
     app.cleanup_ctx.extend([_store, _upstream, _fanout, _rollout])
     tickets.add_routes(app)
     health.add_routes(app)
     admin.add_routes(app)
+    if config.metrics.port == 0:
+        metrics_api.add_routes(app)
     return app

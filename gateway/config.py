@@ -107,6 +107,44 @@ def _one_of(*allowed: str) -> Callable[[str], str | None]:
     return check
 
 
+_GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+# App names become metric label values: short and plain; "other" and "unknown" are taken.
+_APP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
+_RESERVED_APPS = ("other", "unknown")
+_VERSION = re.compile(r"(0|[1-9][0-9]{0,3})\.(0|[1-9][0-9]{0,3})")
+
+
+def _app_name_problem(name: str) -> str | None:
+    if not _APP_NAME.fullmatch(name) or name in _RESERVED_APPS:
+        return f"app name {name!r} must match {_APP_NAME.pattern} and not be other/unknown"
+    return None
+
+
+def _apps_by_guid(v: dict[str, str]) -> str | None:
+    for guid, name in v.items():
+        if not _GUID.fullmatch(guid):
+            return f"key {guid!r} is not a GUID"
+        if problem := _app_name_problem(name):
+            return problem
+    return None
+
+
+def _apps_by_pattern(v: dict[str, str]) -> str | None:
+    for pattern, name in v.items():
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            return f"pattern {pattern!r} is not a regular expression ({exc})"
+        if problem := _app_name_problem(name):
+            return problem
+    return None
+
+
+def _versions(v: tuple[str, ...]) -> str | None:
+    bad = [x for x in v if not _VERSION.fullmatch(x)]
+    return f"versions must be major.minor without leading zeros (got {bad[0]!r})" if bad else None
+
+
 def _admin_token(v: str) -> str | None:
     # An admin token short enough to guess would make the inspection endpoint public.
     return None if not v or len(v) >= 16 else "must be empty (no admin endpoint) or at least 16 characters"
@@ -177,6 +215,26 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    # /metrics has its own listener by default, so that it is not on the public route the apps
+    # use; port 0 serves it on the main port instead.
+    host: str = ""  # empty: the same as server.host
+    port: int = _opt(_port, default=9102)
+
+
+@dataclass(frozen=True)
+class ClientsConfig:
+    """Which app a request comes from, as a metric label: a closed set, never the raw header."""
+
+    # ClientApplication GUID → app name.
+    by_guid: dict[str, str] = field(metadata={"check": _apps_by_guid}, default_factory=dict)
+    # Regular expression searched in User-Agent → app name; the first match in file order wins.
+    by_user_agent: dict[str, str] = field(metadata={"check": _apps_by_pattern}, default_factory=dict)
+    # App versions (major.minor) kept as labels; any other version is counted as "other".
+    versions: tuple[str, ...] = _opt(_versions, default=())
+
+
+@dataclass(frozen=True)
 class RolloutConfig:
     """Putting the gateway in front of the legacy service (README "Rollout"). Without a
     legacy_url every session is the gateway's, exactly as if this section did not exist."""
@@ -206,6 +264,8 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    clients: ClientsConfig = field(default_factory=ClientsConfig)
 
     def replace(self, **sections: Mapping[str, Any]) -> Config:
         """A copy with some keys changed, validated like a file: replace(session={"ttl": 5})."""
@@ -233,6 +293,7 @@ ENV_NAMES: dict[str, tuple[str, str]] = {
     "GATEWAY_ROLLOUT_FLAGS_FILE": ("rollout", "flags_file"),
     "GATEWAY_ROLLOUT_ADMIN_TOKEN": ("rollout", "admin_token"),
     "GATEWAY_REDIS_URL": ("redis", "url"),
+    "GATEWAY_METRICS_PORT": ("metrics", "port"),
 }
 
 
@@ -276,10 +337,14 @@ def _coerce(raw: Any, typ: type, from_env: bool) -> Any:
         if isinstance(raw, (list, tuple)) and all(isinstance(item, str) for item in raw):
             return tuple(raw)
         raise ValueError("must be a list of strings")
+    if typ is dict:
+        if isinstance(raw, Mapping) and all(isinstance(v, str) for v in raw.values()):
+            return dict(raw)
+        raise ValueError("must be a table of strings")
     raise ValueError(f"unsupported type {typ}")
 
 
-_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "tuple[str, ...]": tuple}
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "tuple[str, ...]": tuple, "dict[str, str]": dict}
 
 
 def build_config(

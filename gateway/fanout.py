@@ -45,11 +45,12 @@ def dumps(value: Any) -> bytes:
 
 
 class _LpuFailed(Exception):
-    def __init__(self, method: str, reason: str, detail: str) -> None:
+    def __init__(self, method: str, reason: str, detail: str, duration: float) -> None:
         super().__init__(reason)
         self.method = method
         self.reason = reason
         self.detail = detail
+        self.duration = duration  # of the failed call, retries included
 
 
 class Fanout:
@@ -105,18 +106,32 @@ class Fanout:
         return session.guid
 
     async def _patient_lpus(self, caller: Caller) -> list[dict[str, Any]]:
+        started = time.perf_counter()
         try:
             raw = await self._upstream.mkab(caller)
             return map_mkab_list(raw)
         except CallFailure as failure:
-            log.warning("mkab_failed", method="mkab", reason=failure.reason, status=failure.status)
+            log.warning(
+                "mkab_failed",
+                method="mkab",
+                reason=failure.reason,
+                status=failure.status,
+                duration_s=round(time.perf_counter() - started, 3),
+            )
             if failure.reason == "status" and failure.status in (401, 403):
                 raise GatewayError("token_rejected") from None
             if failure.reason == "timeout":
                 raise GatewayError("upstream_timeout") from None
             raise GatewayError("upstream_failed") from None
         except MappingError as exc:
-            log.warning("mkab_failed", method="mkab", reason="invalid_body", path=exc.path, problem=exc.problem)
+            log.warning(
+                "mkab_failed",
+                method="mkab",
+                reason="invalid_body",
+                path=exc.path,
+                problem=exc.problem,
+                duration_s=round(time.perf_counter() - started, 3),
+            )
             raise GatewayError("upstream_failed") from None
 
     def start(self, session: Session, caller: Caller, indices: range | list[int]) -> None:
@@ -142,9 +157,11 @@ class Fanout:
                         for index in indices:
                             group.create_task(self._lpu(session, index, caller, pending))
             except TimeoutError:
+                self._metrics.sessions_deadline.inc()
+                waited = time.time() - session.created_at
                 for index in sorted(pending):
                     if await self._store.finish_lpu(session.guid, index, failed_entry(session.lpus[index])):
-                        self._record_failure(session, index, "session", "deadline", "")
+                        self._record_failure(session, index, _LpuFailed("session", "deadline", "", waited))
         except* StoreUnavailable:
             # The unwritten LPUs read as Failed at the deadline; the lease lapses, so a poll with
             # the token may re-run them once the store is back (take_over).
@@ -195,7 +212,8 @@ class Fanout:
                 return
             for index in unfinished:
                 if await self._store.finish_lpu(session.guid, index, failed_entry(session.lpus[index])):
-                    self._record_failure(session, index, "session", "deadline", "orphaned")
+                    waited = time.time() - session.created_at
+                    self._record_failure(session, index, _LpuFailed("session", "deadline", "orphaned", waited))
         except StoreUnavailable:
             log.warning("takeover_store_unavailable", session=session.guid)
 
@@ -213,7 +231,7 @@ class Fanout:
                 raise
             pending.discard(index)
             if await self._store.finish_lpu(session.guid, index, failed_entry(session.lpus[index])):
-                self._record_failure(session, index, first.method, first.reason, first.detail)
+                self._record_failure(session, index, first)
             return
         visits, lpu_calls, disps = (task.result() for task in calls)
         pending.discard(index)
@@ -222,27 +240,30 @@ class Fanout:
             self._metrics.lpu_outcomes.labels("complete", "ok").inc()
 
     async def _fetch(self, method: str, mapper: Any, lpu_guid: str, caller: Caller) -> bytes:
+        started = time.perf_counter()
         try:
             return dumps(mapper(await self._upstream.for_lpu(method, lpu_guid, caller)))
         except CallFailure as failure:
             detail = f"status {failure.status}" if failure.status else failure.detail
-            raise _LpuFailed(method, failure.reason, detail) from None
+            raise _LpuFailed(method, failure.reason, detail, time.perf_counter() - started) from None
         except MappingError as exc:
-            raise _LpuFailed(method, "invalid_body", f"{exc.path}: {exc.problem}") from None
+            detail = f"{exc.path}: {exc.problem}"
+            raise _LpuFailed(method, "invalid_body", detail, time.perf_counter() - started) from None
         except Exception as exc:  # a bug must fail one LPU, not every LPU of the session
             log.exception("lpu_internal_error", method=method, lpu=lpu_guid)
-            raise _LpuFailed(method, "internal", type(exc).__name__) from None
+            raise _LpuFailed(method, "internal", type(exc).__name__, time.perf_counter() - started) from None
 
-    def _record_failure(self, session: Session, index: int, method: str, reason: str, detail: str) -> None:
-        self._metrics.lpu_outcomes.labels("failed", reason).inc()
+    def _record_failure(self, session: Session, index: int, failure: _LpuFailed) -> None:
+        self._metrics.lpu_outcomes.labels("failed", failure.reason).inc()
         # Once per LPU, with no token and nothing from the record bodies: only where and why.
         log.warning(
             "lpu_failed",
             session=session.guid,
             lpu=session.lpu_guids[index],
-            method=method,
-            reason=reason,
-            detail=detail,
+            method=failure.method,
+            reason=failure.reason,
+            detail=failure.detail,
+            duration_s=round(failure.duration, 3),
             elapsed_s=round(time.time() - session.created_at, 3),
         )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import aiohttp
 from aiohttp import web
 
+from gateway.clients import ClientTable
 from gateway.config import Config
 from gateway.fanout import Fanout
 from gateway.legacy import Legacy
@@ -25,6 +26,8 @@ FANOUT = web.AppKey("fanout", Fanout)
 ROLLOUT = web.AppKey("rollout", Rollout)
 LEGACY = web.AppKey("legacy", Legacy)
 SHADOW = web.AppKey("shadow", Shadow)
+# The configured client apps and versions, for the old-path metrics.
+CLIENTS = web.AppKey("clients", ClientTable)
 # Per request: the id logged on every line and sent upstream as X-Request-Id.
 REQUEST_ID = web.RequestKey("request_id", str)
 # Per request: which side served an old-path request ("gateway", "legacy" or "shadow"); the

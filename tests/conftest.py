@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_server import prometheus  # noqa: F401  (the fixture: a real Prometheus on loopback)
 
 from gateway.app import create_app
 from gateway.config import Config, LogConfig

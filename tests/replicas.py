@@ -140,6 +140,7 @@ def _spawn(name: str, directory: Path, env: dict[str, str]) -> Replica:
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "GATEWAY_HOST": "127.0.0.1",
         "GATEWAY_PORT": str(port),
+        "GATEWAY_METRICS_PORT": "0",  # /metrics on the main port: replicas must not share one
         "GATEWAY_LOG_LEVEL": "info",
     }
     with open(log_path, "wb") as log:

@@ -344,6 +344,7 @@ async def test_sighup_reloads_the_flags_of_a_running_gateway(tmp_path: Path) -> 
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "GATEWAY_PORT": str(port),
+        "GATEWAY_METRICS_PORT": "0",
         "GATEWAY_LEGACY_URL": "http://127.0.0.1:9",
         "GATEWAY_ROLLOUT_FLAGS_FILE": str(flags),
         "GATEWAY_ROLLOUT_ADMIN_TOKEN": ADMIN["X-Admin-Token"],

@@ -13,15 +13,25 @@ from gateway.store.base import Session, StoreFull
 
 
 class _ExpiringCache(TTLCache):
-    def __init__(self, maxsize: int, ttl: float, on_expire: Callable[[int], None]) -> None:
+    def __init__(
+        self, maxsize: int, ttl: float, on_expire: Callable[[int], None], on_evict: Callable[[], None]
+    ) -> None:
         super().__init__(maxsize=maxsize, ttl=ttl, timer=time.monotonic)
         self._on_expire = on_expire
+        self._on_evict = on_evict
 
     def expire(self, time: Any = None) -> Any:
         expired = super().expire(time)
         if expired:
             self._on_expire(len(expired))
         return expired
+
+    def popitem(self) -> Any:
+        # cachetools evicts through popitem when an insert finds the cache full. MemoryStore
+        # refuses instead, so this stays 0 unless that guard is broken: the metric would show it.
+        item = super().popitem()
+        self._on_evict()
+        return item
 
 
 class MemoryStore:
@@ -37,7 +47,9 @@ class MemoryStore:
 
     def __init__(self, max_sessions: int, ttl: float, metrics: Metrics, lease_ttl: float = 3.0) -> None:
         self._metrics = metrics
-        self._cache: _ExpiringCache = _ExpiringCache(max_sessions, ttl, metrics.store_expired.inc)
+        self._cache: _ExpiringCache = _ExpiringCache(
+            max_sessions, ttl, metrics.store_expired.inc, metrics.store_evictions.inc
+        )
         # guid → True while leased; the entry's own TTL is the lease's, and setting it renews it.
         self._leases: TTLCache[str, bool] = TTLCache(maxsize=max_sessions, ttl=lease_ttl, timer=time.monotonic)
         metrics.store_sessions.set_function(lambda: len(self._cache))
