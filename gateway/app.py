@@ -11,6 +11,7 @@ from gateway import keys
 from gateway.api import health, tickets
 from gateway.config import Config
 from gateway.fanout import Fanout
+from gateway.limits import SessionLimits
 from gateway.metrics import Metrics
 from gateway.middleware import errors, request_context
 from gateway.store.memory import MemoryStore
@@ -29,7 +30,7 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
     client = new_client_session(config.upstream)
     app[keys.CLIENT] = client
-    app[keys.UPSTREAM] = Upstream(config.upstream, client, app[keys.METRICS])
+    app[keys.UPSTREAM] = Upstream(config.upstream, client, app[keys.METRICS], config.limits)
     yield
     await client.close()
 
@@ -44,9 +45,13 @@ async def _fanout(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(config: Config, metrics: Metrics | None = None) -> web.Application:
-    app = web.Application(middlewares=[request_context, errors])
+    # The parser's limits go with the app, so that every runner serving it (the CLI's, the
+    # tests') applies them; see gateway/server.py for how their refusals are answered.
+    limits = {"max_line_size": config.server.max_line_size, "max_field_size": config.server.max_field_size}
+    app = web.Application(middlewares=[request_context, errors], handler_args=limits)
     app[keys.CONFIG] = config
     app[keys.METRICS] = metrics or Metrics()
+    app[keys.LIMITS] = SessionLimits(config.limits, app[keys.METRICS])
     app.cleanup_ctx.extend([_store, _upstream, _fanout])
     tickets.add_routes(app)
     health.add_routes(app)

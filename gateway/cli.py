@@ -15,6 +15,7 @@ from gateway.app import create_app
 from gateway.config import Config, ConfigError, load_config
 from gateway.logs import configure_logging
 from gateway.sandbox.app import create_sandbox_app
+from gateway.server import GatewayRunner
 
 log = structlog.get_logger("gateway.cli")
 
@@ -24,13 +25,12 @@ async def run_apps(apps: Sequence[tuple[str, web.Application, str, int]], config
     stop listening, answer in-flight requests (up to server.shutdown_timeout), clean up."""
     runners = []
     for name, app, host, port in apps:
-        runner = web.AppRunner(
+        # The gateway app carries its own parser limits (create_app's handler_args).
+        runner = GatewayRunner(
             app,
             access_log=None,
             shutdown_timeout=config.server.shutdown_timeout,
             handler_cancellation=False,
-            max_line_size=config.server.max_line_size,
-            max_field_size=config.server.max_field_size,
         )
         await runner.setup()
         await web.TCPSite(runner, host, port).start()

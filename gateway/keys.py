@@ -7,6 +7,7 @@ from aiohttp import web
 
 from gateway.config import Config
 from gateway.fanout import Fanout
+from gateway.limits import SessionLimits
 from gateway.metrics import Metrics
 from gateway.store.base import SessionStore
 from gateway.upstream import Upstream
@@ -17,6 +18,7 @@ STORE = web.AppKey("store", SessionStore)
 CLIENT = web.AppKey("client_session", aiohttp.ClientSession)
 UPSTREAM = web.AppKey("upstream", Upstream)
 FANOUT = web.AppKey("fanout", Fanout)
+LIMITS = web.AppKey("limits", SessionLimits)
 # Per request: the id logged on every line and sent upstream as X-Request-Id.
 REQUEST_ID = web.RequestKey("request_id", str)
 # Per request: which side served an old-path request ("gateway", "legacy" or "shadow"); the

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from gateway import keys
 from gateway.errors import GatewayError
-from gateway.store.base import same_token
+from gateway.store.base import same_token, token_hash
 from gateway.upstream import Caller
 
 CREATE_PATH = "/api/v2/old/visit/tickets"
@@ -38,7 +38,13 @@ async def create_session(request: web.Request) -> web.Response:
     token = bearer_token(request)
     if token is None:
         raise GatewayError("unauthorized")
-    guid = await request.app[keys.FANOUT].open_session(token, caller_of(request))
+    # Admitted before the MKAB call: a refused creation costs the upstream nothing.
+    admission = request.app[keys.LIMITS].admit(token_hash(token))
+    try:
+        guid = await request.app[keys.FANOUT].open_session(token, caller_of(request), on_done=admission.release)
+    except BaseException:
+        admission.release()
+        raise
     return web.json_response({"session": guid})
 
 
@@ -57,6 +63,7 @@ async def read_session(request: web.Request) -> web.Response:
         # Another patient's token gets the same 404 as an unknown GUID: never reveal existence.
         if token is None or not same_token(session.token_hash, token):
             raise GatewayError("session_not_found")
+    request.app[keys.LIMITS].check_poll(session.guid)
     now = time.time()
     request.app[keys.METRICS].polls.labels("true" if session.is_final(now) else "false").inc()
     return web.Response(body=session.body(now), content_type="application/json")
