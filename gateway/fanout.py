@@ -95,7 +95,9 @@ class Fanout:
             raw = await self._upstream.mkab(caller)
             return map_mkab_list(raw)
         except CallFailure as failure:
-            log.warning("mkab_failed", method="mkab", reason=failure.reason, status=failure.status)
+            log.warning(
+                "mkab_failed", method="mkab", reason=failure.reason, status=failure.status, detail=failure.detail
+            )
             if failure.reason == "status" and failure.status in (401, 403):
                 raise GatewayError("token_rejected") from None
             if failure.reason == "timeout":

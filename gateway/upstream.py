@@ -176,7 +176,7 @@ class Upstream:
                 result = await self._attempt(method, caller, params)
             except CallFailure as failure:
                 self._metrics.upstream_duration.labels(method, failure.reason).observe(time.perf_counter() - started)
-                retryable = failure.status in RETRYABLE_STATUSES or failure.detail == "connect"
+                retryable = failure.status in RETRYABLE_STATUSES or failure.detail in ("connect", "dns")
                 if not retryable or attempt >= self._config.retries:
                     raise
                 if not self._budget.try_spend():
@@ -205,6 +205,8 @@ class Upstream:
             raise
         except TimeoutError:
             raise CallFailure("timeout") from None
+        except aiohttp.ClientConnectorDNSError:
+            raise CallFailure("connection", detail="dns") from None
         except aiohttp.ClientConnectorError:
             raise CallFailure("connection", detail="connect") from None
         except (aiohttp.ClientError, OSError) as exc:

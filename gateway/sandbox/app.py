@@ -158,6 +158,16 @@ async def _faulty(request: web.Request, method: str, lpu: SandboxLpu, payload: A
     if fault == "oversize":
         filler = [{"docFio": "x" * 1000}] * (knobs.oversize_bytes // 1000 + 1)
         return web.json_response(filler)
+    if fault == "oversize_chunked":
+        response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        record = json.dumps({"docFio": "x" * 1000}).encode()
+        await response.write(b"[" + record)
+        for _ in range(knobs.oversize_bytes // len(record) + 1):
+            await response.write(b"," + record)
+        await response.write(b"]")
+        return response
     transport = request.transport
     if fault == "reset":
         if transport is not None:
