@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from gateway import keys
-from gateway.api import health, tickets
+from gateway.api import health, openapi, tickets
 from gateway.config import Config
 from gateway.fanout import Fanout
 from gateway.limits import SessionLimits
@@ -55,4 +55,5 @@ def create_app(config: Config, metrics: Metrics | None = None) -> web.Applicatio
     app.cleanup_ctx.extend([_store, _upstream, _fanout])
     tickets.add_routes(app)
     health.add_routes(app)
+    openapi.add_routes(app)
     return app
