@@ -83,6 +83,19 @@ class SpecialUseResolver(aiohttp.ThreadedResolver):
         return await super().resolve(host, port, family)
 
 
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_body(body: bytes) -> Any:
+    """An upstream body as JSON, strictly: NaN and Infinity (which Python's parser accepts) would
+    pass through the mapper into answers that the apps' JSON parsers reject."""
+    try:
+        return json.loads(body, parse_constant=_no_constants)
+    except (ValueError, RecursionError):
+        raise CallFailure("invalid_body", detail="not JSON") from None
+
+
 def breaks_circuit(failure: CallFailure) -> bool:
     """Failures that say the target is unwell, as opposed to a bad answer for one patient."""
     return failure.reason in ("timeout", "connection") or (failure.status or 0) >= 500
@@ -211,10 +224,7 @@ class Upstream:
             raise CallFailure("connection", detail="connect") from None
         except (aiohttp.ClientError, OSError) as exc:
             raise CallFailure("connection", detail=type(exc).__name__) from None
-        try:
-            return json.loads(body)
-        except (ValueError, RecursionError):
-            raise CallFailure("invalid_body", detail="not JSON") from None
+        return parse_body(body)
 
     async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes:
         cap = self._config.max_body_bytes

@@ -20,9 +20,9 @@ class Reply:
         return json.loads(self.body)
 
 
-def send(host: str, port: int, request: bytes, timeout: float = 5.0) -> Reply | None:
-    """Sends `request` as is and reads one response; None if the server closed the connection
-    without answering."""
+def send(host: str, port: int, request: bytes, timeout: float = 5.0, method: str = "GET") -> Reply | None:
+    """Sends `request` as is and reads one response (`method`: the request's, so that the answer
+    to a HEAD is read without a body); None if the server closed the connection without answering."""
     assert host.startswith("127.") or host == "::1", "loopback only"
     with socket.create_connection((host, port), timeout=timeout) as sock:
         try:
@@ -30,7 +30,7 @@ def send(host: str, port: int, request: bytes, timeout: float = 5.0) -> Reply | 
         except (BrokenPipeError, ConnectionResetError):
             # The server may answer and close before reading all of a huge request.
             pass
-        response = http.client.HTTPResponse(sock)
+        response = http.client.HTTPResponse(sock, method=method)
         try:
             response.begin()
         except (http.client.RemoteDisconnected, ConnectionResetError):

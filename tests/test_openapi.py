@@ -55,8 +55,8 @@ async def answer(client: TestClient, path: str, **kwargs: Any) -> tuple[int, Any
 def test_the_document_is_openapi_3_1_with_valid_schemas() -> None:
     assert SPEC["openapi"].startswith("3.1.")
     assert set(SPEC["paths"]) == {CREATE, POLL}
-    for name, schema in SPEC["components"]["schemas"].items():
-        Draft202012Validator.check_schema(schema), name
+    for schema in SPEC["components"]["schemas"].values():
+        Draft202012Validator.check_schema(schema)
     for route in SPEC["paths"].values():
         for response in route["get"]["responses"].values():
             Draft202012Validator.check_schema(response["content"]["application/json"]["schema"])
