@@ -22,8 +22,8 @@ system-deps:
 	bash scripts/system-deps.sh $(SYSTEM_PACKAGES)
 
 lint: setup
-	$(VENV)/bin/ruff check gateway tests
-	$(VENV)/bin/ruff format --check gateway tests
+	$(VENV)/bin/ruff check gateway tests scripts
+	$(VENV)/bin/ruff format --check gateway tests scripts
 
 # Known advisories in the installed packages fail the run; packages the advisory database could
 # not be asked about are reported as unchecked (AUDIT_STRICT=1 fails on them): docs/security.md.

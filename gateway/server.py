@@ -11,7 +11,10 @@ logged or echoed.
 
 from __future__ import annotations
 
-from typing import cast
+import asyncio
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar, cast
 
 import structlog
 from aiohttp import web
@@ -22,6 +25,7 @@ from gateway.errors import ERRORS, ErrorKind, error_response, kind_for_status
 from gateway.metrics import Metrics
 
 log = structlog.get_logger("gateway.server")
+T = TypeVar("T")
 
 
 def error_kind(status: int, exc: BaseException | None) -> ErrorKind:
@@ -74,3 +78,42 @@ class GatewayRunner(web.AppRunner):
         server.__class__ = _Server
         cast(_Server, server).metrics = self.app.get(keys.METRICS)
         return server
+
+
+class ThreadedServer:
+    """Serves apps with GatewayRunner on an event loop in a thread of its own (loopback, a free
+    port each), for tools and tests that drive them from synchronous code or another loop."""
+
+    def __init__(self, handler_cancellation: bool = False) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="served-apps", daemon=True)
+        self._thread.start()
+        self._runners: list[web.AppRunner] = []
+        self._handler_cancellation = handler_cancellation
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+        """Runs a coroutine on the server's loop and returns its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def serve(self, app: web.Application) -> int:
+        """Starts serving `app` on 127.0.0.1; returns its port."""
+        return self.run(self._serve(app))
+
+    async def _serve(self, app: web.Application) -> int:
+        runner = GatewayRunner(app, access_log=None, handler_cancellation=self._handler_cancellation)
+        await runner.setup()
+        self._runners.append(runner)
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        return int(runner.addresses[0][1])
+
+    async def _cleanup(self) -> None:
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+
+    def stop(self) -> None:
+        try:
+            self.run(self._cleanup())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(10)
+            self.loop.close()

@@ -7,15 +7,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from aiohttp import web
 from conftest import new_token, patient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -26,7 +23,7 @@ from gateway.app import create_app
 from gateway.config import Config
 from gateway.mapping import MappingError
 from gateway.sandbox.app import Sandbox, create_sandbox_app
-from gateway.server import GatewayRunner
+from gateway.server import ThreadedServer
 from gateway.upstream import CallFailure, parse_body
 
 FUZZ = settings(derandomize=True, database=None, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -99,66 +96,32 @@ def test_any_upstream_body_is_parsed_and_mapped_or_fails_as_invalid_body(body: b
 
 
 class LiveGateway:
-    """A sandbox and a gateway served by the gateway's own runner, on an event loop in a thread
-    of its own, so that Hypothesis (synchronous) can send raw requests with plain sockets."""
+    """A sandbox and a gateway on an event loop in a thread of their own, so that Hypothesis
+    (synchronous) can send raw requests with plain sockets."""
 
-    def __init__(self) -> None:
+    def __init__(self, server: ThreadedServer) -> None:
         self.token = new_token()
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.runners: list[web.AppRunner] = []
-        self.port = 0
-        self.session = ""
-
-    def start(self) -> None:
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(30)
-        reply = send(
-            "127.0.0.1",
-            self.port,
-            request("GET", "/api/v2/old/visit/tickets", [("Authorization", f"Bearer {self.token}")]),
-        )
-        assert reply is not None and reply.status == 200
-        self.session = reply.json()["session"]
-
-    async def _serve(self, app: web.Application) -> int:
-        runner = GatewayRunner(app, access_log=None)
-        await runner.setup()
-        self.runners.append(runner)
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        return runner.addresses[0][1]
-
-    async def _start(self) -> None:
-        upstream_port = await self._serve(create_sandbox_app(Sandbox([patient(None, None, token=self.token)])))
+        self.server = server
+        upstream_port = self.server.serve(create_sandbox_app(Sandbox([patient(None, None, token=self.token)])))
         config = Config().replace(
             upstream={"url": f"http://127.0.0.1:{upstream_port}"},
             # High enough that the fuzzer mostly reaches the handlers, not the limits.
             limits={"poll_rate": 10_000.0, "poll_burst": 10_000, "sessions_per_token": 10_000},
         )
-        self.port = await self._serve(create_app(config))
-
-    async def _stop(self) -> None:
-        for runner in reversed(self.runners):
-            await runner.cleanup()
-
-    def stop(self) -> None:
-        try:
-            asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result(30)
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(10)
-            self.loop.close()
+        self.port = self.server.serve(create_app(config))
+        auth = [("Authorization", f"Bearer {self.token}")]
+        reply = send("127.0.0.1", self.port, request("GET", "/api/v2/old/visit/tickets", auth))
+        assert reply is not None and reply.status == 200
+        self.session = reply.json()["session"]
 
 
 @pytest.fixture(scope="module")
 def live() -> Iterator[LiveGateway]:
-    gateway = LiveGateway()
+    server = ThreadedServer()
     try:
-        gateway.start()
-        yield gateway
+        yield LiveGateway(server)
     finally:
-        gateway.stop()
+        server.stop()
 
 
 def request(method: str, target: str, headers: list[tuple[str, str]]) -> bytes:
