@@ -2,7 +2,7 @@
 for the MKAB list), so that a dead hospital fails its LPU at once instead of holding three
 connections per session until the call timeout or the session deadline.
 
-closed: calls go through; `failures` consecutive failures (timeout, connection error, 5xx) open
+closed: calls go through; `failures` consecutive failures (timeouts, connection errors) open
 the circuit. open: calls fail at once for `cooldown` seconds. Then one probe call is let through
 (half-open): a success closes the circuit, a failure opens it for another `cooldown`.
 Only targets with recent failures hold state, in an LRU of `max_keys`: a forgotten target is

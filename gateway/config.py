@@ -108,7 +108,7 @@ class LimitsConfig:
     poll_burst: int = _opt(_positive, default=20)
     # Upstream calls in flight for one LPU; more wait (up to upstream.call_timeout) for a slot.
     upstream_per_lpu: int = _opt(_positive, default=32)
-    # Consecutive failed calls (timeout, connection, 5xx) that open an LPU's circuit, and how long
+    # Consecutive failed calls (timeout, connection error) that open an LPU's circuit, and how long
     # it stays open before one probe call is let through.
     breaker_failures: int = _opt(_positive, default=5)
     breaker_cooldown: float = _opt(_positive, default=10.0)

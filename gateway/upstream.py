@@ -97,8 +97,10 @@ def parse_body(body: bytes) -> Any:
 
 
 def breaks_circuit(failure: CallFailure) -> bool:
-    """Failures that say the target is unwell, as opposed to a bad answer for one patient."""
-    return failure.reason in ("timeout", "connection") or (failure.status or 0) >= 500
+    """Failures that say the target is unreachable. Only these count: they are what holds a
+    connection (a 5xx comes back at once), and an error status may be about one patient's
+    records, which must not fail the LPU for every other patient."""
+    return failure.reason in ("timeout", "connection")
 
 
 def new_client_session(config: UpstreamConfig) -> aiohttp.ClientSession:

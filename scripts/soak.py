@@ -87,19 +87,17 @@ def counts(registry: CollectorRegistry, counter: str, label: str) -> dict[str, i
 
 
 def make_patients(count: int, lpus: int, faulty: float, rng: random.Random) -> list[SandboxPatient]:
-    patients = []
-    n_faulty = 0
-    for p in range(count):
-        knobs: list[LpuKnobs] = []
-        for _ in range(lpus):
-            if rng.random() < faulty:
-                knobs.append(FAULTS[n_faulty % len(FAULTS)])
-                n_faulty += 1
-            else:
-                knobs.append(LpuKnobs(delay=rng.uniform(0.01, 0.3)))
-        lpu_list = [demo_lpu(p * lpus + i + 1, k) for i, k in enumerate(knobs)]
-        patients.append(SandboxPatient(f"soak-patient-{p}", lpu_list))
-    return patients
+    """`count` patients of `lpus` LPUs each; exactly round(faulty × all LPUs) of them, chosen at
+    random, misbehave (the kinds of FAULTS in turn), the others answer within 10-300 ms."""
+    total = count * lpus
+    bad = sorted(rng.sample(range(total), round(total * faulty)))
+    knobs = [LpuKnobs(delay=rng.uniform(0.01, 0.3)) for _ in range(total)]
+    for n, index in enumerate(bad):
+        knobs[index] = FAULTS[n % len(FAULTS)]
+    return [
+        SandboxPatient(f"soak-patient-{p}", [demo_lpu(i + 1, knobs[i]) for i in range(p * lpus, (p + 1) * lpus)])
+        for p in range(count)
+    ]
 
 
 async def one_session(http: aiohttp.ClientSession, base: str, token: str, tally: Tally) -> None:
@@ -172,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     patients = make_patients(args.patients, args.lpus, args.faulty, rng)
     n_lpus = sum(len(p.lpus) for p in patients)
-    n_faulty = sum(1 for p in patients for lpu in p.lpus if lpu.knobs.fault != "none" or lpu.knobs.delay > 1)
+    n_faulty = round(n_lpus * args.faulty)
     # The sandbox cancels a handler whose client went away, so a hang ends when the gateway's
     # call does instead of piling up for the sandbox's own 600 s limit.
     upstream, served = ThreadedServer(handler_cancellation=True), ThreadedServer()

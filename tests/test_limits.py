@@ -190,7 +190,7 @@ async def test_a_dead_lpu_opens_its_circuit_and_then_fails_fast(upstream: Any, g
 
 
 async def test_an_lpu_that_recovers_is_probed_and_closes_its_circuit(upstream: Any, gateway: Any) -> None:
-    p = patient(LpuKnobs(fault="status", status=500))
+    p = patient(LpuKnobs(fault="reset"))
     sandbox, url = await upstream(p)
     client = await gateway(url, limits={"breaker_failures": 1, "breaker_cooldown": 0.3})
     body, _ = await poll_until_final(client, await create(client, p.token))
@@ -229,6 +229,19 @@ def test_breaker_opens_probes_once_and_reopens_on_a_failed_probe() -> None:
     assert b.allow("x")
     b.record("x", True)
     assert b.state("x") == "closed"
+
+
+async def test_error_statuses_do_not_open_a_circuit(upstream: Any, gateway: Any) -> None:
+    # A 5xx comes back at once and may concern one patient's records only: it must not fail the
+    # LPU for everyone else.
+    p = patient(LpuKnobs(fault="status", status=500))
+    _, url = await upstream(p)
+    client = await gateway(url, limits={"breaker_failures": 1})
+    for _ in range(3):
+        body, _ = await poll_until_final(client, await create(client, p.token))
+        assert body[0]["state"] == "Failed"
+    assert sample(client, "gateway_lpu_outcomes_total", outcome="failed", reason="status") == 3
+    assert sample(client, "gateway_upstream_circuit_open_total") == 0
 
 
 def test_breaker_state_is_bounded() -> None:
