@@ -51,7 +51,7 @@ def create_app(config: Config, metrics: Metrics | None = None) -> web.Applicatio
     app = web.Application(middlewares=[request_context, errors], handler_args=limits)
     app[keys.CONFIG] = config
     app[keys.METRICS] = metrics or Metrics()
-    app[keys.LIMITS] = SessionLimits(config.limits, app[keys.METRICS])
+    app[keys.LIMITS] = SessionLimits(config.limits, app[keys.METRICS], config.session.ttl)
     app.cleanup_ctx.extend([_store, _upstream, _fanout])
     tickets.add_routes(app)
     health.add_routes(app)

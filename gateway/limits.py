@@ -4,8 +4,8 @@ each session, and upstream calls in flight per LPU.
 Every refusal is counted in `gateway_rejected_requests_total{limit}`. Per-key state stays bounded
 whatever clients send: in-flight counts exist only while a fan-out runs (so at most
 `sessions_in_flight` tokens), LPU slots only while a call holds or waits for one, and poll buckets
-live in an LRU of `tracked_keys` sessions (a forgotten bucket starts full again, which only ever
-errs on the client's side).
+live for a session's TTL in a cache of at most `tracked_keys` sessions (a forgotten bucket starts
+full again, which only ever errs on the client's side).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from cachetools import LRUCache
+from cachetools import TTLCache
 
 from gateway.config import LimitsConfig
 from gateway.errors import GatewayError
@@ -38,14 +38,21 @@ class Admission:
 class SessionLimits:
     """Admission of new sessions and the per-session poll rate."""
 
-    def __init__(self, config: LimitsConfig, metrics: Metrics, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        config: LimitsConfig,
+        metrics: Metrics,
+        session_ttl: float = 600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._config = config
         self._metrics = metrics
         self._clock = clock
         self._per_token: dict[str, int] = {}
         self._total = 0
-        # session GUID → [tokens left, when last updated]
-        self._buckets: LRUCache[str, list[float]] = LRUCache(config.tracked_keys)
+        # session GUID → [tokens left, when last updated]; a bucket outlives its session by
+        # nothing, so that a steady load holds a steady number of them.
+        self._buckets: TTLCache[str, list[float]] = TTLCache(config.tracked_keys, session_ttl, timer=clock)
 
     @property
     def in_flight(self) -> int:

@@ -124,7 +124,8 @@ async def test_poll_rate_per_session_answers_429_with_retry_after(upstream: Any,
 
 def test_poll_buckets_refill_and_stay_bounded() -> None:
     now = [0.0]
-    limits = SessionLimits(LimitsConfig(poll_rate=2.0, poll_burst=2, tracked_keys=100), Metrics(), clock=lambda: now[0])
+    config = LimitsConfig(poll_rate=2.0, poll_burst=2, tracked_keys=100)
+    limits = SessionLimits(config, Metrics(), session_ttl=60.0, clock=lambda: now[0])
     limits.check_poll("a")
     limits.check_poll("a")
     with pytest.raises(Exception, match="too_many_requests"):
@@ -134,6 +135,9 @@ def test_poll_buckets_refill_and_stay_bounded() -> None:
     for i in range(10_000):
         limits.check_poll(f"flood-{i}")
     assert len(limits._buckets) == 100
+    now[0] += 61.0  # buckets go with their sessions' TTL
+    limits.check_poll("b")
+    assert len(limits._buckets) == 1
 
 
 # --- upstream calls per LPU -------------------------------------------------------------------
