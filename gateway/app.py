@@ -8,12 +8,15 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from gateway import keys
-from gateway.api import health, openapi, tickets
+from gateway.api import admin, health, openapi, tickets
 from gateway.config import Config
 from gateway.fanout import Fanout
+from gateway.legacy import Legacy
 from gateway.limits import SessionLimits
 from gateway.metrics import Metrics
 from gateway.middleware import errors, request_context
+from gateway.rollout import Rollout
+from gateway.shadow import Shadow
 from gateway.store.memory import MemoryStore
 from gateway.upstream import Upstream, new_client_session
 
@@ -44,6 +47,24 @@ async def _fanout(app: web.Application) -> AsyncIterator[None]:
     await fanout.close()
 
 
+async def _rollout(app: web.Application) -> AsyncIterator[None]:
+    config = app[keys.CONFIG].rollout
+    metrics = app[keys.METRICS]
+    rollout = Rollout(config, metrics)
+    app[keys.ROLLOUT] = rollout
+    await rollout.start()
+    if rollout.enabled:
+        legacy = Legacy(config, metrics)
+        shadow = Shadow(config, app[keys.FANOUT], app[keys.STORE], legacy, metrics)
+        app[keys.LEGACY], app[keys.SHADOW] = legacy, shadow
+    yield
+    # Before the fan-outs close: a compare waits on them, and uses the legacy client.
+    if rollout.enabled:
+        await shadow.close()
+        await legacy.close()
+    await rollout.close()
+
+
 def create_app(config: Config, metrics: Metrics | None = None) -> web.Application:
     # The parser's limits go with the app, so that every runner serving it (the CLI's, the
     # tests') applies them; see gateway/server.py for how their refusals are answered.
@@ -52,8 +73,9 @@ def create_app(config: Config, metrics: Metrics | None = None) -> web.Applicatio
     app[keys.CONFIG] = config
     app[keys.METRICS] = metrics or Metrics()
     app[keys.LIMITS] = SessionLimits(config.limits, app[keys.METRICS], config.session.ttl)
-    app.cleanup_ctx.extend([_store, _upstream, _fanout])
+    app.cleanup_ctx.extend([_store, _upstream, _fanout, _rollout])
     tickets.add_routes(app)
     health.add_routes(app)
+    admin.add_routes(app)
     openapi.add_routes(app)
     return app

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import structlog
 from aiohttp import web
 
+from gateway import keys
 from gateway.app import create_app
 from gateway.config import Config, ConfigError, load_config
 from gateway.logs import configure_logging
@@ -40,12 +41,21 @@ async def run_apps(apps: Sequence[tuple[str, web.Application, str, int]], config
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _reload_flags, [app for _, app, _, _ in apps])
     try:
         await stop.wait()
     finally:
         log.info("shutting_down")
         for runner in runners:
             await runner.cleanup()
+
+
+def _reload_flags(apps: list[web.Application]) -> None:
+    """SIGHUP: re-read the rollout flags file now (README "Rollout")."""
+    for app in apps:
+        rollout = app.get(keys.ROLLOUT)
+        if rollout is not None:
+            rollout.request_reload()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

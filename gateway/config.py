@@ -53,6 +53,11 @@ def _one_of(*allowed: str) -> Callable[[str], str | None]:
     return check
 
 
+def _admin_token(v: str) -> str | None:
+    # An admin token short enough to guess would make the inspection endpoint public.
+    return None if not v or len(v) >= 16 else "must be empty (no admin endpoint) or at least 16 characters"
+
+
 def _opt(check: Callable[[Any], str | None] | None = None, **kw: Any) -> Any:
     return field(metadata={"check": check}, **kw)
 
@@ -124,12 +129,35 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class RolloutConfig:
+    """Putting the gateway in front of the legacy service (README "Rollout"). Without a
+    legacy_url every session is the gateway's, exactly as if this section did not exist."""
+
+    legacy_url: str = _opt(_http_url, default="")
+    # The side for sessions no rule of the flags file decides, unless the file sets `mode`.
+    mode: str = _opt(_one_of("legacy", "gateway", "shadow"), default="legacy")
+    flags_file: str = ""
+    flags_poll_interval: float = _opt(_positive, default=2.0)
+    legacy_timeout: float = _opt(_positive, default=10.0)
+    legacy_connect_timeout: float = _opt(_positive, default=2.0)
+    legacy_max_connections: int = _opt(_positive, default=64)
+    legacy_max_body_bytes: int = _opt(_positive, default=8 * 1024 * 1024)
+    shadow_max_concurrent: int = _opt(_non_negative, default=20)
+    shadow_timeout: float = _opt(_positive, default=60.0)
+    shadow_poll_interval: float = _opt(_positive, default=1.0)
+    shadow_ignore_fields: tuple[str, ...] = ()
+    shadow_max_samples: int = _opt(_non_negative, default=50)
+    admin_token: str = _opt(_admin_token, default="")
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     session: SessionConfig = field(default_factory=SessionConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
 
     def replace(self, **sections: Mapping[str, Any]) -> Config:
         """A copy with some keys changed, validated like a file: replace(session={"ttl": 5})."""
@@ -152,6 +180,10 @@ ENV_NAMES: dict[str, tuple[str, str]] = {
     "GATEWAY_MAX_SESSIONS": ("session", "max_sessions"),
     "GATEWAY_LOG_LEVEL": ("log", "level"),
     "GATEWAY_LOG_FORMAT": ("log", "format"),
+    "GATEWAY_LEGACY_URL": ("rollout", "legacy_url"),
+    "GATEWAY_ROLLOUT_MODE": ("rollout", "mode"),
+    "GATEWAY_ROLLOUT_FLAGS_FILE": ("rollout", "flags_file"),
+    "GATEWAY_ROLLOUT_ADMIN_TOKEN": ("rollout", "admin_token"),
 }
 
 
@@ -189,10 +221,16 @@ def _coerce(raw: Any, typ: type, from_env: bool) -> Any:
         if isinstance(raw, str):
             return raw
         raise ValueError("must be a string")
+    if typ is tuple:
+        if from_env and isinstance(raw, str):
+            raw = [item.strip() for item in raw.split(",") if item.strip()]
+        if isinstance(raw, (list, tuple)) and all(isinstance(item, str) for item in raw):
+            return tuple(raw)
+        raise ValueError("must be a list of strings")
     raise ValueError(f"unsupported type {typ}")
 
 
-_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "tuple[str, ...]": tuple}
 
 
 def build_config(

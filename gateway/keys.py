@@ -7,8 +7,11 @@ from aiohttp import web
 
 from gateway.config import Config
 from gateway.fanout import Fanout
+from gateway.legacy import Legacy
 from gateway.limits import SessionLimits
 from gateway.metrics import Metrics
+from gateway.rollout import Rollout
+from gateway.shadow import Shadow
 from gateway.store.base import SessionStore
 from gateway.upstream import Upstream
 
@@ -19,6 +22,11 @@ CLIENT = web.AppKey("client_session", aiohttp.ClientSession)
 UPSTREAM = web.AppKey("upstream", Upstream)
 FANOUT = web.AppKey("fanout", Fanout)
 LIMITS = web.AppKey("limits", SessionLimits)
+# The rollout's flags (always present) and, only when rollout.legacy_url is set, the legacy
+# client and the shadow compare.
+ROLLOUT = web.AppKey("rollout", Rollout)
+LEGACY = web.AppKey("legacy", Legacy)
+SHADOW = web.AppKey("shadow", Shadow)
 # Per request: the id logged on every line and sent upstream as X-Request-Id.
 REQUEST_ID = web.RequestKey("request_id", str)
 # Per request: which side served an old-path request ("gateway", "legacy" or "shadow"); the
