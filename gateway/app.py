@@ -8,12 +8,13 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from gateway import keys
-from gateway.api import admin, health, tickets
+from gateway.api import admin, health, openapi, tickets
 from gateway.api import metrics as metrics_api
 from gateway.clients import client_table
 from gateway.config import Config
 from gateway.fanout import Fanout
 from gateway.legacy import Legacy
+from gateway.limits import SessionLimits
 from gateway.metrics import Metrics
 from gateway.middleware import errors, request_context
 from gateway.rollout import Rollout
@@ -45,7 +46,7 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
     client = new_client_session(config.upstream)
     app[keys.CLIENT] = client
-    app[keys.UPSTREAM] = Upstream(config.upstream, client, app[keys.METRICS])
+    app[keys.UPSTREAM] = Upstream(config.upstream, client, app[keys.METRICS], config.limits)
     yield
     await client.close()
 
@@ -81,15 +82,20 @@ async def _rollout(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(config: Config, metrics: Metrics | None = None) -> web.Application:
-    app = web.Application(middlewares=[request_context, old_path_usage, errors])
+    # The parser's limits go with the app, so that every runner serving it (the CLI's, the
+    # tests') applies them; see gateway/server.py for how their refusals are answered.
+    limits = {"max_line_size": config.server.max_line_size, "max_field_size": config.server.max_field_size}
+    app = web.Application(middlewares=[request_context, old_path_usage, errors], handler_args=limits)
     app[keys.CONFIG] = config
     app[keys.METRICS] = metrics or Metrics()
     app[keys.CLIENTS] = client_table(config.clients)
     app[keys.METRICS].zero_client_series(app[keys.CLIENTS].apps)
+    app[keys.LIMITS] = SessionLimits(config.limits, app[keys.METRICS], config.session.ttl)
     app.cleanup_ctx.extend([_store, _upstream, _fanout, _rollout])
     tickets.add_routes(app)
     health.add_routes(app)
     admin.add_routes(app)
     if config.metrics.port == 0:
         metrics_api.add_routes(app)
+    openapi.add_routes(app)
     return app

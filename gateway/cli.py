@@ -17,6 +17,7 @@ from gateway.app import create_app
 from gateway.config import Config, ConfigError, load_config
 from gateway.logs import configure_logging
 from gateway.sandbox.app import create_sandbox_app
+from gateway.server import GatewayRunner
 
 log = structlog.get_logger("gateway.cli")
 
@@ -27,13 +28,12 @@ async def run_apps(apps: Sequence[tuple[str, web.Application, str, int]], config
     runners: list[web.AppRunner] = []
     try:
         for name, app, host, port in apps:
-            runner = web.AppRunner(
+            # The gateway app carries its own parser limits (create_app's handler_args).
+            runner = GatewayRunner(
                 app,
                 access_log=None,
                 shutdown_timeout=config.server.shutdown_timeout,
                 handler_cancellation=False,
-                max_line_size=config.server.max_line_size,
-                max_field_size=config.server.max_field_size,
             )
             await runner.setup()
             runners.append(runner)

@@ -209,6 +209,28 @@ class RedisConfig:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    """Limits that protect the service (docs/reliability.md, "Limits")."""
+
+    # Fan-outs still running on this replica, per token and in total; beyond them creation
+    # answers 429 (per token) or 503 (in total) at once, before any upstream call.
+    sessions_per_token: int = _opt(_positive, default=5)
+    sessions_in_flight: int = _opt(_positive, default=5000)
+    # Token bucket per session: refill per second, and burst.
+    poll_rate: float = _opt(_positive, default=20.0)
+    poll_burst: int = _opt(_positive, default=20)
+    # Upstream calls in flight for one LPU; more wait (up to upstream.call_timeout) for a slot.
+    upstream_per_lpu: int = _opt(_positive, default=32)
+    # Consecutive failed calls (timeout, connection error) that open an LPU's circuit, and how long
+    # it stays open before one probe call is let through.
+    breaker_failures: int = _opt(_positive, default=5)
+    breaker_cooldown: float = _opt(_positive, default=10.0)
+    # Tokens, sessions and LPUs remembered per limit; the least recently used are forgotten
+    # beyond it, so a flood of distinct keys cannot grow memory.
+    tracked_keys: int = _opt(_positive, default=100_000)
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = _opt(_one_of("debug", "info", "warning", "error"), default="info")
     format: str = _opt(_one_of("json", "console"), default="json")
@@ -261,6 +283,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     session: SessionConfig = field(default_factory=SessionConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)

@@ -15,6 +15,7 @@ import asyncio
 import json
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -76,8 +77,9 @@ class Fanout:
     def running(self) -> int:
         return len(self._tasks)
 
-    async def open_session(self, token: str, caller: Caller) -> str:
-        """Creates a session and starts its fan-out; returns the session GUID.
+    async def open_session(self, token: str, caller: Caller, on_done: Callable[[], None] | None = None) -> str:
+        """Creates a session and starts its fan-out; returns the session GUID. `on_done` is
+        called once the fan-out has ended (at once for a patient with no LPU).
 
         Raises GatewayError with the status old-api.md §1 gives for each upstream failure.
         """
@@ -102,7 +104,9 @@ class Fanout:
             raise GatewayError("unavailable", retry_after=1) from None
         self._metrics.sessions_created.inc()
         if lpus:
-            self.start(session, caller, range(len(lpus)))
+            self.start(session, caller, range(len(lpus)), on_done)
+        elif on_done is not None:
+            on_done()
         return session.guid
 
     async def _patient_lpus(self, caller: Caller) -> list[dict[str, Any]]:
@@ -116,6 +120,7 @@ class Fanout:
                 method="mkab",
                 reason=failure.reason,
                 status=failure.status,
+                detail=failure.detail,
                 duration_s=round(time.perf_counter() - started, 3),
             )
             if failure.reason == "status" and failure.status in (401, 403):
@@ -134,13 +139,17 @@ class Fanout:
             )
             raise GatewayError("upstream_failed") from None
 
-    def start(self, session: Session, caller: Caller, indices: range | list[int]) -> None:
+    def start(
+        self, session: Session, caller: Caller, indices: range | list[int], on_done: Callable[[], None] | None = None
+    ) -> None:
         """Runs the given LPUs of a session in a task the app owns. This replica must hold the
         session's lease (taken by `create` or `acquire_lease`); it is renewed while the task runs."""
         loop = asyncio.get_running_loop()
         task = loop.create_task(self._run(session, caller, list(indices)))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        if on_done is not None:
+            task.add_done_callback(lambda _: on_done())
         self._leased[session.guid] = task
         if self._keeper is None:
             self._keeper = loop.create_task(self._keep_leases())

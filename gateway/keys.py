@@ -9,6 +9,7 @@ from gateway.clients import ClientTable
 from gateway.config import Config
 from gateway.fanout import Fanout
 from gateway.legacy import Legacy
+from gateway.limits import SessionLimits
 from gateway.metrics import Metrics
 from gateway.rollout import Rollout
 from gateway.shadow import Shadow
@@ -21,6 +22,7 @@ STORE = web.AppKey("store", SessionStore)
 CLIENT = web.AppKey("client_session", aiohttp.ClientSession)
 UPSTREAM = web.AppKey("upstream", Upstream)
 FANOUT = web.AppKey("fanout", Fanout)
+LIMITS = web.AppKey("limits", SessionLimits)
 # The rollout's flags (always present) and, only when rollout.legacy_url is set, the legacy
 # client and the shadow compare.
 ROLLOUT = web.AppKey("rollout", Rollout)

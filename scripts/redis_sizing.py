@@ -22,13 +22,13 @@ import aiohttp
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from redis_server import RedisServer  # noqa: E402
+from redis_server import RedisServer
 
-from gateway.app import create_app  # noqa: E402
-from gateway.config import Config, LogConfig  # noqa: E402
-from gateway.logs import configure_logging  # noqa: E402
-from gateway.sandbox.app import Sandbox, create_sandbox_app  # noqa: E402
-from gateway.sandbox.data import SandboxPatient, demo_lpu  # noqa: E402
+from gateway.app import create_app
+from gateway.config import Config, LogConfig
+from gateway.logs import configure_logging
+from gateway.sandbox.app import Sandbox, create_sandbox_app
+from gateway.sandbox.data import SandboxPatient, demo_lpu
 
 TICKETS = "/api/v2/old/visit/tickets"
 TIME_LIMIT = 300.0

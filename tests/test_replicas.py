@@ -49,7 +49,7 @@ async def read_until_final(
         if "InProgress" not in seen[-1][1]:
             return body, seen
         assert time.monotonic() < end, f"still InProgress after {LIMIT}s: {seen[-1]}"
-        await asyncio.sleep(0.03)
+        await asyncio.sleep(0.06)  # under limits.poll_rate (20/s per session)
     raise AssertionError("unreachable")
 
 
@@ -57,7 +57,7 @@ async def read_until(http: aiohttp.ClientSession, replica: Replica, guid: str, d
     end = time.monotonic() + LIMIT
     while not done(states(await read(http, replica, guid, None))):
         assert time.monotonic() < end
-        await asyncio.sleep(0.03)
+        await asyncio.sleep(0.06)  # under limits.poll_rate (20/s per session)
 
 
 def lpu_calls(sandbox: Any, p: SandboxPatient, lpu_index: int) -> dict[str, int]:
@@ -137,7 +137,15 @@ async def test_replicas_polling_an_orphan_at_the_same_instant_rerun_it_once(
     slow = LpuKnobs(delay=1.0)
     p = patient(slow, slow, slow)
     sandbox, url = await upstream(p)
-    a, b, c = await replicas(3, url, redis_server.url, deadline=8.0, redis={"lease_ttl": 1.0})
+    # Bursts of polls are the point here, so the per-session poll rate limit is lifted.
+    a, b, c = await replicas(
+        3,
+        url,
+        redis_server.url,
+        deadline=8.0,
+        redis={"lease_ttl": 1.0},
+        limits={"poll_rate": 1000.0, "poll_burst": 1000},
+    )
     async with aiohttp.ClientSession() as http:
         guid = await open_session(http, c, p.token)
         await sandbox.wait_calls(1 + 3 * 3)
@@ -202,7 +210,7 @@ async def test_three_replicas_round_robin_one_killed_every_session_completes_as_
                     if all(entry["state"] != "InProgress" for entry in body):
                         final[guid] = (token, body)
             assert time.monotonic() < end, f"{len(sessions) - len(final)} sessions never finished"
-            await asyncio.sleep(0.03)
+            await asyncio.sleep(0.06)  # under limits.poll_rate (20/s per session)
     assert all(body == expected[token] for token, body in final.values())
     reruns = pool[0].events("session_takeover") + pool[2].events("session_takeover")
     assert len(reruns) == 3, "the killed replica's three sessions were each taken over once"

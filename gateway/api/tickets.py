@@ -11,7 +11,7 @@ from gateway import keys
 from gateway.errors import GatewayError
 from gateway.legacy import as_response, forwarded_headers
 from gateway.rollout import GATEWAY, LEGACY, SHADOW
-from gateway.store.base import StoreUnavailable, same_token
+from gateway.store.base import StoreUnavailable, same_token, token_hash
 from gateway.upstream import Caller
 
 CREATE_PATH = "/api/v2/old/visit/tickets"
@@ -44,7 +44,13 @@ async def create_session(request: web.Request) -> web.Response:
         return await _create_on_legacy(request, token, shadow=side == SHADOW)
     if token is None:
         raise GatewayError("unauthorized")
-    guid = await request.app[keys.FANOUT].open_session(token, caller_of(request))
+    # Admitted before the MKAB call: a refused creation costs the upstream nothing.
+    admission = request.app[keys.LIMITS].admit(token_hash(token))
+    try:
+        guid = await request.app[keys.FANOUT].open_session(token, caller_of(request), on_done=admission.release)
+    except BaseException:
+        admission.release()
+        raise
     return web.json_response({"session": guid})
 
 
@@ -71,6 +77,7 @@ async def read_session(request: web.Request) -> web.Response:
         # Another patient's token gets the same 404 as an unknown GUID: never reveal existence.
         if token is None or not same_token(session.token_hash, token):
             raise GatewayError("session_not_found")
+    request.app[keys.LIMITS].check_poll(session.guid)
     if session.orphaned:
         # The replica that ran this session is gone: finish it here (README, "Replicas and Redis").
         await request.app[keys.FANOUT].take_over(session, caller_of(request) if has_auth else None)
