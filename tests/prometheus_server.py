@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -20,15 +19,10 @@ from typing import Any
 
 import aiohttp
 import pytest
+from netutil import free_port
 
 SCRAPE_INTERVAL = 1.0
 START_LIMIT = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class PrometheusServer:

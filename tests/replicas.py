@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 from conftest import LOG
-from redis_server import free_port
+from netutil import free_port
 
 START_LIMIT = 20.0
 

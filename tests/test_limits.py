@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 from conftest import bearer, create, new_token, patient, poll_until_final
+from netutil import free_port
 from rawhttp import get, send
 
 from gateway import keys
@@ -296,14 +296,8 @@ async def test_malformed_requests_get_the_standard_400(upstream: Any, gateway: A
         assert_standard_error(reply.status, reply.json(), 400, "4400")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_gateway_serve_applies_the_configured_header_limit(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "gateway.toml"
     config.write_text('[server]\nmax_field_size = 512\n[log]\nlevel = "warning"\n')
     env = {**os.environ, "GATEWAY_CONFIG": str(config), "GATEWAY_PORT": str(port)}

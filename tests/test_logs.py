@@ -16,7 +16,7 @@ import uuid
 from typing import Any
 
 from conftest import LOG, bearer, patient, poll_until_final
-from prometheus_server import free_port
+from netutil import free_port
 
 from gateway.sandbox.data import LpuKnobs
 

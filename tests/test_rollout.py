@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 from conftest import LOG, bearer, create, new_token, patient, poll_until_final
 from fake_legacy import GOLDEN, start_legacy, wait_until, write_flags
+from netutil import free_port
 
 from gateway import keys
 from gateway.app import create_app
@@ -329,18 +330,10 @@ def test_rollout_settings_from_the_environment() -> None:
     assert Config().replace(rollout={"shadow_ignore_fields": ["ratings"]}).rollout.shadow_ignore_fields == ("ratings",)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 async def test_sighup_reloads_the_flags_of_a_running_gateway(tmp_path: Path) -> None:
     flags = tmp_path / "flags.toml"
     write_flags(flags, 'version = "before"\n')
-    port = _free_port()
+    port = free_port()
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "GATEWAY_PORT": str(port),
