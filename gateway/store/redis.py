@@ -24,6 +24,7 @@ waiting; a probe every `redis.probe_interval` notices when it is back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Collection
@@ -120,10 +121,13 @@ class Reachability:
             self._change(True)
             log.info("store_reachable", store="redis")
 
-    def failed(self, error: BaseException) -> None:
+    def failed(self, error: BaseException) -> bool:
+        """Records a failed call; True when it is the one that marks the store down."""
         if self.up:
             self._change(False)
             log.warning("store_unreachable", store="redis", error=type(error).__name__)
+            return True
+        return False
 
     def _change(self, up: bool) -> None:
         self.up = up
@@ -176,7 +180,12 @@ class RedisStore:
             async with asyncio.timeout(self._config.timeout), self._slots:
                 result = await op()
         except (RedisError, OSError, TimeoutError) as exc:
-            self.reachability.failed(exc)
+            if self.reachability.failed(exc):
+                # Idle pooled connections to the Redis that went away are dead too; used after a
+                # recovery, each would fail once and flap the store down again.
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(self._config.timeout):
+                        await self._redis.connection_pool.disconnect()
             raise StoreUnavailable from None
         self.reachability.ok()
         return result
