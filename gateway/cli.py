@@ -11,10 +11,13 @@ from collections.abc import Sequence
 import structlog
 from aiohttp import web
 
+from gateway import keys
+from gateway.api.metrics import create_metrics_app
 from gateway.app import create_app
 from gateway.config import Config, ConfigError, load_config
 from gateway.logs import configure_logging
 from gateway.sandbox.app import create_sandbox_app
+from gateway.server import GatewayRunner
 
 log = structlog.get_logger("gateway.cli")
 
@@ -22,30 +25,39 @@ log = structlog.get_logger("gateway.cli")
 async def run_apps(apps: Sequence[tuple[str, web.Application, str, int]], config: Config) -> None:
     """Serves each app on its host and port until SIGINT or SIGTERM, then shuts down gracefully:
     stop listening, answer in-flight requests (up to server.shutdown_timeout), clean up."""
-    runners = []
-    for name, app, host, port in apps:
-        runner = web.AppRunner(
-            app,
-            access_log=None,
-            shutdown_timeout=config.server.shutdown_timeout,
-            handler_cancellation=False,
-            max_line_size=config.server.max_line_size,
-            max_field_size=config.server.max_field_size,
-        )
-        await runner.setup()
-        await web.TCPSite(runner, host, port).start()
-        runners.append(runner)
-        log.info("listening", app=name, url=f"http://{host}:{port}")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    runners: list[web.AppRunner] = []
     try:
+        for name, app, host, port in apps:
+            # The gateway app carries its own parser limits (create_app's handler_args).
+            runner = GatewayRunner(
+                app,
+                access_log=None,
+                shutdown_timeout=config.server.shutdown_timeout,
+                handler_cancellation=False,
+            )
+            await runner.setup()
+            runners.append(runner)
+            await web.TCPSite(runner, host, port).start()
+            log.info("listening", app=name, url=f"http://{host}:{port}")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, _reload_flags, [app for _, app, _, _ in apps])
         await stop.wait()
     finally:
+        # Also when a later listener failed to start: what was opened is closed, in reverse.
         log.info("shutting_down")
-        for runner in runners:
+        for runner in reversed(runners):
             await runner.cleanup()
+
+
+def _reload_flags(apps: list[web.Application]) -> None:
+    """SIGHUP: re-read the rollout flags file now (README "Rollout")."""
+    for app in apps:
+        rollout = app.get(keys.ROLLOUT)
+        if rollout is not None:
+            rollout.request_reload()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -73,7 +85,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         host, port = (args.host, args.port) if args.command == "sandbox" else ("127.0.0.1", args.sandbox_port)
         apps.append(("sandbox", create_sandbox_app(), host, port))
     if args.command in ("serve", "demo"):
-        apps.append(("gateway", create_app(config), config.server.host, config.server.port))
+        gateway = create_app(config)
+        apps.append(("gateway", gateway, config.server.host, config.server.port))
+        if config.metrics.port:
+            host = config.metrics.host or config.server.host
+            apps.append(("metrics", create_metrics_app(gateway), host, config.metrics.port))
     try:
         asyncio.run(run_apps(apps, config))
     except OSError as exc:

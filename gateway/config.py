@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 
 class ConfigError(ValueError):
@@ -42,6 +43,59 @@ def _http_url(v: str) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class SentinelTarget:
+    """Where `redis+sentinel://[[user]:password@]host:port[,host:port...]/<primary name>[/<db>]` points."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    primary: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+
+
+def parse_sentinel_url(v: str) -> SentinelTarget:
+    """Raises ValueError (without the URL in the message: it may hold a password)."""
+    rest = v.removeprefix("redis+sentinel://")
+    if rest == v:
+        raise ValueError("not a redis+sentinel:// URL")
+    netloc, _, path = rest.partition("/")
+    userinfo, _, hosts = netloc.rpartition("@")
+    username, _, password = userinfo.partition(":")
+    sentinels = []
+    for address in hosts.split(","):
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("each sentinel must be host:port")
+        sentinels.append((host, int(port)))
+    primary, _, db = path.partition("/")
+    if not primary or (db and not db.isdigit()):
+        raise ValueError("the path must be /<primary name>[/<db>]")
+    return SentinelTarget(tuple(sentinels), primary, int(db or 0), unquote(username) or None, unquote(password) or None)
+
+
+def _redis_url(v: str) -> str | None:
+    if not v:
+        return None
+    if v.startswith("redis+sentinel://"):
+        try:
+            parse_sentinel_url(v)
+        except ValueError as exc:
+            return f"is not a valid redis+sentinel:// URL: {exc}"
+        return None
+    parts = urlsplit(v)
+    if parts.scheme in ("redis", "rediss") and parts.hostname:
+        return None
+    if parts.scheme == "unix" and parts.path:
+        return None
+    return "must be a redis://, rediss://, unix:// or redis+sentinel:// URL (or empty for the in-process store)"
+
+
+def _key_prefix(v: str) -> str | None:
+    # Braces would turn into Redis Cluster hash tags; whitespace and ':' would make key names ambiguous.
+    return None if re.fullmatch(r"[A-Za-z0-9_.-]{1,32}", v) else "must be 1-32 of A-Z a-z 0-9 _ . -"
+
+
 def _path(v: str) -> str | None:
     return None if v.startswith("/") else "must start with '/'"
 
@@ -53,8 +107,52 @@ def _one_of(*allowed: str) -> Callable[[str], str | None]:
     return check
 
 
-def _opt(check: Callable[[Any], str | None] | None = None, **kw: Any) -> Any:
-    return field(metadata={"check": check}, **kw)
+_GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+# App names become metric label values: short and plain; "other" and "unknown" are taken.
+_APP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
+_RESERVED_APPS = ("other", "unknown")
+_VERSION = re.compile(r"(0|[1-9][0-9]{0,3})\.(0|[1-9][0-9]{0,3})")
+
+
+def _app_name_problem(name: str) -> str | None:
+    if not _APP_NAME.fullmatch(name) or name in _RESERVED_APPS:
+        return f"app name {name!r} must match {_APP_NAME.pattern} and not be other/unknown"
+    return None
+
+
+def _apps_by_guid(v: dict[str, str]) -> str | None:
+    for guid, name in v.items():
+        if not _GUID.fullmatch(guid):
+            return f"key {guid!r} is not a GUID"
+        if problem := _app_name_problem(name):
+            return problem
+    return None
+
+
+def _apps_by_pattern(v: dict[str, str]) -> str | None:
+    for pattern, name in v.items():
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            return f"pattern {pattern!r} is not a regular expression ({exc})"
+        if problem := _app_name_problem(name):
+            return problem
+    return None
+
+
+def _versions(v: tuple[str, ...]) -> str | None:
+    bad = [x for x in v if not _VERSION.fullmatch(x)]
+    return f"versions must be major.minor without leading zeros (got {bad[0]!r})" if bad else None
+
+
+def _admin_token(v: str) -> str | None:
+    # An admin token short enough to guess would make the inspection endpoint public.
+    return None if not v or len(v) >= 16 else "must be empty (no admin endpoint) or at least 16 characters"
+
+
+def _opt(check: Callable[[Any], str | None] | None = None, secret: bool = False, **kw: Any) -> Any:
+    """A field with its check; a `secret` one (it may hold a password) is never echoed in errors."""
+    return field(metadata={"check": check, "secret": secret}, **kw)
 
 
 @dataclass(frozen=True)
@@ -99,9 +197,88 @@ class SessionConfig:
 
 
 @dataclass(frozen=True)
+class RedisConfig:
+    """The shared session store. An empty url keeps sessions in the process (one replica only)."""
+
+    url: str = _opt(_redis_url, default="", secret=True)
+    prefix: str = _opt(_key_prefix, default="vg")
+    # Bounds every Redis call: connect, each command, and the wait for a pooled connection.
+    timeout: float = _opt(_positive, default=0.5)
+    max_connections: int = _opt(_positive, default=64)
+    # A replica's claim on a running fan-out lasts this long unless renewed (every third of it).
+    lease_ttl: float = _opt(_positive, default=3.0)
+    # How often reachability is checked, and so how soon a recovered Redis is used again.
+    probe_interval: float = _opt(_positive, default=1.0)
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Limits that protect the service (docs/reliability.md, "Limits")."""
+
+    # Fan-outs still running on this replica, per token and in total; beyond them creation
+    # answers 429 (per token) or 503 (in total) at once, before any upstream call.
+    sessions_per_token: int = _opt(_positive, default=5)
+    sessions_in_flight: int = _opt(_positive, default=5000)
+    # Token bucket per session: refill per second, and burst.
+    poll_rate: float = _opt(_positive, default=20.0)
+    poll_burst: int = _opt(_positive, default=20)
+    # Upstream calls in flight for one LPU; more wait (up to upstream.call_timeout) for a slot.
+    upstream_per_lpu: int = _opt(_positive, default=32)
+    # Consecutive failed calls (timeout, connection error) that open an LPU's circuit, and how long
+    # it stays open before one probe call is let through.
+    breaker_failures: int = _opt(_positive, default=5)
+    breaker_cooldown: float = _opt(_positive, default=10.0)
+    # Tokens, sessions and LPUs remembered per limit; the least recently used are forgotten
+    # beyond it, so a flood of distinct keys cannot grow memory.
+    tracked_keys: int = _opt(_positive, default=100_000)
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = _opt(_one_of("debug", "info", "warning", "error"), default="info")
     format: str = _opt(_one_of("json", "console"), default="json")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    # /metrics has its own listener by default, so that it is not on the public route the apps
+    # use; port 0 serves it on the main port instead.
+    host: str = ""  # empty: the same as server.host
+    port: int = _opt(_port, default=9102)
+
+
+@dataclass(frozen=True)
+class ClientsConfig:
+    """Which app a request comes from, as a metric label: a closed set, never the raw header."""
+
+    # ClientApplication GUID → app name.
+    by_guid: dict[str, str] = field(metadata={"check": _apps_by_guid}, default_factory=dict)
+    # Regular expression searched in User-Agent → app name; the first match in file order wins.
+    by_user_agent: dict[str, str] = field(metadata={"check": _apps_by_pattern}, default_factory=dict)
+    # App versions (major.minor) kept as labels; any other version is counted as "other".
+    versions: tuple[str, ...] = _opt(_versions, default=())
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    """Putting the gateway in front of the legacy service (README "Rollout"). Without a
+    legacy_url every session is the gateway's, exactly as if this section did not exist."""
+
+    legacy_url: str = _opt(_http_url, default="")
+    # The side for sessions no rule of the flags file decides, unless the file sets `mode`.
+    mode: str = _opt(_one_of("legacy", "gateway", "shadow"), default="legacy")
+    flags_file: str = ""
+    flags_poll_interval: float = _opt(_positive, default=2.0)
+    legacy_timeout: float = _opt(_positive, default=10.0)
+    legacy_connect_timeout: float = _opt(_positive, default=2.0)
+    legacy_max_connections: int = _opt(_positive, default=64)
+    legacy_max_body_bytes: int = _opt(_positive, default=8 * 1024 * 1024)
+    shadow_max_concurrent: int = _opt(_non_negative, default=20)
+    shadow_timeout: float = _opt(_positive, default=60.0)
+    shadow_poll_interval: float = _opt(_positive, default=1.0)
+    shadow_ignore_fields: tuple[str, ...] = ()
+    shadow_max_samples: int = _opt(_non_negative, default=50)
+    admin_token: str = _opt(_admin_token, default="")
 
 
 @dataclass(frozen=True)
@@ -109,7 +286,12 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     session: SessionConfig = field(default_factory=SessionConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    clients: ClientsConfig = field(default_factory=ClientsConfig)
 
     def replace(self, **sections: Mapping[str, Any]) -> Config:
         """A copy with some keys changed, validated like a file: replace(session={"ttl": 5})."""
@@ -132,6 +314,12 @@ ENV_NAMES: dict[str, tuple[str, str]] = {
     "GATEWAY_MAX_SESSIONS": ("session", "max_sessions"),
     "GATEWAY_LOG_LEVEL": ("log", "level"),
     "GATEWAY_LOG_FORMAT": ("log", "format"),
+    "GATEWAY_LEGACY_URL": ("rollout", "legacy_url"),
+    "GATEWAY_ROLLOUT_MODE": ("rollout", "mode"),
+    "GATEWAY_ROLLOUT_FLAGS_FILE": ("rollout", "flags_file"),
+    "GATEWAY_ROLLOUT_ADMIN_TOKEN": ("rollout", "admin_token"),
+    "GATEWAY_REDIS_URL": ("redis", "url"),
+    "GATEWAY_METRICS_PORT": ("metrics", "port"),
 }
 
 
@@ -169,10 +357,20 @@ def _coerce(raw: Any, typ: type, from_env: bool) -> Any:
         if isinstance(raw, str):
             return raw
         raise ValueError("must be a string")
+    if typ is tuple:
+        if from_env and isinstance(raw, str):
+            raw = [item.strip() for item in raw.split(",") if item.strip()]
+        if isinstance(raw, (list, tuple)) and all(isinstance(item, str) for item in raw):
+            return tuple(raw)
+        raise ValueError("must be a list of strings")
+    if typ is dict:
+        if isinstance(raw, Mapping) and all(isinstance(v, str) for v in raw.values()):
+            return dict(raw)
+        raise ValueError("must be a table of strings")
     raise ValueError(f"unsupported type {typ}")
 
 
-_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "tuple[str, ...]": tuple, "dict[str, str]": dict}
 
 
 def build_config(
@@ -204,7 +402,8 @@ def build_config(
                 if problem:
                     raise ValueError(problem)
             except ValueError as exc:
-                raise ConfigError(f"config error: {sec_field.name}.{key} {exc} (got {raw!r} from {where})") from None
+                shown = "<hidden>" if fdef.metadata.get("secret") else repr(raw)
+                raise ConfigError(f"config error: {sec_field.name}.{key} {exc} (got {shown} from {where})") from None
             values[key] = value
         sections[sec_field.name] = cls(**values)
     return Config(**sections)

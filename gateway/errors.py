@@ -76,5 +76,7 @@ def kind_for_status(status: int) -> ErrorKind:
     if name:
         return ERRORS[name]
     if 400 <= status < 500:
-        return ErrorKind(status, f"4{status}", "Bad request")
+        # The status is kept; the code is the generic one, since "4" + status would collide
+        # with codes that mean something else (414 → 4414 is "no such route").
+        return ErrorKind(status, ERRORS["bad_request"].message_code, ERRORS["bad_request"].message)
     return ERRORS["internal"]

@@ -6,6 +6,7 @@ contextvars bound by the request middleware.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import sys
 from typing import Any, TextIO
@@ -14,6 +15,34 @@ import orjson
 import structlog
 
 from gateway.config import LogConfig
+
+# Secrets seen by the current request (and the tasks it starts, which copy its context).
+_SECRETS: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("log_secrets", default=())
+REDACTED = "[redacted]"
+
+
+def redact_for_request(authorization: str | None) -> None:
+    """Every later log line of this request's context (and of the tasks it starts) prints the
+    Authorization value and its credential as [redacted].
+
+    The gateway never logs headers, but an exception text can quote anything it was given;
+    this is the net under that. Set afresh per request: keep-alive connections reuse a task.
+    """
+    secrets: list[str] = []
+    if authorization:
+        secrets.append(authorization)
+        credential = authorization.partition(" ")[2].strip()
+        if len(credential) >= 4:
+            secrets.append(credential)
+    _SECRETS.set(tuple(secrets))
+
+
+def _redact(logger: Any, method: str, line: Any) -> Any:
+    secrets = _SECRETS.get()
+    if secrets and isinstance(line, str):
+        for secret in sorted(secrets, key=len, reverse=True):
+            line = line.replace(secret, REDACTED)
+    return line
 
 
 def _json_line(event: Any, **kw: Any) -> str:
@@ -36,6 +65,7 @@ def configure_logging(config: LogConfig, stream: TextIO | None = None) -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             renderer,
+            _redact,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.WriteLoggerFactory(file=stream),
@@ -46,7 +76,7 @@ def configure_logging(config: LogConfig, stream: TextIO | None = None) -> None:
     handler = logging.StreamHandler(stream)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer, _redact],
             foreign_pre_chain=[
                 structlog.processors.add_log_level,
                 structlog.processors.TimeStamper(fmt="iso", utc=True),

@@ -238,14 +238,17 @@ def map_lpu_info(raw: Any, path: str = "lpu") -> dict[str, Any]:
 
 
 def map_mkab_list(raw: Any) -> list[dict[str, Any]]:
-    """The patient's MKAB list → the LpuInfo of each entry, in the upstream's order.
+    """The patient's MKAB list → the LpuInfo of each LPU, in the upstream's order.
 
     Each LPU needs a GUID: it is what the fan-out asks for. An entry without one makes the
-    whole list unusable, which the caller answers with 502.
+    whole list unusable, which the caller answers with 502. Two MKABs in one LPU give one
+    entry (the first): the old contract has one TicketLists per LPU, and the per-LPU calls
+    would return the same records twice.
     """
     if not isinstance(raw, list):
         raise MappingError("mkab", "expected an array")
     lpus = []
+    seen: set[str] = set()
     for i, entry in enumerate(raw):
         if not isinstance(entry, Mapping):
             raise MappingError(f"mkab[{i}]", "expected an object")
@@ -255,6 +258,9 @@ def map_mkab_list(raw: Any) -> list[dict[str, Any]]:
         lpu = map_lpu_info(raw_lpu, f"mkab[{i}].lpu")
         if not lpu["guid"]:
             raise MappingError(f"mkab[{i}].lpu.guid", "missing")
+        if lpu["guid"].lower() in seen:
+            continue
+        seen.add(lpu["guid"].lower())
         lpus.append(lpu)
     return lpus
 

@@ -7,9 +7,12 @@ app table, a configured version list), never from what a client sends verbatim.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from gateway import __version__
+from gateway.clients import UNKNOWN
 
 # Buckets sit on the time-to-complete SLO thresholds (seconds) so p50/p95/p99 are readable there.
 SESSION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 10.0, 15.0, 20.0, 30.0, 60.0)
@@ -17,6 +20,9 @@ UPSTREAM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 
 UPSTREAM_METHODS = ("mkab", "visit", "calldoctor", "disp")
 LPU_FAILURE_REASONS = ("timeout", "status", "invalid_body", "connection", "too_large", "deadline", "internal")
+# Label values of the old-path metrics.
+OLD_ROUTES = ("create", "poll")
+SIDES = ("gateway", "legacy", "shadow")
 
 
 class Metrics:
@@ -73,6 +79,11 @@ class Metrics:
             ("outcome", "reason"),
             registry=r,
         )
+        self.sessions_deadline = Counter(
+            "gateway_sessions_deadline_total",
+            "Sessions that reached their deadline with LPUs still unfinished.",
+            registry=r,
+        )
         self.polls = Counter(
             "gateway_session_polls_total",
             "Polls of existing sessions, by whether the session was final when read.",
@@ -81,7 +92,7 @@ class Metrics:
         )
         self.upstream_duration = Histogram(
             "gateway_upstream_request_duration_seconds",
-            "Upstream call duration (last attempt), by method and outcome.",
+            "Duration of each attempt of an upstream call, by method and outcome (ok or the failure reason).",
             ("method", "outcome"),
             buckets=UPSTREAM_BUCKETS,
             registry=r,
@@ -99,6 +110,9 @@ class Metrics:
             "gateway_store_misses_total", "Session lookups that found nothing (unknown or expired).", registry=r
         )
         self.store_expired = Counter("gateway_store_expired_total", "Sessions dropped after their TTL.", registry=r)
+        self.store_evictions = Counter(
+            "gateway_store_evictions_total", "Sessions dropped before their TTL to make room.", registry=r
+        )
         self.store_rejected = Counter(
             "gateway_store_rejected_total", "Sessions refused because the store was full.", registry=r
         )
@@ -152,8 +166,26 @@ class Metrics:
             "gateway_upstream_circuit_open_total", "Upstream calls failed fast by an open circuit breaker.", registry=r
         )
         self.store_up.set(1)
+        self._zero_series()
+
+    def _zero_series(self) -> None:
+        """Series that exist at 0 before the first event, so that dashboards and alert rules see
+        every label value from the first scrape, and rate() sees the first increment."""
         for method in UPSTREAM_METHODS:
             self.upstream_retries.labels(method)
+            self.upstream_duration.labels(method, "ok")
         for reason in LPU_FAILURE_REASONS:
             self.lpu_outcomes.labels("failed", reason)
         self.lpu_outcomes.labels("complete", "ok")
+        for final in ("true", "false"):
+            self.polls.labels(final)
+        # The rollout creates its own decision and shadow series (gateway/rollout.py, shadow.py).
+
+    def zero_client_series(self, apps: Iterable[str]) -> None:
+        """Old-path series for every app the config can name (and other, unknown): an app that
+        never calls still has a line at 0 and a last-seen time of 0 ("not since start")."""
+        for app in apps:
+            self.client_last_seen.labels(app)
+            for route in OLD_ROUTES:
+                for side in SIDES:
+                    self.old_requests.labels(route, side, app, UNKNOWN, "2xx")

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from gateway import keys
 from gateway.errors import ERRORS, GatewayError, error_response, kind_for_status
+from gateway.logs import redact_for_request
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -34,6 +35,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     request[keys.REQUEST_ID] = request_id
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
+    redact_for_request(request.headers.get("Authorization"))
     started = time.perf_counter()
     response = await handler(request)
     response.headers["X-Request-Id"] = request_id

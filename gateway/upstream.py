@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +15,9 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from gateway.config import UpstreamConfig
+from gateway.breaker import Breakers
+from gateway.config import LimitsConfig, UpstreamConfig
+from gateway.limits import LpuSlots, NoSlot
 from gateway.metrics import Metrics
 
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
@@ -21,7 +25,8 @@ RETRYABLE_STATUSES = frozenset({502, 503, 504})
 
 class CallFailure(Exception):
     """An upstream call that failed for good. `reason` is one of the metric reasons:
-    timeout, status, invalid_body, connection, too_large."""
+    timeout, status, invalid_body, connection, too_large, circuit_open (failed fast by the
+    target's circuit breaker), limited (no per-LPU slot freed up within the call timeout)."""
 
     def __init__(self, reason: str, status: int | None = None, detail: str = "") -> None:
         super().__init__(f"{reason}{f' {status}' if status else ''}{f': {detail}' if detail else ''}")
@@ -68,18 +73,59 @@ class RetryBudget:
         return False
 
 
+class SpecialUseResolver(aiohttp.ThreadedResolver):
+    """RFC 6761 §6.4: names under `.invalid` never resolve, and resolvers should say so at once
+    rather than ask the network. A placeholder host left in a config fails without a query."""
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> Any:
+        if host.lower().rstrip(".").endswith(".invalid"):
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return await super().resolve(host, port, family)
+
+
+def parse_body(body: bytes) -> Any:
+    """An upstream body as JSON, strictly: NaN and Infinity (which Python's parser accepts) would
+    pass through the mapper into answers that the apps' JSON parsers reject. orjson refuses them
+    (and numbers that overflow to infinity), and parses in a third of the stdlib's time
+    (docs/benchmarks.md)."""
+    try:
+        return orjson.loads(body)
+    except (ValueError, RecursionError):
+        raise CallFailure("invalid_body", detail="not JSON") from None
+
+
+def breaks_circuit(failure: CallFailure) -> bool:
+    """Failures that say the target is unreachable. Only these count: they are what holds a
+    connection (a 5xx comes back at once), and an error status may be about one patient's
+    records, which must not fail the LPU for every other patient."""
+    return failure.reason in ("timeout", "connection")
+
+
 def new_client_session(config: UpstreamConfig) -> aiohttp.ClientSession:
     # One connector for the whole app, sized for fan-out: every LPU call of every session
     # shares it, and keep-alive makes the 3×LPU calls of a session cheap.
-    connector = aiohttp.TCPConnector(limit=config.max_connections, limit_per_host=0, ttl_dns_cache=300)
+    connector = aiohttp.TCPConnector(
+        limit=config.max_connections, limit_per_host=0, ttl_dns_cache=300, resolver=SpecialUseResolver()
+    )
     return aiohttp.ClientSession(connector=connector, trust_env=False, raise_for_status=False)
 
 
 class Upstream:
-    def __init__(self, config: UpstreamConfig, session: aiohttp.ClientSession, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        config: UpstreamConfig,
+        session: aiohttp.ClientSession,
+        metrics: Metrics,
+        limits: LimitsConfig | None = None,
+    ) -> None:
         self._config = config
         self._session = session
         self._metrics = metrics
+        # Without limits (tools, other callers) calls go straight through.
+        self._breakers = (
+            Breakers(limits.breaker_failures, limits.breaker_cooldown, limits.tracked_keys) if limits else None
+        )
+        self._slots = LpuSlots(limits.upstream_per_lpu, metrics) if limits else None
         self._budget = RetryBudget(config.retry_budget_ratio, config.retry_budget_floor)
         base = config.url.rstrip("/")
         self._urls = {
@@ -92,11 +138,47 @@ class Upstream:
         # labels() costs more than the observation itself; the common child is looked up once.
         self._ok_duration = {method: metrics.upstream_duration.labels(method, "ok") for method in self._urls}
 
+    @property
+    def breakers(self) -> Breakers | None:
+        return self._breakers
+
     async def mkab(self, caller: Caller) -> Any:
-        return await self.get_json("mkab", caller)
+        # The MKAB list has one target, the host: its circuit fails creation fast when it is down.
+        return await self._guarded("mkab", lambda: self.get_json("mkab", caller))
 
     async def for_lpu(self, method: str, lpu_guid: str, caller: Caller) -> Any:
-        return await self.get_json(method, caller, {self._config.lpu_query_param: lpu_guid})
+        params = {self._config.lpu_query_param: lpu_guid}
+        # A circuit per LPU and method: after the cooldown each of the three calls has its own
+        # probe, so the probe is one whole LPU fetch, which can complete the LPU.
+        target = f"{lpu_guid}/{method}"
+        return await self._guarded(target, lambda: self._in_slot(lpu_guid, method, caller, params))
+
+    async def _guarded(self, target: str, call: Callable[[], Awaitable[Any]]) -> Any:
+        if self._breakers is None:
+            return await call()
+        if not self._breakers.allow(target):
+            self._metrics.circuit_open.inc()
+            raise CallFailure("circuit_open")
+        ok: bool | None = None
+        try:
+            result = await call()
+            ok = True
+            return result
+        except CallFailure as failure:
+            # Waiting for our own slot says nothing about the target.
+            ok = None if failure.reason == "limited" else not breaks_circuit(failure)
+            raise
+        finally:
+            self._breakers.record(target, ok)
+
+    async def _in_slot(self, lpu_guid: str, method: str, caller: Caller, params: dict[str, str]) -> Any:
+        if self._slots is None:
+            return await self.get_json(method, caller, params)
+        try:
+            async with self._slots.hold(lpu_guid, self._config.call_timeout):
+                return await self.get_json(method, caller, params)
+        except NoSlot:
+            raise CallFailure("limited") from None
 
     async def get_json(self, method: str, caller: Caller, params: dict[str, str] | None = None) -> Any:
         """The parsed JSON of a 200 answer, or CallFailure. Retries connect errors and
@@ -109,7 +191,7 @@ class Upstream:
                 result = await self._attempt(method, caller, params)
             except CallFailure as failure:
                 self._metrics.upstream_duration.labels(method, failure.reason).observe(time.perf_counter() - started)
-                retryable = failure.status in RETRYABLE_STATUSES or failure.detail == "connect"
+                retryable = failure.status in RETRYABLE_STATUSES or failure.detail in ("connect", "dns")
                 if not retryable or attempt >= self._config.retries:
                     raise
                 if not self._budget.try_spend():
@@ -138,16 +220,13 @@ class Upstream:
             raise
         except TimeoutError:
             raise CallFailure("timeout") from None
+        except aiohttp.ClientConnectorDNSError:
+            raise CallFailure("connection", detail="dns") from None
         except aiohttp.ClientConnectorError:
             raise CallFailure("connection", detail="connect") from None
         except (aiohttp.ClientError, OSError) as exc:
             raise CallFailure("connection", detail=type(exc).__name__) from None
-        try:
-            # Stricter than the stdlib where it matters here: NaN/Infinity and integers beyond
-            # 64 bits are refused (invalid_body) instead of passed on to apps as invalid JSON.
-            return orjson.loads(body)
-        except (ValueError, RecursionError):
-            raise CallFailure("invalid_body", detail="not JSON") from None
+        return parse_body(body)
 
     async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes:
         cap = self._config.max_body_bytes

@@ -13,12 +13,17 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_server import prometheus  # noqa: F401  (the fixture: a real Prometheus on loopback)
 
 from gateway.app import create_app
 from gateway.config import Config, LogConfig
 from gateway.logs import configure_logging
 from gateway.sandbox.app import Sandbox, create_sandbox_app
 from gateway.sandbox.data import LpuKnobs, SandboxPatient, demo_lpu
+from gateway.server import GatewayRunner
+
+# A real redis-server, and gateway replicas as processes: fixtures in their own modules.
+pytest_plugins = ["redis_server", "replicas"]
 
 TOKENS: set[str] = set()
 LOG = io.StringIO()
@@ -63,6 +68,13 @@ async def upstream(aiohttp_server: Any) -> UpstreamFactory:
     return start
 
 
+class GatewayTestServer(TestServer):
+    """A TestServer run by the gateway's own runner, as `gateway serve` runs it."""
+
+    async def _make_runner(self, **kwargs: Any) -> GatewayRunner:
+        return GatewayRunner(self.app, **kwargs)
+
+
 GatewayFactory = Callable[..., Awaitable[TestClient]]
 
 
@@ -73,7 +85,7 @@ async def gateway(aiohttp_client: Any) -> GatewayFactory:
     async def start(upstream_url: str, **sections: dict[str, Any]) -> TestClient:
         upstream_section = {"url": upstream_url, "retry_backoff": 0.0} | sections.pop("upstream", {})
         config = Config().replace(upstream=upstream_section, **sections)
-        return await aiohttp_client(create_app(config), server_kwargs={"host": "127.0.0.1"})
+        return await aiohttp_client(GatewayTestServer(create_app(config), host="127.0.0.1"))
 
     return start
 
@@ -102,7 +114,8 @@ async def poll_until_final(
         if all(s != "InProgress" for s in seen[-1]):
             return body, seen
         assert loop.time() < end, f"session still InProgress after {limit}s: {seen[-1]}"
-        await asyncio.sleep(0.02)
+        # 20 polls/s at most: within the default per-session poll rate (limits.poll_rate).
+        await asyncio.sleep(0.05)
 
 
 async def create(client: TestClient, token: str, **headers: str) -> str:

@@ -60,6 +60,17 @@ def test_seed_lpu_info_with_ratings(transform: Any) -> None:
     assert map_mkab_list(transform([{"mkabGuid": "m1", "lpu": lpu}])) == [lpu]
 
 
+def test_two_mkabs_in_one_lpu_give_one_entry_in_order() -> None:
+    lpus = map_mkab_list(
+        [
+            {"mkabGuid": "m1", "lpu": {"guid": "B"}},
+            {"mkabGuid": "m2", "lpu": {"guid": "a"}},
+            {"mkabGuid": "m3", "lpu": {"guid": "b"}},
+        ]
+    )
+    assert [lpu["guid"] for lpu in lpus] == ["B", "a"]
+
+
 def test_omitted_fields_get_the_legacy_defaults() -> None:
     [visit] = map_visits([{"ticketGuid": "9d8ea16f-205b-4bc7-92e5-752cd84cb0db"}])
     assert visit["ticketGuid"] == "9d8ea16f-205b-4bc7-92e5-752cd84cb0db"

@@ -131,3 +131,24 @@ async def test_reused_sessions_are_counted(upstream: Any, gateway: Any) -> None:
     registry = client.server.app[keys.METRICS].registry
     assert registry.get_sample_value("gateway_sessions_reused_total") == 2
     assert registry.get_sample_value("gateway_sessions_created_total") == 3
+
+
+async def test_on_redis_a_shared_session_is_not_taken_over_while_its_fanout_runs(
+    upstream: Any, gateway: Any, redis_server: Any
+) -> None:
+    # The LPU answers after several lease periods: a sharer whose lease were not renewed would
+    # read as orphaned, and a poll with its token would fetch its LPUs again.
+    p = patient(LpuKnobs(delay=1.2), None)
+    sandbox, url = await upstream(p)
+    client = await gateway(url, session={"reuse_window": 60}, redis={"url": redis_server.url, "lease_ttl": 0.3})
+    first = await create(client, p.token)
+    await sandbox.wait_calls(one_fanout(2))
+    second = await create(client, p.token)
+    second_body, seen = await poll_until_final(client, second, headers=bearer(p.token))
+    assert len(seen) > 5, "polled across several lease periods"
+    first_body, _ = await poll_until_final(client, first, headers=bearer(p.token))
+    assert second_body == first_body
+    assert [e["state"] for e in second_body] == ["Complete", "Complete"]
+    assert sandbox.count() == one_fanout(2)
+    registry = client.server.app[keys.METRICS].registry
+    assert not registry.get_sample_value("gateway_session_takeovers_total", {"result": "rerun"})

@@ -10,6 +10,7 @@ from typing import Any
 
 from conftest import bearer, create, new_token, patient, poll_until_final
 
+from gateway import keys
 from gateway.sandbox.data import LpuKnobs, SandboxLpu, SandboxPatient
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -207,3 +208,20 @@ async def test_unknown_route_wrong_method_and_health(upstream: Any, gateway: Any
     assert "GET" in resp.headers["Allow"]
     assert (await client.get("/healthz")).status == 200
     assert (await client.get("/readyz")).status == 200
+
+
+async def test_unexpected_exception_is_a_500_with_no_internals(upstream: Any, gateway: Any) -> None:
+    p = patient(None)
+    _, url = await upstream(p)
+    client = await gateway(url)
+    guid = await create(client, p.token)
+
+    async def broken_load(guid: str) -> None:
+        raise RuntimeError(f"store exploded at /srv/secret/path for {p.token}")
+
+    client.app[keys.STORE].load = broken_load  # type: ignore[method-assign]
+    resp = await client.get(f"{TICKETS}/{guid}", headers=bearer(p.token))
+    assert resp.status == 500
+    text = await resp.text()
+    assert json.loads(text) == {"code": 500, "message": "Internal server error", "message_code": "4500"}
+    assert "exploded" not in text and p.token not in text

@@ -1,4 +1,5 @@
-"""The in-process store: expiry, its bound, and the write-once rule for LPU results."""
+"""The store through the API: its bound and expiry as an app sees them (the store's own contract
+is in test_store_contract.py, run against both stores)."""
 
 from __future__ import annotations
 
@@ -6,52 +7,7 @@ import asyncio
 import time
 from typing import Any
 
-import pytest
 from conftest import bearer, create, patient, poll_until_final
-
-from gateway.metrics import Metrics
-from gateway.store.base import Session, StoreFull, failed_entry, in_progress_entry
-from gateway.store.memory import MemoryStore
-
-
-def session(guid: str, lpus: int = 2, deadline: float = 60.0) -> Session:
-    now = time.time()
-    return Session(
-        guid=guid,
-        token_hash="h",
-        created_at=now,
-        deadline=now + deadline,
-        lpus=tuple(b'{"guid":"%d"}' % i for i in range(lpus)),
-        lpu_guids=tuple(str(i) for i in range(lpus)),
-    )
-
-
-async def test_first_terminal_write_wins() -> None:
-    store = MemoryStore(10, 60, Metrics())
-    await store.create(session("a"))
-    assert await store.finish_lpu("a", 0, failed_entry(b"{}"))
-    assert not await store.finish_lpu("a", 0, b'{"state":"Complete"}')
-    s = await store.load("a")
-    assert s is not None and s.states(time.time()) == ["Failed", "InProgress"]
-
-
-async def test_unfinished_lpus_read_as_failed_after_the_deadline() -> None:
-    store = MemoryStore(10, 60, Metrics())
-    s = session("a", deadline=0.5)
-    await store.create(s)
-    assert s.body(s.deadline - 0.1) == b"[" + b",".join(in_progress_entry(lpu) for lpu in s.lpus) + b"]"
-    assert s.states(s.deadline) == ["Failed", "Failed"]
-
-
-async def test_full_store_refuses_instead_of_evicting() -> None:
-    metrics = Metrics()
-    store = MemoryStore(2, 60, metrics)
-    await store.create(session("a"))
-    await store.create(session("b"))
-    with pytest.raises(StoreFull):
-        await store.create(session("c"))
-    assert await store.load("a") is not None and await store.load("b") is not None
-    assert metrics.registry.get_sample_value("gateway_store_rejected_total") == 1
 
 
 async def test_full_store_answers_503_with_retry_after(upstream: Any, gateway: Any) -> None:

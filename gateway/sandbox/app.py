@@ -37,6 +37,9 @@ class Sandbox:
         self._release: asyncio.Event | None = None
         self._flaky_seen: dict[tuple[str, str], int] = {}
         self._new_call: asyncio.Event | None = None
+        # Per LPU GUID: calls being answered now, and the most ever answered at once.
+        self.in_flight: dict[str, int] = {}
+        self.peak: dict[str, int] = {}
 
     @property
     def release(self) -> asyncio.Event:
@@ -155,6 +158,16 @@ async def _faulty(request: web.Request, method: str, lpu: SandboxLpu, payload: A
     if fault == "oversize":
         filler = [{"docFio": "x" * 1000}] * (knobs.oversize_bytes // 1000 + 1)
         return web.json_response(filler)
+    if fault == "oversize_chunked":
+        response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        record = json.dumps({"docFio": "x" * 1000}).encode()
+        await response.write(b"[" + record)
+        for _ in range(knobs.oversize_bytes // len(record) + 1):
+            await response.write(b"," + record)
+        await response.write(b"]")
+        return response
     transport = request.transport
     if fault == "reset":
         if transport is not None:
@@ -189,9 +202,15 @@ def _per_lpu(method: str, attr: str) -> Any:
         lpu = next((lpu for lpu in patient.lpus if lpu.info["guid"] == guid), None)
         if lpu is None:
             return _error(404, "MKAB not found in this LPU")
-        if lpu.knobs.delay:
-            await _hold(request, lpu.knobs.delay)
-        return await _faulty(request, method, lpu, getattr(lpu, attr))
+        sandbox = request.app[SANDBOX]
+        sandbox.in_flight[guid] = sandbox.in_flight.get(guid, 0) + 1
+        sandbox.peak[guid] = max(sandbox.peak.get(guid, 0), sandbox.in_flight[guid])
+        try:
+            if lpu.knobs.delay:
+                await _hold(request, lpu.knobs.delay)
+            return await _faulty(request, method, lpu, getattr(lpu, attr))
+        finally:
+            sandbox.in_flight[guid] -= 1
 
     return handler
 

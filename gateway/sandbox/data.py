@@ -167,6 +167,7 @@ FAULTS = (
     "reset_mid_body",  # headers, half a body, then close
     "drip",  # 200, then one byte every `drip_interval` seconds
     "oversize",  # 200 with a JSON array larger than `oversize_bytes`
+    "oversize_chunked",  # the same, chunked: no Content-Length to refuse it by
     "flaky",  # `status` for the first `flaky_failures` calls, then normal
 )
 

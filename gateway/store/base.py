@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -69,7 +70,11 @@ def entry_state(entry: bytes) -> str:
 
 @dataclass
 class Session:
-    """A session as a store holds it. `results` maps LPU index → terminal entry bytes."""
+    """A session as a store holds it. `results` maps LPU index → terminal entry bytes.
+
+    `orphaned` is set by `load`: no replica held the session's lease when it was read, so no
+    fan-out is running for it (see the README, "Replicas and Redis").
+    """
 
     guid: str
     token_hash: str
@@ -78,6 +83,7 @@ class Session:
     lpus: tuple[bytes, ...]
     lpu_guids: tuple[str, ...]
     results: dict[int, bytes] = field(default_factory=dict)
+    orphaned: bool = field(default=False, compare=False)
 
     def is_final(self, now: float) -> bool:
         return len(self.results) == len(self.lpus) or now >= self.deadline
@@ -104,8 +110,15 @@ class Session:
 
 
 class SessionStore(Protocol):
+    """Every method may raise StoreUnavailable.
+
+    Leases: the replica running a session's fan-out holds the session's lease and renews it;
+    a lease not renewed for `lease_ttl` lapses, and the session then loads as `orphaned`.
+    Each store instance is one replica (its own lease owner).
+    """
+
     async def create(self, session: Session) -> None:
-        """Stores a new session. Raises StoreFull or StoreUnavailable."""
+        """Stores a new session, with its lease held by this replica. Raises StoreFull."""
 
     async def load(self, guid: str) -> Session | None:
         """The session, or None if unknown or expired. Raises StoreUnavailable."""
@@ -113,6 +126,16 @@ class SessionStore(Protocol):
     async def finish_lpu(self, guid: str, index: int, entry: bytes) -> bool:
         """Records LPU `index` as terminal. Only the first write wins (states never go back);
         returns whether this one did."""
+
+    async def acquire_lease(self, guid: str) -> bool:
+        """Takes the lease of a session nobody holds; False if any replica (this one included)
+        holds it. Atomic: of replicas racing for one lease, exactly one gets it."""
+
+    async def renew_leases(self, guids: Collection[str]) -> set[str]:
+        """Extends this replica's leases; returns the guids whose lease it no longer holds."""
+
+    async def release_lease(self, guid: str) -> None:
+        """Gives up this replica's lease (a lease held by another replica is left alone)."""
 
     async def ready(self) -> bool:
         """Whether the store can serve now (for /readyz)."""

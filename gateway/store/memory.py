@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from cachetools import TTLCache
@@ -13,15 +13,25 @@ from gateway.store.base import Session, StoreFull
 
 
 class _ExpiringCache(TTLCache):
-    def __init__(self, maxsize: int, ttl: float, on_expire: Callable[[int], None]) -> None:
+    def __init__(
+        self, maxsize: int, ttl: float, on_expire: Callable[[int], None], on_evict: Callable[[], None]
+    ) -> None:
         super().__init__(maxsize=maxsize, ttl=ttl, timer=time.monotonic)
         self._on_expire = on_expire
+        self._on_evict = on_evict
 
     def expire(self, time: Any = None) -> Any:
         expired = super().expire(time)
         if expired:
             self._on_expire(len(expired))
         return expired
+
+    def popitem(self) -> Any:
+        # cachetools evicts through popitem when an insert finds the cache full. MemoryStore
+        # refuses instead, so this stays 0 unless that guard is broken: the metric would show it.
+        item = super().popitem()
+        self._on_evict()
+        return item
 
 
 class MemoryStore:
@@ -30,11 +40,18 @@ class MemoryStore:
     When `max_sessions` live sessions exist, creating another raises StoreFull (the API answers
     503 with Retry-After) instead of evicting: an evicted session would turn an app's polling
     into 404s mid-flow, which is data lost; a refused one is retried by the app.
+
+    Leases work as in the shared store, so both pass the same contract tests; with one replica a
+    lease only lapses if this process stalls for `lease_ttl`.
     """
 
-    def __init__(self, max_sessions: int, ttl: float, metrics: Metrics) -> None:
+    def __init__(self, max_sessions: int, ttl: float, metrics: Metrics, lease_ttl: float = 3.0) -> None:
         self._metrics = metrics
-        self._cache: _ExpiringCache = _ExpiringCache(max_sessions, ttl, metrics.store_expired.inc)
+        self._cache: _ExpiringCache = _ExpiringCache(
+            max_sessions, ttl, metrics.store_expired.inc, metrics.store_evictions.inc
+        )
+        # guid → True while leased; the entry's own TTL is the lease's, and setting it renews it.
+        self._leases: TTLCache[str, bool] = TTLCache(maxsize=max_sessions, ttl=lease_ttl, timer=time.monotonic)
         metrics.store_sessions.set_function(lambda: len(self._cache))
 
     async def create(self, session: Session) -> None:
@@ -43,10 +60,13 @@ class MemoryStore:
             self._metrics.store_rejected.inc()
             raise StoreFull
         self._cache[session.guid] = session
+        self._leases[session.guid] = True
 
     async def load(self, guid: str) -> Session | None:
         session = self._cache.get(guid)
         (self._metrics.store_hits if session is not None else self._metrics.store_misses).inc()
+        if session is not None:
+            session.orphaned = guid not in self._leases
         return session
 
     async def finish_lpu(self, guid: str, index: int, entry: bytes) -> bool:
@@ -56,8 +76,25 @@ class MemoryStore:
         session.results[index] = entry
         return True
 
+    async def acquire_lease(self, guid: str) -> bool:
+        if guid in self._leases or guid not in self._cache:
+            return False
+        self._leases[guid] = True
+        return True
+
+    async def renew_leases(self, guids: Collection[str]) -> set[str]:
+        # With one replica nobody else takes a lease: it is lost only with its session.
+        lost = {guid for guid in guids if guid not in self._cache}
+        for guid in set(guids) - lost:
+            self._leases[guid] = True
+        return lost
+
+    async def release_lease(self, guid: str) -> None:
+        self._leases.pop(guid, None)
+
     async def ready(self) -> bool:
         return True
 
     async def close(self) -> None:
         self._cache.clear()
+        self._leases.clear()

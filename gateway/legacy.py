@@ -1,0 +1,127 @@
+"""Forwarding to the legacy `visit` service (upstream-api.md §B).
+
+A forwarded request keeps its method, path and query, and the headers listed in
+FORWARDED_HEADERS; the request id goes as X-Request-Id. The legacy status and body come back
+unchanged. Only `rollout.legacy_url`'s host is ever called, with a total timeout, so a slow or
+dead legacy service is a 504 or a 502 in the standard error shape, never a hang.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import aiohttp
+import structlog
+from aiohttp import web
+from yarl import URL
+
+from gateway.config import RolloutConfig
+from gateway.errors import GatewayError
+from gateway.metrics import Metrics
+
+log = structlog.get_logger("gateway.legacy")
+
+# What the apps send that the legacy service may use; anything else (cookies, proxies' headers)
+# is not passed on.
+FORWARDED_HEADERS = ("Authorization", "ClientApplication", "User-Agent", "Accept", "Accept-Language")
+# Response headers passed back besides the body: its type, and when to retry a 429/503.
+RETURNED_HEADERS = ("Content-Type", "Retry-After")
+
+
+class LegacyFailure(Exception):
+    """No answer from the legacy service. `reason`: timeout, connection or too_large."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class LegacyAnswer:
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+
+def forwarded_headers(request: web.Request, request_id: str) -> dict[str, str]:
+    headers = {name: request.headers[name] for name in FORWARDED_HEADERS if name in request.headers}
+    headers["X-Request-Id"] = request_id
+    return headers
+
+
+def _outcome(status: int) -> str:
+    return f"{status // 100}xx"
+
+
+class Legacy:
+    """The client for the legacy service, with its own small connection pool: the legacy
+    service is one replica, and its slowness must not use up the new API's connections."""
+
+    def __init__(self, config: RolloutConfig, metrics: Metrics) -> None:
+        self._base = config.legacy_url.rstrip("/")
+        self._metrics = metrics
+        self._max_body = config.legacy_max_body_bytes
+        self._timeout = aiohttp.ClientTimeout(total=config.legacy_timeout, sock_connect=config.legacy_connect_timeout)
+        connector = aiohttp.TCPConnector(limit=config.legacy_max_connections, ttl_dns_cache=300)
+        self._session = aiohttp.ClientSession(connector=connector, trust_env=False, raise_for_status=False)
+
+    async def call(self, method: str, path_qs: str, headers: dict[str, str], route: str) -> LegacyAnswer:
+        """One call; LegacyFailure when there is no complete answer. `path_qs` is the raw path and
+        query of the incoming request (always starting with '/'), appended to the base URL."""
+        started = time.perf_counter()
+        outcome = "connection"
+        try:
+            async with self._session.request(
+                method,
+                URL(self._base + path_qs, encoded=True),
+                headers=headers,
+                timeout=self._timeout,
+                allow_redirects=False,
+            ) as resp:
+                body = await self._read_capped(resp)
+                answer = LegacyAnswer(
+                    resp.status, body, {name: resp.headers[name] for name in RETURNED_HEADERS if name in resp.headers}
+                )
+            outcome = _outcome(answer.status)
+            return answer
+        except LegacyFailure as failure:
+            outcome = failure.reason
+            raise
+        except TimeoutError:
+            outcome = "timeout"
+            raise LegacyFailure("timeout") from None
+        except (aiohttp.ClientError, OSError):
+            raise LegacyFailure("connection") from None
+        finally:
+            duration = time.perf_counter() - started
+            self._metrics.legacy_duration.labels(route, outcome).observe(duration)
+            if outcome not in ("2xx", "4xx"):
+                log.warning("legacy_failed", route=route, outcome=outcome, duration_ms=round(duration * 1000, 2))
+
+    async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes:
+        if resp.content_length is not None and resp.content_length > self._max_body:
+            raise LegacyFailure("too_large")
+        chunks = []
+        size = 0
+        async for chunk in resp.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > self._max_body:
+                raise LegacyFailure("too_large")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def forward(self, request: web.Request, request_id: str, route: str) -> LegacyAnswer:
+        """The incoming request, sent on to the legacy service. A failure raises the standard
+        error: 504 when it timed out, 502 otherwise."""
+        try:
+            return await self.call(request.method, request.raw_path, forwarded_headers(request, request_id), route)
+        except LegacyFailure as failure:
+            raise GatewayError("upstream_timeout" if failure.reason == "timeout" else "upstream_failed") from None
+
+    async def close(self) -> None:
+        await self._session.close()
+
+
+def as_response(answer: LegacyAnswer) -> web.Response:
+    return web.Response(status=answer.status, body=answer.body, headers=answer.headers)

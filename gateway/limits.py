@@ -1,0 +1,140 @@
+"""Limits that protect the service: fan-outs in flight per token and in total, the poll rate of
+each session, and upstream calls in flight per LPU.
+
+Every refusal is counted in `gateway_rejected_requests_total{limit}`. Per-key state stays bounded
+whatever clients send: in-flight counts exist only while a fan-out runs (so at most
+`sessions_in_flight` tokens), LPU slots only while a call holds or waits for one, and poll buckets
+live for a session's TTL in a cache of at most `tracked_keys` sessions (a forgotten bucket starts
+full again, which only ever errs on the client's side).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from cachetools import TTLCache
+
+from gateway.config import LimitsConfig
+from gateway.errors import GatewayError
+from gateway.metrics import Metrics
+
+
+class Admission:
+    """A session's place among the fan-outs in flight; `release()` gives it back, once."""
+
+    def __init__(self, release: Callable[[], None]) -> None:
+        self._release: Callable[[], None] | None = release
+
+    def release(self) -> None:
+        if self._release is not None:
+            release, self._release = self._release, None
+            release()
+
+
+class SessionLimits:
+    """Admission of new sessions and the per-session poll rate."""
+
+    def __init__(
+        self,
+        config: LimitsConfig,
+        metrics: Metrics,
+        session_ttl: float = 600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._config = config
+        self._metrics = metrics
+        self._clock = clock
+        self._per_token: dict[str, int] = {}
+        self._total = 0
+        # session GUID → [tokens left, when last updated]; a bucket outlives its session by
+        # nothing, so that a steady load holds a steady number of them.
+        self._buckets: TTLCache[str, list[float]] = TTLCache(config.tracked_keys, session_ttl, timer=clock)
+
+    @property
+    def in_flight(self) -> int:
+        return self._total
+
+    def admit(self, token_key: str) -> Admission:
+        """A place for one more fan-out of this token (a hash, never the token itself), or a
+        GatewayError: 503 when the replica runs its maximum, 429 when the token does."""
+        if self._total >= self._config.sessions_in_flight:
+            self._metrics.rejected.labels("sessions_in_flight").inc()
+            raise GatewayError("store_full", retry_after=1)
+        running = self._per_token.get(token_key, 0)
+        if running >= self._config.sessions_per_token:
+            self._metrics.rejected.labels("sessions_per_token").inc()
+            raise GatewayError("too_many_requests", retry_after=1)
+        self._per_token[token_key] = running + 1
+        self._total += 1
+        return Admission(lambda: self._release(token_key))
+
+    def _release(self, token_key: str) -> None:
+        self._total -= 1
+        running = self._per_token.pop(token_key, 0) - 1
+        if running > 0:
+            self._per_token[token_key] = running
+
+    def check_poll(self, guid: str) -> None:
+        """Spends one poll of this session's bucket, or raises 429 with the seconds until the
+        next poll would be served."""
+        rate, burst = self._config.poll_rate, float(self._config.poll_burst)
+        now = self._clock()
+        bucket = self._buckets.get(guid)
+        tokens = burst if bucket is None else min(burst, bucket[0] + (now - bucket[1]) * rate)
+        if tokens < 1.0:
+            self._buckets[guid] = [tokens, now]
+            self._metrics.rejected.labels("poll_rate").inc()
+            raise GatewayError("too_many_requests", retry_after=max(1, math.ceil((1.0 - tokens) / rate)))
+        self._buckets[guid] = [tokens - 1.0, now]
+
+
+class NoSlot(Exception):
+    """No upstream slot for this LPU became free in time."""
+
+
+class _Slot:
+    __slots__ = ("semaphore", "users")
+
+    def __init__(self, limit: int) -> None:
+        self.semaphore = asyncio.Semaphore(limit)
+        self.users = 0
+
+
+class LpuSlots:
+    """At most `limit` upstream calls in flight per LPU; the others wait their turn."""
+
+    def __init__(self, limit: int, metrics: Metrics) -> None:
+        self._limit = limit
+        self._metrics = metrics
+        self._slots: dict[str, _Slot] = {}
+
+    @property
+    def tracked(self) -> int:
+        return len(self._slots)
+
+    @asynccontextmanager
+    async def hold(self, key: str, wait: float) -> AsyncIterator[None]:
+        """Holds one of the key's slots for the body; NoSlot if none frees up within `wait` s."""
+        slot = self._slots.get(key)
+        if slot is None:
+            slot = self._slots[key] = _Slot(self._limit)
+        slot.users += 1
+        try:
+            try:
+                async with asyncio.timeout(wait):
+                    await slot.semaphore.acquire()
+            except TimeoutError:
+                self._metrics.rejected.labels("upstream_per_lpu").inc()
+                raise NoSlot(key) from None
+            try:
+                yield
+            finally:
+                slot.semaphore.release()
+        finally:
+            slot.users -= 1
+            if not slot.users:
+                del self._slots[key]

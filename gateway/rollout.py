@@ -1,0 +1,323 @@
+"""Which side serves a new session: the rollout flags, the pure rule that applies them, and the
+flags file, re-read on change or SIGHUP.
+
+The rule runs once per session creation. A poll never consults it: a session is read from the
+side that created it (the gateway's own sessions are in its store, every other GUID belongs to
+the legacy service), so changing the flags never moves a session that already exists.
+
+The percentage key is a hash of the bearer token (README "Rollout", "Who lands where"): it is
+the only thing the create request carries that names the patient, and it is the same on every
+replica and after every restart. Tokens are reissued from time to time, so a patient may change
+sides between sessions, never inside one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from gateway.config import RolloutConfig
+from gateway.metrics import Metrics
+
+log = structlog.get_logger("gateway.rollout")
+
+LEGACY = "legacy"
+GATEWAY = "gateway"
+SHADOW = "shadow"
+MODES = (LEGACY, GATEWAY, SHADOW)
+# Every (side, reason) a decision can have; the metric's series are created up front so that a
+# dashboard shows 0 rather than "no data" for a rule that has not fired yet.
+DECISIONS = (
+    (GATEWAY, "no_legacy"),
+    (LEGACY, "kill_switch"),
+    (LEGACY, "deny_list"),
+    (GATEWAY, "allow_list"),
+    (GATEWAY, "percentage"),
+    (LEGACY, "default"),
+    (GATEWAY, "default"),
+    (SHADOW, "default"),
+)
+# The percentage has a resolution of 0.01 %.
+BUCKETS = 10_000
+MAX_APPS = 1000
+MAX_APP_LENGTH = 200
+MAX_FILE_BYTES = 1024 * 1024
+
+
+class FlagsError(ValueError):
+    """The flags file cannot be used; the message is one line naming the problem."""
+
+
+@dataclass(frozen=True)
+class Flags:
+    mode: str = LEGACY
+    # "file" when the flags file set `mode`, else "config" (rollout.mode / GATEWAY_ROLLOUT_MODE).
+    mode_source: str = "config"
+    kill_switch: bool = False
+    gateway_percent: float = 0.0
+    allow_apps: frozenset[str] = frozenset()
+    deny_apps: frozenset[str] = frozenset()
+    salt: str = ""
+    version: str = ""
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "mode_source": self.mode_source,
+            "kill_switch": self.kill_switch,
+            "gateway_percent": self.gateway_percent,
+            "allow_apps": sorted(self.allow_apps),
+            "deny_apps": sorted(self.deny_apps),
+            "salt": self.salt,
+            "version": self.version,
+        }
+
+
+@dataclass(frozen=True)
+class Decision:
+    side: str
+    reason: str
+
+
+def rollout_bucket(token: str, salt: str = "") -> int:
+    """0..9999 from the token, identical in every process (unlike hash()). A salt of its own
+    keeps it unrelated to the session's token hash; changing the salt reshuffles everyone."""
+    digest = hashlib.sha256(b"visit-gateway/rollout\0" + salt.encode() + b"\0" + token.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % BUCKETS
+
+
+def in_percentage(bucket: int, percent: float) -> bool:
+    """Raising the percentage only adds buckets: whoever was on the gateway at 10 % stays there
+    at 20 %, and lowering it moves back exactly the ones added last."""
+    return bucket < round(percent * BUCKETS / 100)
+
+
+def decide(flags: Flags, client_app: str | None, bucket: int | None) -> Decision:
+    """The side for a new session. Precedence: kill switch, deny list, allow list, percentage,
+    default mode. Deny wins over allow, so an app listed in both stays on the legacy service.
+    `bucket` is None when the request has no usable token: only the lists and the mode apply."""
+    if flags.kill_switch:
+        return Decision(LEGACY, "kill_switch")
+    app = client_app.strip().lower() if client_app else None
+    if app is not None and app in flags.deny_apps:
+        return Decision(LEGACY, "deny_list")
+    if app is not None and app in flags.allow_apps:
+        return Decision(GATEWAY, "allow_list")
+    if bucket is not None and in_percentage(bucket, flags.gateway_percent):
+        return Decision(GATEWAY, "percentage")
+    return Decision(flags.mode, "default")
+
+
+_FILE_KEYS = ("version", "kill_switch", "mode", "gateway_percent", "allow_apps", "deny_apps", "salt")
+
+
+def _apps(data: dict[str, Any], key: str) -> frozenset[str]:
+    raw = data.get(key, [])
+    if not isinstance(raw, list) or len(raw) > MAX_APPS:
+        raise FlagsError(f"{key} must be a list of at most {MAX_APPS} client application ids")
+    apps = set()
+    for item in raw:
+        if not isinstance(item, str) or not item.strip() or len(item) > MAX_APP_LENGTH:
+            raise FlagsError(f"{key} must hold non-empty strings of at most {MAX_APP_LENGTH} characters")
+        apps.add(item.strip().lower())
+    return frozenset(apps)
+
+
+def parse_flags(raw: bytes, default_mode: str) -> Flags:
+    """The flags of a TOML flags file, or FlagsError. Unknown keys are errors: a misspelt
+    `kill_swich = true` must not be silently ignored."""
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise FlagsError("not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise FlagsError(f"not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - set(_FILE_KEYS))
+    if unknown:
+        raise FlagsError(f"unknown key {unknown[0]!r} (known: {', '.join(_FILE_KEYS)})")
+    version = data.get("version", "")
+    if not isinstance(version, (str, int)) or isinstance(version, bool) or len(str(version)) > 100:
+        raise FlagsError("version must be a string or an integer")
+    kill_switch = data.get("kill_switch", False)
+    if not isinstance(kill_switch, bool):
+        raise FlagsError("kill_switch must be true or false")
+    mode = data.get("mode")
+    if mode is not None and mode not in MODES:
+        raise FlagsError(f"mode must be one of {', '.join(MODES)}")
+    percent = data.get("gateway_percent", 0)
+    if isinstance(percent, bool) or not isinstance(percent, (int, float)) or not 0 <= percent <= 100:
+        raise FlagsError("gateway_percent must be a number from 0 to 100")
+    salt = data.get("salt", "")
+    if not isinstance(salt, str) or len(salt) > 100:
+        raise FlagsError("salt must be a string of at most 100 characters")
+    return Flags(
+        mode=mode or default_mode,
+        mode_source="file" if mode else "config",
+        kill_switch=kill_switch,
+        gateway_percent=float(percent),
+        allow_apps=_apps(data, "allow_apps"),
+        deny_apps=_apps(data, "deny_apps"),
+        salt=salt,
+        version=str(version),
+    )
+
+
+@dataclass
+class FileState:
+    """What the inspection endpoint shows about the flags file."""
+
+    path: str
+    valid: bool = True
+    sha256: str | None = None
+    loaded_at: float | None = None
+    error: str | None = None
+    reloads: int = 0
+    _seen: tuple[Any, ...] | None = field(default=None, repr=False)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "valid": self.valid,
+            "sha256": self.sha256,
+            "loaded_at": self.loaded_at,
+            "error": self.error,
+            "reloads": self.reloads,
+        }
+
+
+def _read(path: str) -> tuple[tuple[Any, ...], bytes]:
+    with open(path, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        raw = fh.read(MAX_FILE_BYTES + 1)
+    if len(raw) > MAX_FILE_BYTES:
+        raise FlagsError(f"larger than {MAX_FILE_BYTES} bytes")
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns), raw
+
+
+def _signature(path: str) -> tuple[Any, ...] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class Rollout:
+    """The current flags of one app. `decide()` is what the create route calls; the watcher
+    task (owned by the app, cancelled by `close()`) swaps in a new file's flags when it changes."""
+
+    def __init__(self, config: RolloutConfig, metrics: Metrics) -> None:
+        self._config = config
+        self._metrics = metrics
+        self.enabled = bool(config.legacy_url)
+        self.flags = Flags(mode=config.mode)
+        # Without a legacy service the flags decide nothing: the file is not even read.
+        self.file = FileState(config.flags_file) if config.flags_file and self.enabled else None
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        for side, reason in DECISIONS:
+            metrics.rollout_decisions.labels(side, reason)
+        for result in ("ok", "invalid"):
+            metrics.rollout_flags_reloads.labels(result)
+        metrics.rollout_flags_valid.set(1)
+
+    def decide(self, token: str | None, client_app: str | None) -> Decision:
+        if not self.enabled:
+            decision = Decision(GATEWAY, "no_legacy")
+        else:
+            flags = self.flags
+            decision = decide(flags, client_app, rollout_bucket(token, flags.salt) if token else None)
+        self._metrics.rollout_decisions.labels(decision.side, decision.reason).inc()
+        return decision
+
+    async def start(self) -> None:
+        if self.file is None:
+            return
+        await self.reload(force=True)
+        self._task = asyncio.get_running_loop().create_task(self._watch())
+
+    def request_reload(self) -> None:
+        """Re-read the file now (SIGHUP), even if it looks unchanged."""
+        self._wake.set()
+
+    async def _watch(self) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(self._config.flags_poll_interval):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+            forced = self._wake.is_set()
+            self._wake.clear()
+            try:
+                await self.reload(force=forced)
+            except Exception:  # the watcher must outlive a bug in one reload
+                log.exception("rollout_flags_reload_error")
+
+    async def reload(self, force: bool = False) -> bool:
+        """Reads the file if it changed (or `force`); returns whether new flags were applied.
+        An unreadable or invalid file keeps the flags in force and logs one error per version."""
+        state = self.file
+        if state is None:
+            return False
+        if not force and state._seen is not None and _signature(state.path) == state._seen:
+            return False
+        try:
+            signature, raw = await asyncio.to_thread(_read, state.path)
+            digest = hashlib.sha256(raw).hexdigest()
+            if not force and digest == state.sha256 and state.valid:
+                state._seen = signature
+                return False
+            flags = parse_flags(raw, self._config.mode)
+        except (OSError, FlagsError) as exc:
+            problem = f"cannot read: {exc.strerror}" if isinstance(exc, OSError) else str(exc)
+            state._seen = _signature(state.path)
+            if force or state.valid or problem != state.error:
+                log.error(
+                    "rollout_flags_invalid",
+                    path=state.path,
+                    error=problem,
+                    kept_version=self.flags.version,
+                    kept_sha256=state.sha256,
+                )
+                self._metrics.rollout_flags_reloads.labels("invalid").inc()
+            state.valid, state.error = False, problem
+            self._metrics.rollout_flags_valid.set(0)
+            return False
+        state._seen, state.sha256, state.loaded_at = signature, digest, time.time()
+        state.valid, state.error = True, None
+        state.reloads += 1
+        self.flags = flags
+        self._metrics.rollout_flags_valid.set(1)
+        self._metrics.rollout_flags_reloads.labels("ok").inc()
+        log.info(
+            "rollout_flags_loaded",
+            path=state.path,
+            version=flags.version,
+            sha256=digest,
+            mode=flags.mode,
+            gateway_percent=flags.gateway_percent,
+            kill_switch=flags.kill_switch,
+        )
+        return True
+
+    def describe(self) -> dict[str, Any]:
+        """The effective flags and the file they came from, for the inspection endpoint."""
+        return {
+            "enabled": self.enabled,
+            "flags": self.flags.as_json(),
+            "file": self.file.as_json() if self.file else None,
+        }
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
