@@ -46,12 +46,18 @@ WAIT_LIMIT = 60.0  # no bench wait lasts longer than this
 
 
 def bench_patients(groups: dict[str, int], count: int, delay: float) -> list[SandboxPatient]:
-    """`count` patients per group; group "10" has 10 LPUs, token `bench-10-<i>`."""
-    return [
-        SandboxPatient(f"bench-{lpus}-{i}", [demo_lpu(n + 1, LpuKnobs(delay=delay)) for n in range(int(lpus))])
-        for lpus in groups
-        for i in range(count)
-    ]
+    """`count` patients per group; group "10" has 10 LPUs, token `bench-10-<i>`. Each patient's
+    LPUs have GUIDs of their own (patients spread over many hospitals, as in life), so that the
+    gateway's per-LPU limit on calls in flight is not what a figure measures."""
+    patients = []
+    for lpus in groups:
+        for i in range(count):
+            token = f"bench-{lpus}-{i}"
+            own = [demo_lpu(n + 1, LpuKnobs(delay=delay)) for n in range(int(lpus))]
+            for n, lpu in enumerate(own):
+                lpu.info["guid"] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{token}/{n}"))
+            patients.append(SandboxPatient(token, own))
+    return patients
 
 
 class BenchSandbox(_Sandbox):
