@@ -5,7 +5,7 @@ PYTHON ?= python3
 # Debian packages the tests run for real.
 SYSTEM_PACKAGES ?= redis-server prometheus
 
-.PHONY: setup run test lint system-deps audit soak
+.PHONY: setup run test lint system-deps audit soak bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,14 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+$(VENV)/.bench: $(VENV)/.installed pyproject.toml
+	$(VENV)/bin/pip install --quiet -e '.[test,bench]'
+	touch $@
+
+# The benchmark (docs/benchmarks.md): everything on 127.0.0.1; BENCH_ARGS="--quick --runs 1" for a smoke run.
+bench: $(VENV)/.bench
+	$(VENV)/bin/python -m bench $(BENCH_ARGS)
+
 run: setup
 	$(VENV)/bin/gateway demo
 
@@ -22,8 +30,8 @@ system-deps:
 	bash scripts/system-deps.sh $(SYSTEM_PACKAGES)
 
 lint: setup
-	$(VENV)/bin/ruff check gateway tests scripts
-	$(VENV)/bin/ruff format --check gateway tests scripts
+	$(VENV)/bin/ruff check gateway tests scripts bench
+	$(VENV)/bin/ruff format --check gateway tests scripts bench
 
 # Known advisories in the installed packages fail the run; packages the advisory database could
 # not be asked about are reported as unchecked (AUDIT_STRICT=1 fails on them): docs/security.md.

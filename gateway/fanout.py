@@ -7,30 +7,36 @@ after in-flight requests have been answered) cancels whatever is still running.
 Each running fan-out holds its session's lease in the store, renewed by one background task, so
 that another replica can tell a running session from an orphaned one and finish the latter
 (`take_over`; the protocol is in the README, "Replicas and Redis").
+
+Within `session.reuse_window`, creates of one token share the fan-out started for its first
+create (gateway/reuse.py): each gets a new session, written through the store like any other.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import structlog
 
 from gateway.config import SessionConfig
 from gateway.errors import GatewayError
 from gateway.mapping import MappingError, map_calls, map_disps, map_mkab_list, map_visits
 from gateway.metrics import Metrics
+from gateway.reuse import ReuseIndex, SharedFanout
 from gateway.store.base import (
     COMPLETE,
+    FAILED,
     Session,
     SessionStore,
     StoreFull,
     StoreUnavailable,
     entry_bytes,
+    entry_state,
     failed_entry,
     token_hash,
 )
@@ -42,7 +48,15 @@ LPU_METHODS = (("visit", map_visits), ("calldoctor", map_calls), ("disp", map_di
 
 
 def dumps(value: Any) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    """Compact UTF-8 JSON. orjson: a tenth of the stdlib's time on the fan-out's records
+    (docs/benchmarks.md). Its result holds a buffer of at least 4 KiB whatever its length:
+    fine for what is joined into an entry and dropped, not for what a session keeps."""
+    return orjson.dumps(value)
+
+
+def dumps_kept(value: Any) -> bytes:
+    """`dumps` for bytes a session keeps for its lifetime: an exact-size copy."""
+    return bytes(memoryview(orjson.dumps(value)))
 
 
 class _LpuFailed(Exception):
@@ -71,7 +85,12 @@ class Fanout:
         self._tasks: set[asyncio.Task[None]] = set()
         # Session guid → the task running its fan-out here, whose lease the keeper renews.
         self._leased: dict[str, asyncio.Task[None]] = {}
+        # Sessions sharing a fan-out running here → that fan-out's task: their leases are renewed
+        # while it runs, but losing one never stops it (it is another session's fan-out).
+        self._shared_leases: dict[str, asyncio.Task[None]] = {}
         self._keeper: asyncio.Task[None] | None = None
+        self._lpu_complete = metrics.lpu_outcomes.labels("complete", "ok")
+        self._reuse = ReuseIndex(config.reuse_window, config.max_sessions) if config.reuse_window > 0 else None
 
     @property
     def running(self) -> int:
@@ -86,16 +105,35 @@ class Fanout:
         if not await self._store.ready():
             # Before the upstream call: with the store down the session could not be kept anyway.
             raise GatewayError("unavailable", retry_after=1)
+        key = token_hash(token)
+        if self._reuse is not None:
+            shared = self._reuse.find(key, time.monotonic())
+            if shared is not None and (guid := await self._share(shared)) is not None:
+                if on_done is not None:
+                    on_done()  # no fan-out of its own
+                return guid
         lpus = await self._patient_lpus(caller)
         now = time.time()
         session = Session(
             guid=str(uuid.uuid4()),
-            token_hash=token_hash(token),
+            token_hash=key,
             created_at=now,
             deadline=now + self._config.deadline,
-            lpus=tuple(dumps(lpu) for lpu in lpus),
+            lpus=tuple(dumps_kept(lpu) for lpu in lpus),
             lpu_guids=tuple(lpu["guid"] for lpu in lpus),
         )
+        await self._create(session)
+        shared = self._reuse.add(key, session.guid, time.monotonic()) if self._reuse is not None else None
+        if lpus:
+            self.start(session, caller, range(len(lpus)), on_done, shared)
+        else:
+            if shared is not None:
+                shared.finished()
+            if on_done is not None:
+                on_done()
+        return session.guid
+
+    async def _create(self, session: Session) -> None:
         try:
             await self._store.create(session)
         except StoreFull:
@@ -103,10 +141,45 @@ class Fanout:
         except StoreUnavailable:
             raise GatewayError("unavailable", retry_after=1) from None
         self._metrics.sessions_created.inc()
-        if lpus:
-            self.start(session, caller, range(len(lpus)), on_done)
-        elif on_done is not None:
-            on_done()
+
+    async def _share(self, shared: SharedFanout) -> str | None:
+        """A new session with the shared fan-out's results (see gateway/reuse.py), or None when
+        that fan-out cannot be shared (gone from the store, or an LPU Failed)."""
+        try:
+            source = await self._store.load(shared.guid)
+        except StoreUnavailable:
+            raise GatewayError("unavailable", retry_after=1) from None
+        now = time.time()
+        if source is None or FAILED in source.states(now):
+            shared.failed = True
+            return None
+        session = Session(
+            guid=str(uuid.uuid4()),
+            token_hash=source.token_hash,
+            created_at=now,
+            deadline=source.deadline,
+            lpus=source.lpus,
+            lpu_guids=source.lpu_guids,
+        )
+        await self._create(session)
+        try:
+            running = self._leased.get(shared.guid)
+            if shared.running and running is not None:
+                # From here on the fan-out writes every result to this session too (and the
+                # keeper renews its lease); what it wrote while this one was being created is in
+                # the source (no await separates the two).
+                shared.subscribers.append(session.guid)
+                self._shared_leases[session.guid] = running
+                source = await self._store.load(shared.guid) or source
+            # Results go through finish_lpu, as any store stores them (a duplicate is a no-op).
+            for index, entry in source.results.items():
+                await self._store.finish_lpu(session.guid, index, entry)
+        except StoreUnavailable:
+            # The session exists; what it lacks reads as Failed at the deadline, as for any
+            # fan-out that lost the store (a poll with the token may re-run it: take_over).
+            log.warning("reuse_store_unavailable", session=session.guid)
+        self._metrics.sessions_reused.inc()
+        log.info("session_reused", session=session.guid, shared=shared.guid)
         return session.guid
 
     async def _patient_lpus(self, caller: Caller) -> list[dict[str, Any]]:
@@ -140,12 +213,18 @@ class Fanout:
             raise GatewayError("upstream_failed") from None
 
     def start(
-        self, session: Session, caller: Caller, indices: range | list[int], on_done: Callable[[], None] | None = None
+        self,
+        session: Session,
+        caller: Caller,
+        indices: range | list[int],
+        on_done: Callable[[], None] | None = None,
+        shared: SharedFanout | None = None,
     ) -> None:
         """Runs the given LPUs of a session in a task the app owns. This replica must hold the
-        session's lease (taken by `create` or `acquire_lease`); it is renewed while the task runs."""
+        session's lease (taken by `create` or `acquire_lease`); it is renewed while the task runs.
+        Each result is also written to the sessions sharing this fan-out (`shared`), if any."""
         loop = asyncio.get_running_loop()
-        task = loop.create_task(self._run(session, caller, list(indices)))
+        task = loop.create_task(self._run(session, caller, list(indices), shared))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         if on_done is not None:
@@ -154,7 +233,17 @@ class Fanout:
         if self._keeper is None:
             self._keeper = loop.create_task(self._keep_leases())
 
-    async def _run(self, session: Session, caller: Caller, indices: list[int]) -> None:
+    async def _finish(self, session: Session, index: int, entry: bytes, shared: SharedFanout | None) -> bool:
+        """Writes LPU `index`'s terminal entry; returns whether this write won."""
+        won = await self._store.finish_lpu(session.guid, index, entry)
+        if won and shared is not None:
+            if entry_state(entry) == FAILED:
+                shared.failed = True
+            for guid in list(shared.subscribers):
+                await self._store.finish_lpu(guid, index, entry)
+        return won
+
+    async def _run(self, session: Session, caller: Caller, indices: list[int], shared: SharedFanout | None) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (session.deadline - time.time())
         pending = set(indices)
@@ -164,12 +253,12 @@ class Fanout:
                 async with asyncio.timeout_at(deadline):
                     async with asyncio.TaskGroup() as group:
                         for index in indices:
-                            group.create_task(self._lpu(session, index, caller, pending))
+                            group.create_task(self._lpu(session, index, caller, pending, shared))
             except TimeoutError:
                 self._metrics.sessions_deadline.inc()
                 waited = time.time() - session.created_at
                 for index in sorted(pending):
-                    if await self._store.finish_lpu(session.guid, index, failed_entry(session.lpus[index])):
+                    if await self._finish(session, index, failed_entry(session.lpus[index]), shared):
                         self._record_failure(session, index, _LpuFailed("session", "deadline", "", waited))
         except* StoreUnavailable:
             # The unwritten LPUs read as Failed at the deadline; the lease lapses, so a poll with
@@ -179,6 +268,10 @@ class Fanout:
             self._metrics.sessions_in_flight.dec()
             if self._leased.get(session.guid) is asyncio.current_task():
                 del self._leased[session.guid]
+            if shared is not None:
+                for guid in shared.subscribers:
+                    self._shared_leases.pop(guid, None)
+                shared.finished()
         self._metrics.session_complete.observe(time.time() - session.created_at)
 
     async def _keep_leases(self) -> None:
@@ -188,7 +281,7 @@ class Fanout:
             await asyncio.sleep(self._lease_ttl / 3)
             running = dict(self._leased)
             try:
-                lost = await self._store.renew_leases(running)
+                lost = await self._store.renew_leases(running.keys() | self._shared_leases.keys())
             except StoreUnavailable:
                 continue  # logged by the store; a lease that lapses meanwhile is retaken or lost
             except Exception:  # a bug here must not end renewals for every fan-out of the replica
@@ -196,7 +289,9 @@ class Fanout:
                 continue
             for guid in lost:
                 log.warning("lease_lost", session=guid)
-                running[guid].cancel()
+                if guid in running:
+                    running[guid].cancel()
+                self._shared_leases.pop(guid, None)
 
     async def take_over(self, session: Session, caller: Caller | None) -> None:
         """Finishes an orphaned session (no replica holds its lease: its replica died or lost the
@@ -205,7 +300,12 @@ class Fanout:
         before the deadline changes nothing: the LPUs read as Failed from the deadline anyway.
         Of replicas polling at once, only the one that takes the lease acts."""
         unfinished = session.unfinished()
-        if not session.orphaned or not unfinished or session.guid in self._leased:
+        if (
+            not session.orphaned
+            or not unfinished
+            or session.guid in self._leased
+            or session.guid in self._shared_leases
+        ):
             return  # running, finished, or running here (the keeper takes its lapsed lease back)
         late = time.time() >= session.deadline
         if caller is None and not late:
@@ -226,7 +326,9 @@ class Fanout:
         except StoreUnavailable:
             log.warning("takeover_store_unavailable", session=session.guid)
 
-    async def _lpu(self, session: Session, index: int, caller: Caller, pending: set[int]) -> None:
+    async def _lpu(
+        self, session: Session, index: int, caller: Caller, pending: set[int], shared: SharedFanout | None
+    ) -> None:
         lpu_guid = session.lpu_guids[index]
         try:
             # The first failed call fails the LPU and cancels its two siblings.
@@ -239,14 +341,14 @@ class Fanout:
             if not isinstance(first, _LpuFailed):
                 raise
             pending.discard(index)
-            if await self._store.finish_lpu(session.guid, index, failed_entry(session.lpus[index])):
+            if await self._finish(session, index, failed_entry(session.lpus[index]), shared):
                 self._record_failure(session, index, first)
             return
         visits, lpu_calls, disps = (task.result() for task in calls)
         pending.discard(index)
         entry = entry_bytes(COMPLETE, session.lpus[index], visits, lpu_calls, disps)
-        if await self._store.finish_lpu(session.guid, index, entry):
-            self._metrics.lpu_outcomes.labels("complete", "ok").inc()
+        if await self._finish(session, index, entry, shared):
+            self._lpu_complete.inc()
 
     async def _fetch(self, method: str, mapper: Any, lpu_guid: str, caller: Caller) -> bytes:
         started = time.perf_counter()
@@ -282,7 +384,7 @@ class Fanout:
         if self._keeper is not None:
             self._keeper.cancel()
             await asyncio.gather(self._keeper, return_exceptions=True)
-        leased = list(self._leased)
+        leased = list(self._leased) + list(self._shared_leases)
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()

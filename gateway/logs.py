@@ -11,6 +11,7 @@ import logging
 import sys
 from typing import Any, TextIO
 
+import orjson
 import structlog
 
 from gateway.config import LogConfig
@@ -44,11 +45,18 @@ def _redact(logger: Any, method: str, line: Any) -> Any:
     return line
 
 
+def _json_line(event: Any, **kw: Any) -> str:
+    # One access line per request: orjson renders it in a fraction of json.dumps' time.
+    return orjson.dumps(event, default=kw.get("default")).decode()
+
+
 def configure_logging(config: LogConfig, stream: TextIO | None = None) -> None:
     stream = stream or sys.stdout
     level = logging.getLevelNamesMapping()[config.level.upper()]
     renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer() if config.format == "json" else structlog.dev.ConsoleRenderer(colors=False)
+        structlog.processors.JSONRenderer(serializer=_json_line)
+        if config.format == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
     )
     structlog.configure(
         processors=[

@@ -59,6 +59,11 @@ class Metrics:
         self.sessions_created = Counter(
             "gateway_sessions_created_total", "Sessions created by the gateway.", registry=r
         )
+        self.sessions_reused = Counter(
+            "gateway_sessions_reused_total",
+            "Sessions created from another session's fan-out within the reuse window (no upstream call).",
+            registry=r,
+        )
         self.sessions_in_flight = Gauge(
             "gateway_sessions_in_flight", "Sessions whose fan-out is still running on this replica.", registry=r
         )

@@ -84,7 +84,6 @@ class Session:
     lpu_guids: tuple[str, ...]
     results: dict[int, bytes] = field(default_factory=dict)
     orphaned: bool = field(default=False, compare=False)
-    _body: tuple[tuple[int, bool], bytes] | None = field(default=None, repr=False, compare=False)
 
     def is_final(self, now: float) -> bool:
         return len(self.results) == len(self.lpus) or now >= self.deadline
@@ -101,16 +100,13 @@ class Session:
 
     def body(self, now: float) -> bytes:
         """The poll response. An LPU unfinished at the deadline reads as Failed even if the
-        replica that ran it died, so no reader ever sees InProgress past the deadline."""
-        late = now >= self.deadline
-        key = (len(self.results), late)
-        if self._body is not None and self._body[0] == key:
-            return self._body[1]
-        unfinished = failed_entry if late else in_progress_entry
-        parts = [self.results.get(i) or unfinished(lpu) for i, lpu in enumerate(self.lpus)]
-        body = b"[" + b",".join(parts) + b"]"
-        self._body = (key, body)
-        return body
+        replica that ran it died, so no reader ever sees InProgress past the deadline.
+
+        Nothing is serialized here: each entry was serialized once, when its LPU finished, and a
+        poll only joins them. The joined body is not kept: a copy per session would double the
+        memory of every cached session to save a join of a few KiB (docs/benchmarks.md)."""
+        unfinished = failed_entry if now >= self.deadline else in_progress_entry
+        return b"[" + b",".join([self.results.get(i) or unfinished(lpu) for i, lpu in enumerate(self.lpus)]) + b"]"
 
 
 class SessionStore(Protocol):

@@ -1,0 +1,1 @@
+"""The gateway's benchmark: `make bench` (see docs/benchmarks.md)."""

@@ -1,0 +1,101 @@
+"""Starting and stopping the benchmark's processes, and reading their CPU time and memory
+from /proc (Linux)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+TICK = os.sysconf("SC_CLK_TCK")
+START_LIMIT = 30.0
+
+
+@dataclass
+class Proc:
+    kind: str
+    popen: subprocess.Popen[bytes]
+    port: int
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def cpu(self) -> float:
+        """User + system CPU seconds used so far."""
+        return cpu_seconds(self.pid)
+
+    def rss(self) -> int:
+        """Resident set size in bytes."""
+        return rss_bytes(self.pid)
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def _stop(popen: subprocess.Popen[bytes]) -> None:
+    if popen.poll() is None:
+        popen.terminate()
+        try:
+            popen.wait(5)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            popen.wait(5)
+    for stream in (popen.stdin, popen.stdout):
+        if stream is not None:
+            stream.close()
+
+
+@contextmanager
+def started(kind: str, spec: dict[str, Any]) -> Iterator[Proc]:
+    """A `bench.servers` process, stopped when the block ends, however it ends."""
+    popen = subprocess.Popen(
+        [sys.executable, "-m", "bench.servers", kind, "--spec", json.dumps(spec)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + START_LIMIT
+        assert popen.stdout is not None
+        line = popen.stdout.readline().decode()
+        if not line.startswith("READY ") or time.monotonic() > deadline:
+            raise RuntimeError(f"{kind} did not start (exit code {popen.poll()}): {line!r}")
+        yield Proc(kind, popen, int(line.split()[1]))
+    finally:
+        _stop(popen)
+
+
+def run_plain_client(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Runs `bench.plain` to the end and returns what it printed."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.plain", "--spec", json.dumps(spec)],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=timeout,
+        check=True,
+    )
+    return json.loads(out.stdout.decode().strip().splitlines()[-1])
