@@ -279,6 +279,10 @@ class Fanout:
         fan-out whose lease another replica holds now, or whose session is gone."""
         while True:
             await asyncio.sleep(self._lease_ttl / 3)
+            if not self._leased and not self._shared_leases:
+                # Idle: no task stays behind at rest; the next start() starts a keeper again.
+                self._keeper = None
+                return
             running = dict(self._leased)
             try:
                 lost = await self._store.renew_leases(running.keys() | self._shared_leases.keys())

@@ -219,8 +219,10 @@ def main(argv: list[str] | None = None) -> int:
 
         asyncio.run(run_all())
         fanout = app[keys.FANOUT]
+        # At rest: every fan-out has ended and the owned background tasks that wind down after
+        # them (the lease keeper, within a third of a lease) are gone; bounded in time.
         rest_deadline = time.monotonic() + DEADLINE + 5
-        while fanout.running and time.monotonic() < rest_deadline:
+        while (fanout.running or served.run(tasks_now()) > baseline_tasks) and time.monotonic() < rest_deadline:
             time.sleep(0.05)
         upstream.run(clear_call_log())
         gc.collect()
