@@ -19,11 +19,13 @@ import uuid
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
-from gateway import keys, middleware
 from gateway.app import create_app
 from gateway.config import Config, LogConfig
-from gateway.logs import configure_logging
-from gateway.store.base import COMPLETE, Session, entry_bytes, token_hash
+from gateway.contract import COMPLETE
+from gateway.http import keys, middleware
+from gateway.observability.logs import configure_logging
+from gateway.sessions.tokens import token_hash
+from gateway.store.session import Session, entry_bytes
 
 VARIANTS = {
     "bare": "a bare aiohttp handler returning the same bytes",

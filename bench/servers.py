@@ -29,14 +29,14 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from gateway import keys
 from gateway.app import create_app
 from gateway.config import Config
-from gateway.logs import configure_logging
+from gateway.http import keys
+from gateway.observability.logs import configure_logging
 from gateway.sandbox.app import Sandbox as _Sandbox
 from gateway.sandbox.app import create_sandbox_app
 from gateway.sandbox.data import LpuKnobs, SandboxPatient, demo_lpu
-from gateway.store.base import Session
+from gateway.store.session import Session
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 WAIT_LIMIT = 60.0  # no bench wait lasts longer than this

@@ -21,10 +21,10 @@ def loads(data: bytes | str) -> Any:
 def use_in_gateway() -> None:
     import sys
 
-    import gateway.fanout
-    import gateway.logs
-    import gateway.upstream
+    import gateway.observability.logs
+    import gateway.sessions.fanout
+    import gateway.upstream.client
 
     stdlib = sys.modules[__name__]
-    for module in (gateway.fanout, gateway.logs, gateway.upstream):
+    for module in (gateway.sessions.fanout, gateway.observability.logs, gateway.upstream.client):
         module.orjson = stdlib  # type: ignore[attr-defined]

@@ -1,36 +1,45 @@
-"""The app factory: create_app(config) wires the store, the upstream client and the fan-out,
-each opened and closed in a cleanup context, in dependency order."""
+"""The app factory: `create_app(config)` wires the task owner, the store, the upstream client,
+the session service and the rollout, each opened and closed in a cleanup context, in
+dependency order (closed in reverse: what a component uses is still open while it closes)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from functools import partial
 
 from aiohttp import web
 
-from gateway import keys
-from gateway.api import admin, health, openapi, tickets
-from gateway.api import metrics as metrics_api
-from gateway.clients import client_table
 from gateway.config import Config
-from gateway.fanout import Fanout
-from gateway.legacy import Legacy
-from gateway.limits import SessionLimits
-from gateway.metrics import Metrics
-from gateway.middleware import errors, request_context
-from gateway.rollout import Rollout
-from gateway.shadow import Shadow
+from gateway.http import admin, health, keys, openapi, scrape, tickets
+from gateway.http.middleware import errors, request_context
+from gateway.observability.client_apps import client_table
+from gateway.observability.metrics import Metrics
+from gateway.rollout.flags import Rollout
+from gateway.rollout.legacy import Legacy
+from gateway.rollout.shadow import Shadow
+from gateway.sessions.fanout import Fanout
+from gateway.sessions.leases import Leases
+from gateway.sessions.limits import SessionLimits
+from gateway.sessions.service import SessionService
 from gateway.store.base import SessionStore
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore
-from gateway.upstream import Upstream, new_client_session
-from gateway.usage import old_path_usage
+from gateway.tasks import Tasks
+from gateway.upstream.client import Upstream, new_client_session
+
+
+async def _tasks(app: web.Application) -> AsyncIterator[None]:
+    # First in, last out: each component cancels its own tasks as it closes; whatever is left
+    # (a task of a component that failed to close) is cancelled and awaited here.
+    yield
+    await app[keys.TASKS].close()
 
 
 async def _store(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
     store: SessionStore
     if config.redis.url:
-        redis_store = RedisStore(config.redis, config.session, app[keys.METRICS])
+        redis_store = RedisStore(config.redis, config.session, app[keys.METRICS], app[keys.TASKS])
         await redis_store.start()
         store = redis_store
     else:
@@ -42,36 +51,30 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
     await store.close()
 
 
-async def _upstream(app: web.Application) -> AsyncIterator[None]:
-    config = app[keys.CONFIG]
+async def _sessions(app: web.Application) -> AsyncIterator[None]:
+    config, metrics, store, tasks = app[keys.CONFIG], app[keys.METRICS], app[keys.STORE], app[keys.TASKS]
     client = new_client_session(config.upstream)
-    app[keys.CLIENT] = client
-    app[keys.UPSTREAM] = Upstream(config.upstream, client, app[keys.METRICS], config.limits)
-    yield
-    await client.close()
-
-
-async def _fanout(app: web.Application) -> AsyncIterator[None]:
-    config = app[keys.CONFIG]
-    fanout = Fanout(
-        config.session, app[keys.STORE], app[keys.UPSTREAM], app[keys.METRICS], lease_ttl=config.redis.lease_ttl
-    )
-    app[keys.FANOUT] = fanout
+    upstream = Upstream(config.upstream, client, metrics, config.limits)
+    fanout = Fanout(config.session, store, upstream, metrics, tasks, Leases(store, tasks, config.redis.lease_ttl))
+    limits = SessionLimits(config.limits, metrics, config.session.ttl)
+    app[keys.SESSIONS] = SessionService(config.session, store, upstream, fanout, limits, metrics)
     yield
     # Cleanup runs after aiohttp has answered in-flight requests; the fan-outs go first, while
     # the client session and the store they use are still open.
     await fanout.close()
+    await client.close()
 
 
 async def _rollout(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG].rollout
     metrics = app[keys.METRICS]
-    rollout = Rollout(config, metrics)
+    rollout = Rollout(config, metrics, app[keys.TASKS])
     app[keys.ROLLOUT] = rollout
     await rollout.start()
     if rollout.enabled:
         legacy = Legacy(config, metrics)
-        shadow = Shadow(config, app[keys.FANOUT], app[keys.STORE], legacy, metrics)
+        sessions = app[keys.SESSIONS]
+        shadow = Shadow(config, partial(sessions.create, admit=False), sessions.store, legacy, metrics, app[keys.TASKS])
         app[keys.LEGACY], app[keys.SHADOW] = legacy, shadow
     yield
     # Before the fan-outs close: a compare waits on them, and uses the legacy client.
@@ -83,19 +86,19 @@ async def _rollout(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(config: Config, metrics: Metrics | None = None) -> web.Application:
     # The parser's limits go with the app, so that every runner serving it (the CLI's, the
-    # tests') applies them; see gateway/server.py for how their refusals are answered.
+    # tests') applies them; see gateway/http/runner.py for how their refusals are answered.
     limits = {"max_line_size": config.server.max_line_size, "max_field_size": config.server.max_field_size}
-    app = web.Application(middlewares=[request_context, old_path_usage, errors], handler_args=limits)
+    app = web.Application(middlewares=[request_context, errors], handler_args=limits)
     app[keys.CONFIG] = config
-    app[keys.METRICS] = metrics or Metrics()
+    app[keys.METRICS] = metrics = metrics or Metrics()
+    app[keys.TASKS] = Tasks(on_crash=lambda group: metrics.task_failures.labels(group).inc())
     app[keys.CLIENTS] = client_table(config.clients)
-    app[keys.METRICS].zero_client_series(app[keys.CLIENTS].apps)
-    app[keys.LIMITS] = SessionLimits(config.limits, app[keys.METRICS], config.session.ttl)
-    app.cleanup_ctx.extend([_store, _upstream, _fanout, _rollout])
+    metrics.zero_client_series(app[keys.CLIENTS].apps)
+    app.cleanup_ctx.extend([_tasks, _store, _sessions, _rollout])
     tickets.add_routes(app)
     health.add_routes(app)
     admin.add_routes(app)
     if config.metrics.port == 0:
-        metrics_api.add_routes(app)
+        scrape.add_routes(app)
     openapi.add_routes(app)
     return app

@@ -11,13 +11,13 @@ from collections.abc import Sequence
 import structlog
 from aiohttp import web
 
-from gateway import keys
-from gateway.api.metrics import create_metrics_app
 from gateway.app import create_app
 from gateway.config import Config, ConfigError, load_config
-from gateway.logs import configure_logging
+from gateway.http import keys
+from gateway.http.runner import GatewayRunner
+from gateway.http.scrape import create_metrics_app
+from gateway.observability.logs import configure_logging
 from gateway.sandbox.app import create_sandbox_app
-from gateway.server import GatewayRunner
 
 log = structlog.get_logger("gateway.cli")
 

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from gateway.contract import GUID, OTHER, UNKNOWN
+
 
 class ConfigError(ValueError):
     """A configuration value is missing, of the wrong type or out of range."""
@@ -107,10 +109,9 @@ def _one_of(*allowed: str) -> Callable[[str], str | None]:
     return check
 
 
-_GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 # App names become metric label values: short and plain; "other" and "unknown" are taken.
 _APP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
-_RESERVED_APPS = ("other", "unknown")
+_RESERVED_APPS = (OTHER, UNKNOWN)
 _VERSION = re.compile(r"(0|[1-9][0-9]{0,3})\.(0|[1-9][0-9]{0,3})")
 
 
@@ -122,7 +123,7 @@ def _app_name_problem(name: str) -> str | None:
 
 def _apps_by_guid(v: dict[str, str]) -> str | None:
     for guid, name in v.items():
-        if not _GUID.fullmatch(guid):
+        if not GUID.fullmatch(guid):
             return f"key {guid!r} is not a GUID"
         if problem := _app_name_problem(name):
             return problem

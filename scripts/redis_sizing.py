@@ -26,7 +26,7 @@ from redis_server import RedisServer
 
 from gateway.app import create_app
 from gateway.config import Config, LogConfig
-from gateway.logs import configure_logging
+from gateway.observability.logs import configure_logging
 from gateway.sandbox.app import Sandbox, create_sandbox_app
 from gateway.sandbox.data import SandboxPatient, demo_lpu
 

@@ -28,13 +28,13 @@ from pathlib import Path
 import aiohttp
 from prometheus_client import CollectorRegistry
 
-from gateway import keys
 from gateway.app import create_app
 from gateway.config import Config, LogConfig
-from gateway.logs import configure_logging
+from gateway.http import keys
+from gateway.http.runner import ThreadedServer
+from gateway.observability.logs import configure_logging
 from gateway.sandbox.app import SANDBOX, Sandbox, create_sandbox_app
 from gateway.sandbox.data import LpuKnobs, SandboxPatient, demo_lpu
-from gateway.server import ThreadedServer
 
 FAULTS = [
     LpuKnobs(fault="hang"),
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             await loader
 
         asyncio.run(run_all())
-        fanout = app[keys.FANOUT]
+        fanout = app[keys.SESSIONS].fanout
         # At rest: every fan-out has ended and the owned background tasks that wind down after
         # them (the lease keeper, within a third of a lease) are gone; bounded in time.
         rest_deadline = time.monotonic() + DEADLINE + 5

@@ -17,10 +17,10 @@ from prometheus_server import prometheus  # noqa: F401  (the fixture: a real Pro
 
 from gateway.app import create_app
 from gateway.config import Config, LogConfig
-from gateway.logs import configure_logging
+from gateway.http.runner import GatewayRunner
+from gateway.observability.logs import configure_logging
 from gateway.sandbox.app import Sandbox, create_sandbox_app
 from gateway.sandbox.data import LpuKnobs, SandboxPatient, demo_lpu
-from gateway.server import GatewayRunner
 
 # A real redis-server, and gateway replicas as processes: fixtures in their own modules.
 pytest_plugins = ["redis_server", "replicas"]

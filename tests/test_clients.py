@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.clients import classify, client_table
 from gateway.config import ClientsConfig, Config, ConfigError, load_config
+from gateway.observability.client_apps import classify, client_table
 
 ANDROID_GUID = "8B0A7AB4-1B8F-4C5B-8D1E-1C0F3B0E5A11"
 TABLE = client_table(

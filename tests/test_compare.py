@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gateway.compare import compare_sessions
+from gateway.rollout.compare import compare_sessions
 from gateway.sandbox.data import demo_lpu
 
 [GOLDEN] = json.loads((Path(__file__).parent / "golden" / "ticket_lists.json").read_text())

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from gateway.config import ENV_NAMES
-from gateway.errors import ERRORS
+from gateway.contract import ERRORS
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 

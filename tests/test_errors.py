@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.errors import ERRORS, kind_for_status
+from gateway.contract import ERRORS
+from gateway.http.errors import kind_for_status
 
 
 @pytest.mark.parametrize("status", [401, 402, 410, 414, 415, 418, 422])

@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestClient
 from conftest import LOG, bearer, create, patient
 from faultnet import OneConnectionProxy
 
-from gateway import keys
+from gateway.http import keys
 from gateway.sandbox.data import LpuKnobs
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "reliability.md"

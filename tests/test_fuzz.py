@@ -18,13 +18,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rawhttp import Reply, send
 
-from gateway import mapping
 from gateway.app import create_app
 from gateway.config import Config
-from gateway.mapping import MappingError
+from gateway.http.runner import ThreadedServer
 from gateway.sandbox.app import Sandbox, create_sandbox_app
-from gateway.server import ThreadedServer
-from gateway.upstream import CallFailure, parse_body
+from gateway.upstream import mapping
+from gateway.upstream.client import CallFailure, parse_body
+from gateway.upstream.mapping import MappingError
 
 FUZZ = settings(derandomize=True, database=None, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

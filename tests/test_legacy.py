@@ -9,7 +9,7 @@ from typing import Any
 from conftest import bearer, new_token, patient
 from fake_legacy import GOLDEN, closed_port_url, start_legacy
 
-from gateway import keys
+from gateway.http import keys
 
 TICKETS = "/api/v2/old/visit/tickets"
 APP = "8b0a7ab4-1b8f-4c5b-8d1e-1c0f3b0e5a11"

@@ -18,12 +18,13 @@ from conftest import bearer, create, new_token, patient, poll_until_final
 from netutil import free_port
 from rawhttp import get, send
 
-from gateway import keys
-from gateway.breaker import Breakers
 from gateway.config import LimitsConfig
-from gateway.limits import LpuSlots, NoSlot, SessionLimits
-from gateway.metrics import Metrics
+from gateway.http import keys
+from gateway.observability.metrics import Metrics
 from gateway.sandbox.data import LpuKnobs
+from gateway.sessions.limits import SessionLimits
+from gateway.upstream.breaker import Breakers
+from gateway.upstream.slots import LpuSlots, NoSlot
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,7 +64,7 @@ async def test_sessions_per_token_are_capped_while_their_fan_outs_run(upstream: 
     await create(client, other.token)  # another patient is not affected
     for guid in first:
         await poll_until_final(client, guid)
-    limits = client.server.app[keys.LIMITS]
+    limits = client.server.app[keys.SESSIONS].limits
     await until(lambda: limits.in_flight == 0)
     await create(client, slow.token)  # the places are given back when the fan-outs end
 
@@ -80,7 +81,7 @@ async def test_sessions_in_flight_are_capped_in_total(upstream: Any, gateway: An
     assert resp.headers["Retry-After"] == "1"
     assert sample(client, "gateway_rejected_requests_total", limit="sessions_in_flight") == 1
     assert sandbox.count("mkab") == 2
-    limits = client.server.app[keys.LIMITS]
+    limits = client.server.app[keys.SESSIONS].limits
     await until(lambda: limits.in_flight == 0)
     await create(client, patients[2].token)
 
@@ -92,7 +93,7 @@ async def test_a_failed_creation_gives_its_place_back(upstream: Any, gateway: An
     for _ in range(3):
         resp = await client.get("/api/v2/old/visit/tickets", headers=bearer(token))
         assert resp.status == 401
-    assert client.server.app[keys.LIMITS].in_flight == 0
+    assert client.server.app[keys.SESSIONS].limits.in_flight == 0
 
 
 def test_session_admission_state_is_only_what_is_in_flight() -> None:
@@ -199,7 +200,7 @@ async def test_an_lpu_that_recovers_is_probed_and_closes_its_circuit(upstream: A
     client = await gateway(url, limits={"breaker_failures": 1, "breaker_cooldown": 0.3})
     body, _ = await poll_until_final(client, await create(client, p.token))
     assert body[0]["state"] == "Failed"
-    breakers = client.server.app[keys.UPSTREAM].breakers
+    breakers = client.server.app[keys.SESSIONS].upstream.breakers
     assert breakers is not None
     lpu = p.lpus[0].info["guid"]
     targets = [f"{lpu}/{method}" for method in ("visit", "calldoctor", "disp")]

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from gateway.mapping import (
+from gateway.contract import ZERO_GUID
+from gateway.sandbox.app import pascal
+from gateway.upstream.mapping import (
     MIN_TIME,
-    ZERO_GUID,
     MappingError,
     camel_key,
     map_calls,
@@ -20,7 +21,6 @@ from gateway.mapping import (
     map_mkab_list,
     map_visits,
 )
-from gateway.sandbox.app import pascal
 
 GOLDEN = Path(__file__).parent / "golden"
 SEED = Path(__file__).resolve().parents[2] / "shared" / "seed" / "000_df5ed6844f43f298.txt"

@@ -1,4 +1,4 @@
-"""gateway/openapi.json stays true: real answers of a running gateway, successes and errors,
+"""gateway/http/openapi.json stays true: real answers of a running gateway, successes and errors,
 validate against the schemas it gives for their route and status."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 from test_sessions import golden_patient
 
-from gateway.api.openapi import PATH, document
-from gateway.errors import ERRORS
+from gateway.contract import ERRORS
+from gateway.http.openapi import PATH, document
 from gateway.sandbox.data import LpuKnobs
 
 SPEC = json.loads(document())

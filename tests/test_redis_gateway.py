@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 from conftest import LOG, bearer, create, patient, poll_until_final
 
-from gateway import keys
+from gateway.http import keys
 from gateway.sandbox.data import LpuKnobs
 
 TICKETS = "/api/v2/old/visit/tickets"
@@ -70,7 +70,7 @@ async def test_redis_down_answers_503_at_once_and_service_resumes_when_it_is_bac
     assert sandbox.count("mkab") == mkab_calls, "no upstream call for a session that cannot be kept"
     await assert_unavailable_at_once(client, f"{TICKETS}/{done}", p.token)
     # The fan-out that was running when Redis went away ends (its result cannot be written).
-    await wait_for(lambda: _true(client.app[keys.FANOUT].running == 0))
+    await wait_for(lambda: _true(client.app[keys.SESSIONS].fanout.running == 0))
     assert sample(client, "gateway_store_up") == 0
 
     await asyncio.to_thread(redis_server.start)  # empty: Redis keeps no data across restarts here

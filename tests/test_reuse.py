@@ -8,7 +8,7 @@ from typing import Any
 
 from conftest import bearer, create, patient, poll_until_final
 
-from gateway import keys
+from gateway.http import keys
 from gateway.sandbox.data import LpuKnobs
 
 TICKETS = "/api/v2/old/visit/tickets"

@@ -20,9 +20,9 @@ from conftest import LOG, bearer, create, new_token, patient, poll_until_final
 from fake_legacy import GOLDEN, start_legacy, wait_until, write_flags
 from netutil import free_port
 
-from gateway import keys
 from gateway.app import create_app
 from gateway.config import Config, ConfigError, load_config
+from gateway.http import keys
 
 TICKETS = "/api/v2/old/visit/tickets"
 ADMIN = {"X-Admin-Token": "admin-token-for-tests-0123456789"}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.rollout import (
+from gateway.rollout.flags import (
     GATEWAY,
     LEGACY,
     SHADOW,
@@ -59,7 +59,7 @@ def test_raising_the_percentage_only_adds_patients() -> None:
 
 DECISIONS_SCRIPT = """
 import json, sys
-from gateway.rollout import Flags, decide, rollout_bucket
+from gateway.rollout.flags import Flags, decide, rollout_bucket
 flags = Flags(mode="shadow", gateway_percent=37.5, salt="s1")
 keys = [f"patient-key-{i}" for i in range(10000)]
 print(json.dumps([decide(flags, None, rollout_bucket(k, flags.salt)).side for k in keys]))

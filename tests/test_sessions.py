@@ -10,7 +10,7 @@ from typing import Any
 
 from conftest import bearer, create, new_token, patient, poll_until_final
 
-from gateway import keys
+from gateway.http import keys
 from gateway.sandbox.data import LpuKnobs, SandboxLpu, SandboxPatient
 
 GOLDEN = Path(__file__).parent / "golden"

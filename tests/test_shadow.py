@@ -11,7 +11,7 @@ from typing import Any
 from conftest import LOG, bearer, create, patient, poll_until_final
 from fake_legacy import closed_port_url, start_legacy, wait_until, write_flags
 
-from gateway import keys
+from gateway.http import keys
 from gateway.sandbox.data import LpuKnobs
 
 TICKETS = "/api/v2/old/visit/tickets"

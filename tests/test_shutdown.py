@@ -11,9 +11,9 @@ import aiohttp
 from aiohttp import web
 from conftest import bearer, patient
 
-from gateway import keys
 from gateway.app import create_app
 from gateway.config import Config
+from gateway.http import keys
 from gateway.sandbox.data import LpuKnobs
 
 
@@ -33,7 +33,7 @@ async def test_shutdown_answers_in_flight_requests_then_cancels_fanouts(upstream
         async with http.get(base, headers=bearer(in_flight.token)) as resp:
             assert resp.status == 200
         await sandbox.wait_calls(1 + 3 * 2)  # the fan-out's calls are all waiting upstream
-        assert app[keys.FANOUT].running == 1
+        assert app[keys.SESSIONS].fanout.running == 1
 
         pending = asyncio.ensure_future(http.get(base, headers=bearer(slow_mkab.token)))
         await sandbox.wait_calls(2, method="mkab")  # the second create is now in flight
@@ -43,5 +43,5 @@ async def test_shutdown_answers_in_flight_requests_then_cancels_fanouts(upstream
         resp = await pending
         assert resp.status == 200, "the request in flight at shutdown was answered"
         assert "session" in await resp.json()
-    assert app[keys.FANOUT].running == 0
+    assert app[keys.SESSIONS].fanout.running == 0
     assert took < 5.0, f"shutdown took {took:.1f}s with sessions in flight"

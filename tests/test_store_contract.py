@@ -10,18 +10,12 @@ from typing import Any
 import pytest
 
 from gateway.config import RedisConfig, SessionConfig
-from gateway.metrics import Metrics
-from gateway.store.base import (
-    COMPLETE,
-    Session,
-    SessionStore,
-    StoreFull,
-    entry_bytes,
-    failed_entry,
-    in_progress_entry,
-)
+from gateway.contract import COMPLETE
+from gateway.observability.metrics import Metrics
+from gateway.store.base import SessionStore, StoreFull
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore
+from gateway.store.session import Session, entry_bytes, failed_entry, in_progress_entry
 
 StoreFactory = Callable[..., Awaitable[SessionStore]]
 

@@ -22,9 +22,9 @@ import aiohttp
 from aiohttp import web
 from conftest import bearer, new_token, patient
 
-from gateway.api.metrics import create_metrics_app
 from gateway.app import create_app
 from gateway.config import Config
+from gateway.http.scrape import create_metrics_app
 from gateway.sandbox.data import LpuKnobs, SandboxLpu, SandboxPatient
 
 TICKETS = "/api/v2/old/visit/tickets"

@@ -1,23 +1,14 @@
-"""The session store: what a session is, and the narrow interface every store implements.
+"""The narrow interface every session store implements, and the two ways a store can refuse.
 
-A session is written once at creation (its LPUs, serialized once) and then only gains terminal
-per-LPU results, each written at most once. Results are stored as the finished JSON of their
-TicketLists element, so a poll joins bytes and serializes nothing.
+Imports only the session record (gateway.store.session).
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Collection
-from dataclasses import dataclass, field
 from typing import Protocol
 
-IN_PROGRESS = "InProgress"
-COMPLETE = "Complete"
-FAILED = "Failed"
-
-_EMPTY_TAIL = b',"visits":[],"calls":[],"disps":[]}'
+from gateway.store.session import Session
 
 
 class StoreFull(Exception):
@@ -26,87 +17,6 @@ class StoreFull(Exception):
 
 class StoreUnavailable(Exception):
     """The store cannot be reached (a shared store that is down or slow)."""
-
-
-def token_hash(token: str) -> str:
-    """What binds a session to its token; the token itself is never stored or logged."""
-    return hashlib.sha256(b"visit-gateway/session-token\0" + token.encode()).hexdigest()
-
-
-def same_token(stored_hash: str, token: str) -> bool:
-    return hmac.compare_digest(stored_hash, token_hash(token))
-
-
-def entry_bytes(state: str, lpu: bytes, visits: bytes = b"[]", calls: bytes = b"[]", disps: bytes = b"[]") -> bytes:
-    """One TicketLists element from already-serialized parts."""
-    return b"".join(
-        (
-            b'{"state":"',
-            state.encode(),
-            b'","lpu":',
-            lpu,
-            b',"visits":',
-            visits,
-            b',"calls":',
-            calls,
-            b',"disps":',
-            disps,
-            b"}",
-        )
-    )
-
-
-def in_progress_entry(lpu: bytes) -> bytes:
-    return b'{"state":"InProgress","lpu":' + lpu + _EMPTY_TAIL
-
-
-def failed_entry(lpu: bytes) -> bytes:
-    return b'{"state":"Failed","lpu":' + lpu + _EMPTY_TAIL
-
-
-def entry_state(entry: bytes) -> str:
-    return COMPLETE if entry.startswith(b'{"state":"Complete"') else FAILED
-
-
-@dataclass
-class Session:
-    """A session as a store holds it. `results` maps LPU index → terminal entry bytes.
-
-    `orphaned` is set by `load`: no replica held the session's lease when it was read, so no
-    fan-out is running for it (see the README, "Replicas and Redis").
-    """
-
-    guid: str
-    token_hash: str
-    created_at: float
-    deadline: float
-    lpus: tuple[bytes, ...]
-    lpu_guids: tuple[str, ...]
-    results: dict[int, bytes] = field(default_factory=dict)
-    orphaned: bool = field(default=False, compare=False)
-
-    def is_final(self, now: float) -> bool:
-        return len(self.results) == len(self.lpus) or now >= self.deadline
-
-    def unfinished(self) -> list[int]:
-        return [i for i in range(len(self.lpus)) if i not in self.results]
-
-    def states(self, now: float) -> list[str]:
-        late = now >= self.deadline
-        return [
-            entry_state(self.results[i]) if i in self.results else (FAILED if late else IN_PROGRESS)
-            for i in range(len(self.lpus))
-        ]
-
-    def body(self, now: float) -> bytes:
-        """The poll response. An LPU unfinished at the deadline reads as Failed even if the
-        replica that ran it died, so no reader ever sees InProgress past the deadline.
-
-        Nothing is serialized here: each entry was serialized once, when its LPU finished, and a
-        poll only joins them. The joined body is not kept: a copy per session would double the
-        memory of every cached session to save a join of a few KiB (docs/benchmarks.md)."""
-        unfinished = failed_entry if now >= self.deadline else in_progress_entry
-        return b"[" + b",".join([self.results.get(i) or unfinished(lpu) for i, lpu in enumerate(self.lpus)]) + b"]"
 
 
 class SessionStore(Protocol):

@@ -8,8 +8,9 @@ from typing import Any
 
 from cachetools import TTLCache
 
-from gateway.metrics import Metrics
-from gateway.store.base import Session, StoreFull
+from gateway.observability.metrics import Metrics
+from gateway.store.base import StoreFull
+from gateway.store.session import Session
 
 
 class _ExpiringCache(TTLCache):

@@ -38,8 +38,10 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from gateway.config import RedisConfig, SessionConfig, parse_sentinel_url
-from gateway.metrics import Metrics
-from gateway.store.base import Session, StoreFull, StoreUnavailable
+from gateway.observability.metrics import Metrics
+from gateway.store.base import StoreFull, StoreUnavailable
+from gateway.store.session import Session
+from gateway.tasks import Tasks
 
 log = structlog.get_logger("gateway.store")
 
@@ -140,7 +142,9 @@ def _ms(seconds: float) -> int:
 
 
 class RedisStore:
-    def __init__(self, config: RedisConfig, session: SessionConfig, metrics: Metrics) -> None:
+    def __init__(
+        self, config: RedisConfig, session: SessionConfig, metrics: Metrics, tasks: Tasks | None = None
+    ) -> None:
         self.owner = uuid.uuid4().hex
         self._config = config
         self._ttl_ms = _ms(session.ttl)
@@ -159,13 +163,14 @@ class RedisStore:
         # their timeout) instead of failing.
         self._slots = asyncio.Semaphore(config.max_connections)
         self.reachability = Reachability(metrics)
-        self._probe_task: asyncio.Task[None] | None = None
+        # The app's task owner; a store made on its own (tools, tests) owns its probe itself.
+        self._tasks = tasks or Tasks()
 
     async def start(self) -> None:
         """Checks Redis once (the gateway starts either way, not ready while Redis is down) and
         starts the reachability probe."""
         await self.probe()
-        self._probe_task = asyncio.get_running_loop().create_task(self._probe_forever())
+        self._tasks.spawn(self._probe_forever(), "redis_probe")
 
     def session_key(self, guid: str) -> str:
         return f"{self._prefix}:s:{guid}"
@@ -273,9 +278,7 @@ class RedisStore:
         return self.reachability.up
 
     async def close(self) -> None:
-        if self._probe_task is not None:
-            self._probe_task.cancel()
-            await asyncio.gather(self._probe_task, return_exceptions=True)
+        await self._tasks.cancel("redis_probe")
         await self._redis.aclose()
 
 

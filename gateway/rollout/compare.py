@@ -19,9 +19,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.contract import ZERO_GUID
+
 RECORD_LISTS = ("visits", "calls", "disps")
 IDENTITY_KEYS = ("ticketGuid", "callDoctorGuid", "dispExamGuid")
-ZERO_GUID = "00000000-0000-0000-0000-000000000000"
 # Mismatch reasons, most telling first; a comparison is counted under the first that applies.
 REASONS = ("lpus", "state", "records", "lpu_info", "other")
 MAX_PATHS = 100

@@ -24,13 +24,13 @@ from typing import Any
 import structlog
 
 from gateway.config import RolloutConfig
-from gateway.metrics import Metrics
+from gateway.contract import GATEWAY, LEGACY, SHADOW
+from gateway.observability.metrics import Metrics
+from gateway.tasks import Tasks
 
 log = structlog.get_logger("gateway.rollout")
 
-LEGACY = "legacy"
-GATEWAY = "gateway"
-SHADOW = "shadow"
+# The modes are the sides, in the order the docs name them.
 MODES = (LEGACY, GATEWAY, SHADOW)
 # Every (side, reason) a decision can have; the metric's series are created up front so that a
 # dashboard shows 0 rather than "no data" for a rule that has not fired yet.
@@ -213,7 +213,7 @@ class Rollout:
     """The current flags of one app. `decide()` is what the create route calls; the watcher
     task (owned by the app, cancelled by `close()`) swaps in a new file's flags when it changes."""
 
-    def __init__(self, config: RolloutConfig, metrics: Metrics) -> None:
+    def __init__(self, config: RolloutConfig, metrics: Metrics, tasks: Tasks | None = None) -> None:
         self._config = config
         self._metrics = metrics
         self.enabled = bool(config.legacy_url)
@@ -221,7 +221,7 @@ class Rollout:
         # Without a legacy service the flags decide nothing: the file is not even read.
         self.file = FileState(config.flags_file) if config.flags_file and self.enabled else None
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks = tasks or Tasks()
         for side, reason in DECISIONS:
             metrics.rollout_decisions.labels(side, reason)
         for result in ("ok", "invalid"):
@@ -241,7 +241,7 @@ class Rollout:
         if self.file is None:
             return
         await self.reload(force=True)
-        self._task = asyncio.get_running_loop().create_task(self._watch())
+        self._tasks.spawn(self._watch(), "flags_watcher")
 
     def request_reload(self) -> None:
         """Re-read the file now (SIGHUP), even if it looks unchanged."""
@@ -317,7 +317,4 @@ class Rollout:
         }
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._tasks.cancel("flags_watcher")

@@ -20,7 +20,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-ZERO_GUID = "00000000-0000-0000-0000-000000000000"
+from gateway.contract import ZERO_GUID
+
 MIN_TIME = "0001-01-01T00:00:00+03:00"
 MAX_DEPTH = 32
 
@@ -263,14 +264,3 @@ def map_mkab_list(raw: Any) -> list[dict[str, Any]]:
         seen.add(lpu["guid"].lower())
         lpus.append(lpu)
     return lpus
-
-
-def ticket_list(
-    state: str,
-    lpu: dict[str, Any],
-    visits: list[dict[str, Any]] | None = None,
-    calls: list[dict[str, Any]] | None = None,
-    disps: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    """One element of the poll response (TicketLists)."""
-    return {"state": state, "lpu": lpu, "visits": visits or [], "calls": calls or [], "disps": disps or []}

@@ -6,7 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
-from gateway import keys
+from gateway.http import keys
 
 METRICS_PATH = "/metrics"
 

@@ -11,8 +11,8 @@ import hmac
 
 from aiohttp import web
 
-from gateway import keys
-from gateway.errors import GatewayError
+from gateway.contract import GatewayError
+from gateway.http import keys
 
 ADMIN_HEADER = "X-Admin-Token"
 ROLLOUT_PATH = "/admin/rollout"

@@ -11,9 +11,7 @@ import re
 from dataclasses import dataclass
 
 from gateway.config import ClientsConfig
-
-OTHER = "other"  # a header was sent, but it names nothing in the table
-UNKNOWN = "unknown"  # no header to classify by
+from gateway.contract import OTHER, UNKNOWN
 
 # The first product of the User-Agent, as old-api.md gives it: "<app>/<version> ...". Anchored
 # and bounded, so a long header costs one short match.

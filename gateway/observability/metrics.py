@@ -12,17 +12,11 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from gateway import __version__
-from gateway.clients import UNKNOWN
+from gateway.contract import LPU_FAILURE_REASONS, OLD_ROUTES, SIDES, UNKNOWN, UPSTREAM_METHODS
 
 # Buckets sit on the time-to-complete SLO thresholds (seconds) so p50/p95/p99 are readable there.
 SESSION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 10.0, 15.0, 20.0, 30.0, 60.0)
 UPSTREAM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-UPSTREAM_METHODS = ("mkab", "visit", "calldoctor", "disp")
-LPU_FAILURE_REASONS = ("timeout", "status", "invalid_body", "connection", "too_large", "deadline", "internal")
-# Label values of the old-path metrics.
-OLD_ROUTES = ("create", "poll")
-SIDES = ("gateway", "legacy", "shadow")
 
 
 class Metrics:
@@ -162,6 +156,12 @@ class Metrics:
             ("limit",),
             registry=r,
         )
+        self.task_failures = Counter(
+            "gateway_background_task_failures_total",
+            "Background tasks that ended with an unexpected exception, by task group.",
+            ("task",),
+            registry=r,
+        )
         self.circuit_open = Counter(
             "gateway_upstream_circuit_open_total", "Upstream calls failed fast by an open circuit breaker.", registry=r
         )
@@ -179,13 +179,13 @@ class Metrics:
         self.lpu_outcomes.labels("complete", "ok")
         for final in ("true", "false"):
             self.polls.labels(final)
-        # The rollout creates its own decision and shadow series (gateway/rollout.py, shadow.py).
+        # The rollout creates its own decision and shadow series (gateway/rollout/flags.py, shadow.py).
 
     def zero_client_series(self, apps: Iterable[str]) -> None:
         """Old-path series for every app the config can name (and other, unknown): an app that
         never calls still has a line at 0 and a last-seen time of 0 ("not since start")."""
         for app in apps:
             self.client_last_seen.labels(app)
-            for route in OLD_ROUTES:
+            for route in OLD_ROUTES.values():
                 for side in SIDES:
                     self.old_requests.labels(route, side, app, UNKNOWN, "2xx")

@@ -1,26 +1,24 @@
-"""Limits that protect the service: fan-outs in flight per token and in total, the poll rate of
-each session, and upstream calls in flight per LPU.
+"""Session admission and the poll rate: fan-outs in flight per token and in total, and the
+poll rate of each session. (Upstream calls in flight per LPU are gateway/upstream/slots.py.)
 
 Every refusal is counted in `gateway_rejected_requests_total{limit}`. Per-key state stays bounded
 whatever clients send: in-flight counts exist only while a fan-out runs (so at most
-`sessions_in_flight` tokens), LPU slots only while a call holds or waits for one, and poll buckets
+`sessions_in_flight` tokens), and poll buckets
 live for a session's TTL in a cache of at most `tracked_keys` sessions (a forgotten bucket starts
 full again, which only ever errs on the client's side).
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 
 from cachetools import TTLCache
 
 from gateway.config import LimitsConfig
-from gateway.errors import GatewayError
-from gateway.metrics import Metrics
+from gateway.contract import GatewayError
+from gateway.observability.metrics import Metrics
 
 
 class Admission:
@@ -90,51 +88,3 @@ class SessionLimits:
             self._metrics.rejected.labels("poll_rate").inc()
             raise GatewayError("too_many_requests", retry_after=max(1, math.ceil((1.0 - tokens) / rate)))
         self._buckets[guid] = [tokens - 1.0, now]
-
-
-class NoSlot(Exception):
-    """No upstream slot for this LPU became free in time."""
-
-
-class _Slot:
-    __slots__ = ("semaphore", "users")
-
-    def __init__(self, limit: int) -> None:
-        self.semaphore = asyncio.Semaphore(limit)
-        self.users = 0
-
-
-class LpuSlots:
-    """At most `limit` upstream calls in flight per LPU; the others wait their turn."""
-
-    def __init__(self, limit: int, metrics: Metrics) -> None:
-        self._limit = limit
-        self._metrics = metrics
-        self._slots: dict[str, _Slot] = {}
-
-    @property
-    def tracked(self) -> int:
-        return len(self._slots)
-
-    @asynccontextmanager
-    async def hold(self, key: str, wait: float) -> AsyncIterator[None]:
-        """Holds one of the key's slots for the body; NoSlot if none frees up within `wait` s."""
-        slot = self._slots.get(key)
-        if slot is None:
-            slot = self._slots[key] = _Slot(self._limit)
-        slot.users += 1
-        try:
-            try:
-                async with asyncio.timeout(wait):
-                    await slot.semaphore.acquire()
-            except TimeoutError:
-                self._metrics.rejected.labels("upstream_per_lpu").inc()
-                raise NoSlot(key) from None
-            try:
-                yield
-            finally:
-                slot.semaphore.release()
-        finally:
-            slot.users -= 1
-            if not slot.users:
-                del self._slots[key]

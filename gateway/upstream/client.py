@@ -15,10 +15,11 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from gateway.breaker import Breakers
 from gateway.config import LimitsConfig, UpstreamConfig
-from gateway.limits import LpuSlots, NoSlot
-from gateway.metrics import Metrics
+from gateway.contract import MKAB, UPSTREAM_METHODS
+from gateway.observability.metrics import Metrics
+from gateway.upstream.breaker import Breakers
+from gateway.upstream.slots import LpuSlots, NoSlot
 
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
 
@@ -128,12 +129,8 @@ class Upstream:
         self._slots = LpuSlots(limits.upstream_per_lpu, metrics) if limits else None
         self._budget = RetryBudget(config.retry_budget_ratio, config.retry_budget_floor)
         base = config.url.rstrip("/")
-        self._urls = {
-            "mkab": URL(base + config.mkab_path),
-            "visit": URL(base + config.visit_path),
-            "calldoctor": URL(base + config.calldoctor_path),
-            "disp": URL(base + config.disp_path),
-        }
+        # Each method's path is the config key `upstream.<method>_path`.
+        self._urls = {method: URL(base + getattr(config, f"{method}_path")) for method in UPSTREAM_METHODS}
         self._timeout = aiohttp.ClientTimeout(total=config.call_timeout, sock_connect=config.connect_timeout)
         # labels() costs more than the observation itself; the common child is looked up once.
         self._ok_duration = {method: metrics.upstream_duration.labels(method, "ok") for method in self._urls}
@@ -144,7 +141,7 @@ class Upstream:
 
     async def mkab(self, caller: Caller) -> Any:
         # The MKAB list has one target, the host: its circuit fails creation fast when it is down.
-        return await self._guarded("mkab", lambda: self.get_json("mkab", caller))
+        return await self._guarded(MKAB, lambda: self.get_json(MKAB, caller))
 
     async def for_lpu(self, method: str, lpu_guid: str, caller: Caller) -> Any:
         params = {self._config.lpu_query_param: lpu_guid}

@@ -9,16 +9,16 @@ dead legacy service is a 504 or a 502 in the standard error shape, never a hang.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import aiohttp
 import structlog
-from aiohttp import web
 from yarl import URL
 
 from gateway.config import RolloutConfig
-from gateway.errors import GatewayError
-from gateway.metrics import Metrics
+from gateway.contract import GatewayError
+from gateway.observability.metrics import Metrics
 
 log = structlog.get_logger("gateway.legacy")
 
@@ -44,8 +44,9 @@ class LegacyAnswer:
     headers: dict[str, str]
 
 
-def forwarded_headers(request: web.Request, request_id: str) -> dict[str, str]:
-    headers = {name: request.headers[name] for name in FORWARDED_HEADERS if name in request.headers}
+def forwarded_headers(incoming: Mapping[str, str], request_id: str) -> dict[str, str]:
+    """The headers of an app's request that go on to the legacy service, and the request id."""
+    headers = {name: incoming[name] for name in FORWARDED_HEADERS if name in incoming}
     headers["X-Request-Id"] = request_id
     return headers
 
@@ -111,17 +112,13 @@ class Legacy:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def forward(self, request: web.Request, request_id: str, route: str) -> LegacyAnswer:
-        """The incoming request, sent on to the legacy service. A failure raises the standard
+    async def forward(self, method: str, path_qs: str, headers: dict[str, str], route: str) -> LegacyAnswer:
+        """An app's request, sent on to the legacy service. A failure raises the contract's
         error: 504 when it timed out, 502 otherwise."""
         try:
-            return await self.call(request.method, request.raw_path, forwarded_headers(request, request_id), route)
+            return await self.call(method, path_qs, headers, route)
         except LegacyFailure as failure:
             raise GatewayError("upstream_timeout" if failure.reason == "timeout" else "upstream_failed") from None
 
     async def close(self) -> None:
         await self._session.close()
-
-
-def as_response(answer: LegacyAnswer) -> web.Response:
-    return web.Response(status=answer.status, body=answer.body, headers=answer.headers)

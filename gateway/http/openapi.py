@@ -1,4 +1,4 @@
-"""The old contract as an OpenAPI 3.1 document (gateway/openapi.json), at GET /openapi.json.
+"""The old contract as an OpenAPI 3.1 document (gateway/http/openapi.json), at GET /openapi.json.
 
 Outside `/api/v2/old`, so that the rollout never forwards it to the legacy service."""
 
@@ -12,7 +12,7 @@ PATH = "/openapi.json"
 
 
 def document() -> bytes:
-    return resources.files("gateway").joinpath("openapi.json").read_bytes()
+    return resources.files("gateway.http").joinpath("openapi.json").read_bytes()
 
 
 def add_routes(app: web.Application) -> None:

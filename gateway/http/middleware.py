@@ -1,4 +1,6 @@
-"""Request context (id, access log, HTTP metrics) and the one error middleware."""
+"""The two middlewares every request passes: the request context (id, access log, HTTP and
+old-path metrics) outside, and the one error middleware inside, which renders every failure,
+the core's domain errors included, as the standard error response."""
 
 from __future__ import annotations
 
@@ -10,9 +12,12 @@ from collections.abc import Awaitable, Callable
 import structlog
 from aiohttp import web
 
-from gateway import keys
-from gateway.errors import ERRORS, GatewayError, error_response, kind_for_status
-from gateway.logs import redact_for_request
+from gateway.contract import ERRORS, OLD_ROUTES, GatewayError
+from gateway.http import keys
+from gateway.http.errors import error_response, kind_for_status
+from gateway.observability.client_apps import classify
+from gateway.observability.logs import redact_for_request
+from gateway.store.base import StoreFull, StoreUnavailable
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -37,6 +42,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     structlog.contextvars.bind_contextvars(request_id=request_id)
     redact_for_request(request.headers.get("Authorization"))
     started = time.perf_counter()
+    # The error middleware sits inside: error answers are counted and logged with their status.
     response = await handler(request)
     response.headers["X-Request-Id"] = request_id
     duration = time.perf_counter() - started
@@ -44,6 +50,9 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     metrics = request.app[keys.METRICS]
     metrics.http_requests.labels(route, f"{response.status // 100}xx").inc()
     metrics.http_duration.labels(route).observe(duration)
+    old_route = OLD_ROUTES.get(route)
+    if old_route is not None:
+        record_old_request(request, old_route, response.status)
     log.info(
         "request",
         method=request.method,
@@ -54,12 +63,32 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     return response
 
 
+def record_old_request(request: web.Request, route: str, status: int) -> None:
+    """Who still calls the old path: by route, serving side, client app, app version and status
+    class, and the app's last-seen time. The dashboards' "apps still calling" and the
+    retirement alert read these."""
+    app, version = classify(
+        request.app[keys.CLIENTS], request.headers.get("ClientApplication"), request.headers.get("User-Agent")
+    )
+    # The rollout marks requests it forwarded ("legacy") or shadowed; the rest the gateway served.
+    side = request.get(keys.SERVED_BY, "gateway")
+    metrics = request.app[keys.METRICS]
+    metrics.old_requests.labels(route, side, app, version, f"{status // 100}xx").inc()
+    metrics.client_last_seen.labels(app).set(time.time())
+
+
 @web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except GatewayError as exc:
         return error_response(exc.kind, retry_after=exc.retry_after)
+    except StoreUnavailable:
+        return error_response(ERRORS["unavailable"], retry_after=1)
+    except StoreFull:
+        # A session ends by its deadline at the latest: by then the store has room again.
+        retry_after = max(1, int(request.app[keys.CONFIG].session.deadline))
+        return error_response(ERRORS["store_full"], retry_after=retry_after)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

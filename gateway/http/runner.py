@@ -20,9 +20,10 @@ import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
 
-from gateway import keys
-from gateway.errors import ERRORS, ErrorKind, error_response, kind_for_status
-from gateway.metrics import Metrics
+from gateway.contract import ERRORS, ErrorKind
+from gateway.http import keys
+from gateway.http.errors import error_response, kind_for_status
+from gateway.observability.metrics import Metrics
 
 log = structlog.get_logger("gateway.server")
 T = TypeVar("T")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway import keys
-from gateway.errors import GatewayError
+from gateway.contract import GatewayError
+from gateway.http import keys
 
 
 async def healthz(request: web.Request) -> web.Response:

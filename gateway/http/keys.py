@@ -1,28 +1,26 @@
-"""Typed application keys: everything a handler needs hangs off the app under one of these."""
+"""Typed application keys: the instances the handlers use, each under one key. A handler
+imports the class it calls and finds its instance here; nothing else is shared."""
 
 from __future__ import annotations
 
-import aiohttp
 from aiohttp import web
 
-from gateway.clients import ClientTable
 from gateway.config import Config
-from gateway.fanout import Fanout
-from gateway.legacy import Legacy
-from gateway.limits import SessionLimits
-from gateway.metrics import Metrics
-from gateway.rollout import Rollout
-from gateway.shadow import Shadow
+from gateway.observability.client_apps import ClientTable
+from gateway.observability.metrics import Metrics
+from gateway.rollout.flags import Rollout
+from gateway.rollout.legacy import Legacy
+from gateway.rollout.shadow import Shadow
+from gateway.sessions.service import SessionService
 from gateway.store.base import SessionStore
-from gateway.upstream import Upstream
+from gateway.tasks import Tasks
 
 CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
+TASKS = web.AppKey("tasks", Tasks)
+# Readiness asks the store directly; everything else about sessions goes through the service.
 STORE = web.AppKey("store", SessionStore)
-CLIENT = web.AppKey("client_session", aiohttp.ClientSession)
-UPSTREAM = web.AppKey("upstream", Upstream)
-FANOUT = web.AppKey("fanout", Fanout)
-LIMITS = web.AppKey("limits", SessionLimits)
+SESSIONS = web.AppKey("sessions", SessionService)
 # The rollout's flags (always present) and, only when rollout.legacy_url is set, the legacy
 # client and the shadow compare.
 ROLLOUT = web.AppKey("rollout", Rollout)

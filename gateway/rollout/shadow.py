@@ -1,5 +1,5 @@
 """Shadow mode: the client is served by the legacy service; in the background the gateway runs
-its own session for the same token and, once both are final, compares them (gateway.compare).
+its own session for the same token and, once both are final, compares them (gateway.rollout.compare).
 
 Each compare is a task the app owns (cancelled on shutdown), started only after the client's
 answer is in hand and never awaited by a request. At most `rollout.shadow_max_concurrent` run
@@ -17,23 +17,27 @@ import asyncio
 import json
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
-from gateway.compare import REASONS, compare_sessions
 from gateway.config import RolloutConfig
-from gateway.errors import GatewayError
-from gateway.fanout import Fanout
-from gateway.legacy import Legacy, LegacyAnswer, LegacyFailure
-from gateway.metrics import Metrics
-from gateway.store.base import IN_PROGRESS, SessionStore, StoreUnavailable
-from gateway.upstream import Caller
+from gateway.contract import IN_PROGRESS, POLL_PREFIX, GatewayError
+from gateway.observability.metrics import Metrics
+from gateway.rollout.compare import REASONS, compare_sessions
+from gateway.rollout.legacy import Legacy, LegacyAnswer, LegacyFailure
+from gateway.store.base import SessionStore, StoreFull, StoreUnavailable
+from gateway.tasks import Tasks
+from gateway.upstream.client import Caller
 
 log = structlog.get_logger("gateway.shadow")
 
-POLL_PREFIX = "/api/v2/old/visit/tickets/"
+GROUP = "shadow_compare"
+# Opens a session for (token, caller) and returns its GUID.
+OpenSession = Callable[[str, Caller], Awaitable[str]]
+
 INCOMPLETE_REASONS = (
     "over_capacity",  # the concurrency cap was reached; not compared
     "candidate_failed",  # the gateway could not open its session (MKAB list failed, store full)
@@ -73,14 +77,22 @@ class _Watch:
 
 class Shadow:
     def __init__(
-        self, config: RolloutConfig, fanout: Fanout, store: SessionStore, legacy: Legacy, metrics: Metrics
+        self,
+        config: RolloutConfig,
+        open_session: OpenSession,
+        store: SessionStore,
+        legacy: Legacy,
+        metrics: Metrics,
+        tasks: Tasks,
     ) -> None:
         self._config = config
-        self._fanout = fanout
+        # The session service's create, for sessions no client sees (no admission: they have
+        # their own cap, shadow_max_concurrent).
+        self._open_session = open_session
         self._store = store
         self._legacy = legacy
         self._metrics = metrics
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = tasks
         self._watching: dict[str, _Watch] = {}
         self._samples: deque[dict[str, Any]] = deque(maxlen=config.shadow_max_samples)
         metrics.shadow_results.labels("match", "equal")
@@ -91,7 +103,7 @@ class Shadow:
 
     @property
     def running(self) -> int:
-        return len(self._tasks)
+        return self._tasks.count(GROUP)
 
     def samples(self) -> list[dict[str, Any]]:
         """The latest mismatches, newest first: paths only, no values, no session GUIDs."""
@@ -108,13 +120,11 @@ class Shadow:
         except (ValueError, TypeError, KeyError, AttributeError):
             self.not_compared("legacy_invalid")
             return False
-        if len(self._tasks) >= self._config.shadow_max_concurrent:
+        if self.running >= self._config.shadow_max_concurrent:
             self.not_compared("over_capacity")
             return False
         watch = self._watching.setdefault(guid, _Watch())
-        task = asyncio.get_running_loop().create_task(self._run(guid, token, caller, legacy_headers, watch))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self._run(guid, token, caller, legacy_headers, watch), GROUP)
         return True
 
     def not_compared(self, reason: str) -> None:
@@ -171,8 +181,8 @@ class Shadow:
     async def _candidate(self, token: str, caller: Caller) -> list[Any]:
         """The gateway's own final answer for the same token, from a session no client sees."""
         try:
-            guid = await self._fanout.open_session(token, caller)
-        except GatewayError:
+            guid = await self._open_session(token, caller)
+        except (GatewayError, StoreFull, StoreUnavailable):
             raise _Incomplete("candidate_failed") from None
         while True:
             try:
@@ -214,8 +224,4 @@ class Shadow:
 
     async def close(self) -> None:
         """Cancels every running compare and waits for them to end."""
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.cancel(GROUP)

@@ -1,1 +1,0 @@
-"""HTTP handlers: `tickets` is the old contract, `health` the probes."""

@@ -1,0 +1,88 @@
+"""The old session contract's two routes (old-api.md §1 and §2): parse and check the request,
+then hand it to the session service (gateway/sessions/service.py) or, by the rollout's choice,
+to the legacy service. Nothing here knows how a session is run or stored.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.contract import CREATE_PATH, GATEWAY, GUID, LEGACY, POLL_PATH, SHADOW, GatewayError, bearer_token
+from gateway.http import keys
+from gateway.rollout.legacy import LegacyAnswer, forwarded_headers
+from gateway.upstream.client import Caller
+
+
+def caller_of(request: web.Request) -> Caller:
+    return Caller(
+        authorization=request.headers["Authorization"],
+        request_id=request[keys.REQUEST_ID],
+        client_app=request.headers.get("ClientApplication"),
+    )
+
+
+async def create_session(request: web.Request) -> web.Response:
+    token = bearer_token(request.headers.get("Authorization"))
+    side = request.app[keys.ROLLOUT].decide(token, request.headers.get("ClientApplication")).side
+    request[keys.SERVED_BY] = side
+    if side != GATEWAY:
+        return await _create_on_legacy(request, token, shadow=side == SHADOW)
+    if token is None:
+        raise GatewayError("unauthorized")
+    guid = await request.app[keys.SESSIONS].create(token, caller_of(request))
+    return web.json_response({"session": guid})
+
+
+async def read_session(request: web.Request) -> web.Response:
+    request[keys.SERVED_BY] = GATEWAY
+    guid = request.match_info["session"]
+    if not GUID.fullmatch(guid):
+        raise GatewayError("bad_session_id")
+    has_auth = "Authorization" in request.headers
+    if not has_auth and request.app[keys.CONFIG].session.require_token_on_poll:
+        raise GatewayError("unauthorized")
+    token = bearer_token(request.headers.get("Authorization"))
+    poll = await request.app[keys.SESSIONS].poll(guid, token, caller_of(request) if has_auth else None)
+    if poll is None:
+        if keys.LEGACY in request.app:
+            # Not one of the gateway's sessions: the legacy service made it, before the gateway
+            # was put in front or by the rollout's choice.
+            return await _poll_on_legacy(request, guid)
+        raise GatewayError("session_not_found")
+    return web.Response(body=poll.body, content_type="application/json")
+
+
+async def _forward(request: web.Request, route: str) -> LegacyAnswer:
+    headers = forwarded_headers(request.headers, request[keys.REQUEST_ID])
+    return await request.app[keys.LEGACY].forward(request.method, request.raw_path, headers, route)
+
+
+async def _create_on_legacy(request: web.Request, token: str | None, shadow: bool) -> web.Response:
+    """The legacy service's answer, unchanged; in shadow mode the gateway's own session for the
+    same token is then compared in the background, after this answer is in hand."""
+    compare = request.app[keys.SHADOW] if shadow else None
+    try:
+        created = await _forward(request, "create")
+    except GatewayError:
+        if compare is not None:
+            compare.not_compared("legacy_unavailable")
+        raise
+    if compare is not None and token is not None:
+        compare.begin(created, token, caller_of(request), forwarded_headers(request.headers, request[keys.REQUEST_ID]))
+    return as_response(created)
+
+
+async def _poll_on_legacy(request: web.Request, guid: str) -> web.Response:
+    request[keys.SERVED_BY] = LEGACY
+    answer = await _forward(request, "poll")
+    request.app[keys.SHADOW].offer(guid, answer.status, answer.body)
+    return as_response(answer)
+
+
+def as_response(answer: LegacyAnswer) -> web.Response:
+    return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get(CREATE_PATH, create_session, allow_head=False)
+    app.router.add_get(POLL_PATH, read_session, allow_head=False)

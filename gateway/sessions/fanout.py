@@ -1,0 +1,192 @@
+"""The run of a session: every LPU's visits, calls and disps fetched concurrently, each LPU's
+terminal entry written to the store as soon as it is known, everything unfinished written
+Failed at the deadline.
+
+Each run is a task of the app's task owner (gateway/tasks.py, group "fanout"), holding its
+session's lease while it runs (gateway/sessions/leases.py). Results of a run that later
+sessions of the same token share (gateway/sessions/reuse.py) are written to them too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import structlog
+
+from gateway.config import SessionConfig
+from gateway.contract import COMPLETE, FAILED, LPU_METHODS
+from gateway.observability.metrics import Metrics
+from gateway.sessions.leases import Leases
+from gateway.sessions.reuse import SharedFanout
+from gateway.store.base import SessionStore, StoreUnavailable
+from gateway.store.session import Session, entry_bytes, entry_state, failed_entry
+from gateway.tasks import Tasks
+from gateway.upstream.client import Caller, CallFailure, Upstream
+from gateway.upstream.mapping import MappingError, map_calls, map_disps, map_visits
+
+log = structlog.get_logger("gateway.fanout")
+
+GROUP = "fanout"
+# The mapper of each per-LPU method, in the contract's order (visits, calls, disps).
+MAPPERS = dict(zip(LPU_METHODS, (map_visits, map_calls, map_disps), strict=True))
+
+
+def dumps(value: Any) -> bytes:
+    """Compact UTF-8 JSON. orjson: a tenth of the stdlib's time on the fan-out's records
+    (docs/benchmarks.md). Its result holds a buffer of at least 4 KiB whatever its length:
+    fine for what is joined into an entry and dropped, not for what a session keeps."""
+    return orjson.dumps(value)
+
+
+def dumps_kept(value: Any) -> bytes:
+    """`dumps` for bytes a session keeps for its lifetime: an exact-size copy."""
+    return bytes(memoryview(orjson.dumps(value)))
+
+
+class LpuFailed(Exception):
+    def __init__(self, method: str, reason: str, detail: str, duration: float) -> None:
+        super().__init__(reason)
+        self.method = method
+        self.reason = reason
+        self.detail = detail
+        self.duration = duration  # of the failed call, retries included
+
+
+class Fanout:
+    def __init__(
+        self,
+        config: SessionConfig,
+        store: SessionStore,
+        upstream: Upstream,
+        metrics: Metrics,
+        tasks: Tasks,
+        leases: Leases,
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._upstream = upstream
+        self._metrics = metrics
+        self._tasks = tasks
+        self.leases = leases
+        self._lpu_complete = metrics.lpu_outcomes.labels("complete", "ok")
+
+    @property
+    def running(self) -> int:
+        return self._tasks.count(GROUP)
+
+    def start(
+        self,
+        session: Session,
+        caller: Caller,
+        indices: range | list[int],
+        on_done: Callable[[], None] | None = None,
+        shared: SharedFanout | None = None,
+    ) -> None:
+        """Runs the given LPUs of a session in a task the app owns. This replica must hold the
+        session's lease (taken by `create` or `acquire_lease`); it is renewed while the task runs.
+        Each result is also written to the sessions sharing this fan-out (`shared`), if any."""
+        task = self._tasks.spawn(self._run(session, caller, list(indices), shared), GROUP)
+        if on_done is not None:
+            task.add_done_callback(lambda _: on_done())
+        self.leases.hold(session.guid, task)
+
+    async def _finish(self, session: Session, index: int, entry: bytes, shared: SharedFanout | None) -> bool:
+        """Writes LPU `index`'s terminal entry; returns whether this write won."""
+        won = await self._store.finish_lpu(session.guid, index, entry)
+        if won and shared is not None:
+            if entry_state(entry) == FAILED:
+                shared.failed = True
+            for guid in list(shared.subscribers):
+                await self._store.finish_lpu(guid, index, entry)
+        return won
+
+    async def _run(self, session: Session, caller: Caller, indices: list[int], shared: SharedFanout | None) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (session.deadline - time.time())
+        pending = set(indices)
+        self._metrics.sessions_in_flight.inc()
+        try:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    async with asyncio.TaskGroup() as group:
+                        for index in indices:
+                            group.create_task(self._lpu(session, index, caller, pending, shared))
+            except TimeoutError:
+                self._metrics.sessions_deadline.inc()
+                waited = time.time() - session.created_at
+                for index in sorted(pending):
+                    if await self._finish(session, index, failed_entry(session.lpus[index]), shared):
+                        self.record_failure(session, index, LpuFailed("session", "deadline", "", waited))
+        except* StoreUnavailable:
+            # The unwritten LPUs read as Failed at the deadline; the lease lapses, so a poll with
+            # the token may re-run them once the store is back (take_over).
+            log.warning("fanout_store_unavailable", session=session.guid, unfinished=len(pending))
+        finally:
+            self._metrics.sessions_in_flight.dec()
+            self.leases.drop(session.guid, asyncio.current_task(), shared.subscribers if shared else [])
+            if shared is not None:
+                shared.finished()
+        self._metrics.session_complete.observe(time.time() - session.created_at)
+
+    async def _lpu(
+        self, session: Session, index: int, caller: Caller, pending: set[int], shared: SharedFanout | None
+    ) -> None:
+        lpu_guid = session.lpu_guids[index]
+        try:
+            # The first failed call fails the LPU and cancels its two siblings.
+            async with asyncio.TaskGroup() as group:
+                calls = [group.create_task(self._fetch(method, lpu_guid, caller)) for method in LPU_METHODS]
+        except ExceptionGroup as group_error:
+            first = group_error.exceptions[0]
+            if not isinstance(first, LpuFailed):
+                raise
+            pending.discard(index)
+            if await self._finish(session, index, failed_entry(session.lpus[index]), shared):
+                self.record_failure(session, index, first)
+            return
+        visits, lpu_calls, disps = (task.result() for task in calls)
+        pending.discard(index)
+        entry = entry_bytes(COMPLETE, session.lpus[index], visits, lpu_calls, disps)
+        if await self._finish(session, index, entry, shared):
+            self._lpu_complete.inc()
+
+    async def _fetch(self, method: str, lpu_guid: str, caller: Caller) -> bytes:
+        started = time.perf_counter()
+        try:
+            return dumps(MAPPERS[method](await self._upstream.for_lpu(method, lpu_guid, caller)))
+        except CallFailure as failure:
+            detail = f"status {failure.status}" if failure.status else failure.detail
+            raise LpuFailed(method, failure.reason, detail, time.perf_counter() - started) from None
+        except MappingError as exc:
+            detail = f"{exc.path}: {exc.problem}"
+            raise LpuFailed(method, "invalid_body", detail, time.perf_counter() - started) from None
+        except Exception as exc:  # a bug must fail one LPU, not every LPU of the session
+            log.exception("lpu_internal_error", method=method, lpu=lpu_guid)
+            raise LpuFailed(method, "internal", type(exc).__name__, time.perf_counter() - started) from None
+
+    def record_failure(self, session: Session, index: int, failure: LpuFailed) -> None:
+        self._metrics.lpu_outcomes.labels("failed", failure.reason).inc()
+        # Once per LPU, with no token and nothing from the record bodies: only where and why.
+        log.warning(
+            "lpu_failed",
+            session=session.guid,
+            lpu=session.lpu_guids[index],
+            method=failure.method,
+            reason=failure.reason,
+            detail=failure.detail,
+            duration_s=round(failure.duration, 3),
+            elapsed_s=round(time.time() - session.created_at, 3),
+        )
+
+    async def close(self) -> None:
+        """Cancels every running fan-out and waits for them to end, then gives up their leases
+        so that another replica can take the sessions over at the next poll, not a lease later."""
+        held = self.leases.held()
+        cancelled = await self._tasks.cancel(GROUP)
+        if cancelled:
+            log.info("fanout_cancelled", sessions=cancelled)
+        await self.leases.release(held)

@@ -1,0 +1,229 @@
+"""The rules of the session flow, between the HTTP edge (gateway/http/tickets.py) and the run
+(gateway/sessions/fanout.py):
+
+- create: admit the session (limits), share a recent fan-out of the same token (reuse window),
+  or fetch the patient's LPU list, store the new session and start its fan-out;
+- poll: load the session, check its token binding and poll rate, finish it here if its replica
+  is gone (takeover), and render the body.
+
+Store faults come out as StoreUnavailable and StoreFull, upstream faults as GatewayError in the
+contract's words; the HTTP edge renders both.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from gateway.config import SessionConfig
+from gateway.contract import FAILED, GatewayError
+from gateway.observability.metrics import Metrics
+from gateway.sessions.fanout import Fanout, LpuFailed, dumps_kept
+from gateway.sessions.limits import SessionLimits
+from gateway.sessions.reuse import ReuseIndex, SharedFanout
+from gateway.sessions.tokens import same_token, token_hash
+from gateway.store.base import SessionStore, StoreUnavailable
+from gateway.store.session import Session, failed_entry
+from gateway.upstream.client import Caller, CallFailure, Upstream
+from gateway.upstream.mapping import MappingError, map_mkab_list
+
+log = structlog.get_logger("gateway.sessions")
+
+
+@dataclass(frozen=True)
+class Poll:
+    """A poll's answer: the TicketLists body, and whether no LPU is InProgress in it."""
+
+    body: bytes
+    final: bool
+
+
+class SessionService:
+    def __init__(
+        self,
+        config: SessionConfig,
+        store: SessionStore,
+        upstream: Upstream,
+        fanout: Fanout,
+        limits: SessionLimits,
+        metrics: Metrics,
+    ) -> None:
+        self._config = config
+        self.store = store
+        self.upstream = upstream
+        self.fanout = fanout
+        self.limits = limits
+        self._metrics = metrics
+        self._reuse = ReuseIndex(config.reuse_window, config.max_sessions) if config.reuse_window > 0 else None
+
+    async def create(self, token: str, caller: Caller, *, admit: bool = True) -> str:
+        """Creates a session for `token` and starts its fan-out; returns the session GUID.
+
+        `admit=False` skips the per-token and per-replica admission: for the shadow compare's
+        own sessions, which no client waits on and which have their own cap."""
+        if not admit:
+            return await self._open(token, caller, None)
+        # Admitted before the MKAB call: a refused creation costs the upstream nothing.
+        admission = self.limits.admit(token_hash(token))
+        try:
+            return await self._open(token, caller, admission.release)
+        except BaseException:
+            admission.release()
+            raise
+
+    async def _open(self, token: str, caller: Caller, on_done: Callable[[], None] | None) -> str:
+        if not await self.store.ready():
+            # Before the upstream call: with the store down the session could not be kept anyway.
+            raise StoreUnavailable
+        key = token_hash(token)
+        if self._reuse is not None:
+            shared = self._reuse.find(key, time.monotonic())
+            if shared is not None and (guid := await self._share(shared)) is not None:
+                if on_done is not None:
+                    on_done()  # no fan-out of its own
+                return guid
+        lpus = await self._patient_lpus(caller)
+        now = time.time()
+        session = Session(
+            guid=str(uuid.uuid4()),
+            token_hash=key,
+            created_at=now,
+            deadline=now + self._config.deadline,
+            lpus=tuple(dumps_kept(lpu) for lpu in lpus),
+            lpu_guids=tuple(lpu["guid"] for lpu in lpus),
+        )
+        await self._store_new(session)
+        shared = self._reuse.add(key, session.guid, time.monotonic()) if self._reuse is not None else None
+        if lpus:
+            self.fanout.start(session, caller, range(len(lpus)), on_done, shared)
+        else:
+            if shared is not None:
+                shared.finished()
+            if on_done is not None:
+                on_done()
+        return session.guid
+
+    async def _store_new(self, session: Session) -> None:
+        await self.store.create(session)
+        self._metrics.sessions_created.inc()
+
+    async def _share(self, shared: SharedFanout) -> str | None:
+        """A new session with the shared fan-out's results (see gateway/sessions/reuse.py), or
+        None when that fan-out cannot be shared (gone from the store, or an LPU Failed)."""
+        source = await self.store.load(shared.guid)
+        now = time.time()
+        if source is None or FAILED in source.states(now):
+            shared.failed = True
+            return None
+        session = Session(
+            guid=str(uuid.uuid4()),
+            token_hash=source.token_hash,
+            created_at=now,
+            deadline=source.deadline,
+            lpus=source.lpus,
+            lpu_guids=source.lpu_guids,
+        )
+        await self._store_new(session)
+        try:
+            running = self.fanout.leases.running(shared.guid)
+            if shared.running and running is not None:
+                # From here on the fan-out writes every result to this session too (and the
+                # keeper renews its lease); what it wrote while this one was being created is in
+                # the source (no await separates the two).
+                shared.subscribers.append(session.guid)
+                self.fanout.leases.share(session.guid, running)
+                source = await self.store.load(shared.guid) or source
+            # Results go through finish_lpu, as any store stores them (a duplicate is a no-op).
+            for index, entry in source.results.items():
+                await self.store.finish_lpu(session.guid, index, entry)
+        except StoreUnavailable:
+            # The session exists; what it lacks reads as Failed at the deadline, as for any
+            # fan-out that lost the store (a poll with the token may re-run it: take_over).
+            log.warning("reuse_store_unavailable", session=session.guid)
+        self._metrics.sessions_reused.inc()
+        log.info("session_reused", session=session.guid, shared=shared.guid)
+        return session.guid
+
+    async def _patient_lpus(self, caller: Caller) -> list[dict[str, Any]]:
+        started = time.perf_counter()
+        try:
+            raw = await self.upstream.mkab(caller)
+            return map_mkab_list(raw)
+        except CallFailure as failure:
+            log.warning(
+                "mkab_failed",
+                method="mkab",
+                reason=failure.reason,
+                status=failure.status,
+                detail=failure.detail,
+                duration_s=round(time.perf_counter() - started, 3),
+            )
+            if failure.reason == "status" and failure.status in (401, 403):
+                raise GatewayError("token_rejected") from None
+            if failure.reason == "timeout":
+                raise GatewayError("upstream_timeout") from None
+            raise GatewayError("upstream_failed") from None
+        except MappingError as exc:
+            log.warning(
+                "mkab_failed",
+                method="mkab",
+                reason="invalid_body",
+                path=exc.path,
+                problem=exc.problem,
+                duration_s=round(time.perf_counter() - started, 3),
+            )
+            raise GatewayError("upstream_failed") from None
+
+    async def poll(self, guid: str, token: str | None, caller: Caller | None) -> Poll | None:
+        """The session's current answer, or None when this gateway holds no such session.
+
+        `token` is the poll's bearer token, None for a poll without one (served by the GUID
+        alone, as the legacy service did); `caller` carries the poll's credentials upstream
+        for a takeover, None without them. A token that is not the session's gets the same
+        404 as an unknown GUID: never reveal that a session exists."""
+        session = await self.store.load(guid.lower())
+        if session is None:
+            return None
+        if caller is not None and (token is None or not same_token(session.token_hash, token)):
+            raise GatewayError("session_not_found")
+        self.limits.check_poll(session.guid)
+        if session.orphaned:
+            # The replica that ran this session is gone: finish it here (README, "Replicas and Redis").
+            await self.take_over(session, caller)
+        now = time.time()
+        final = session.is_final(now)
+        self._metrics.polls.labels("true" if final else "false").inc()
+        return Poll(session.body(now), final)
+
+    async def take_over(self, session: Session, caller: Caller | None) -> None:
+        """Finishes an orphaned session (no replica holds its lease: its replica died or lost the
+        store mid-run). Before the deadline, a poll with the session's token (`caller`) re-runs
+        the unfinished LPUs here; after it, any poll writes them Failed. A poll without the token
+        before the deadline changes nothing: the LPUs read as Failed from the deadline anyway.
+        Of replicas polling at once, only the one that takes the lease acts."""
+        unfinished = session.unfinished()
+        if not session.orphaned or not unfinished or self.fanout.leases.holds(session.guid):
+            return  # running, finished, or running here (the keeper takes its lapsed lease back)
+        late = time.time() >= session.deadline
+        if caller is None and not late:
+            return
+        try:
+            if not await self.store.acquire_lease(session.guid):
+                return
+            result = "failed" if late else "rerun"
+            log.info("session_takeover", session=session.guid, result=result, lpus=len(unfinished))
+            self._metrics.takeovers.labels(result).inc()
+            if caller is not None and result == "rerun":
+                self.fanout.start(session, caller, unfinished)
+                return
+            for index in unfinished:
+                if await self.store.finish_lpu(session.guid, index, failed_entry(session.lpus[index])):
+                    waited = time.time() - session.created_at
+                    self.fanout.record_failure(session, index, LpuFailed("session", "deadline", "orphaned", waited))
+        except StoreUnavailable:
+            log.warning("takeover_store_unavailable", session=session.guid)
