@@ -192,7 +192,7 @@ class SessionConfig:
     ttl: float = _opt(_positive, default=600.0)
     max_sessions: int = _opt(_positive, default=100_000)
     require_token_on_poll: bool = False
-    # Seconds in which sessions created with the same token share one fan-out (gateway/reuse.py);
+    # Seconds in which sessions created with the same token share one fan-out (gateway/sessions/reuse.py);
     # 0 turns sharing off.
     reuse_window: float = _opt(_non_negative, default=0.0)
 

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import Config, ConfigError, as_dict, load_config
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support import ROOT
 
 
 def test_defaults_file_matches_the_built_in_defaults() -> None:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from gateway.config import ENV_NAMES
 from gateway.contract import ERRORS
+from tests.support import ROOT
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+README = (ROOT / "README.md").read_text()
 
 
 def test_message_code_table_matches_the_error_catalog() -> None:

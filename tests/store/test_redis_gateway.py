@@ -1,0 +1,167 @@
+"""A gateway on Redis: outages and slowness answer 503 at once and heal by themselves; sessions
+leave Redis at their TTL; a replica shutting down hands its sessions over at once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from collections.abc import Awaitable
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from gateway.http import keys
+from gateway.sandbox.data import LpuKnobs
+from tests.support.gateway import LOG, TICKETS, bearer, create, patient, poll_until_final, sample, wait_until
+
+FAST_PROBE = {"probe_interval": 0.1, "timeout": 0.3}
+
+
+async def status_of(client: TestClient, path: str, token: str | None = None) -> int:
+    resp = await client.get(path, headers=bearer(token) if token else None)
+    await resp.read()
+    return resp.status
+
+
+def events_since(mark: int, name: str) -> list[dict[str, Any]]:
+    lines = LOG.getvalue()[mark:].splitlines()
+    return [r for r in map(json.loads, filter(None, lines)) if r.get("event") == name]
+
+
+async def assert_unavailable_at_once(client: TestClient, path: str, token: str) -> None:
+    started = time.monotonic()
+    resp = await client.get(path, headers=bearer(token))
+    took = time.monotonic() - started
+    assert resp.status == 503 and resp.headers["Retry-After"] == "1"
+    assert await resp.json() == {"code": 503, "message": "Service temporarily unavailable", "message_code": "4513"}
+    assert took < 1.0, f"{path} took {took:.2f}s to refuse"
+
+
+async def test_redis_down_answers_503_at_once_and_service_resumes_when_it_is_back(
+    upstream: Any, gateway: Any, redis_server: Any
+) -> None:
+    mark = len(LOG.getvalue())
+    p, slow = patient(None), patient(LpuKnobs(delay=0.5))
+    sandbox, url = await upstream(p, slow)
+    client = await gateway(url, redis={"url": redis_server.url} | FAST_PROBE)
+    done = await create(client, p.token)
+    await poll_until_final(client, done)
+    in_flight = await create(client, slow.token)
+    await sandbox.wait_calls(2 + 3 + 3)
+
+    await asyncio.to_thread(redis_server.stop)
+    await wait_until(lambda: _is(status_of(client, "/readyz"), 503))
+    mkab_calls = sandbox.count("mkab")
+    await assert_unavailable_at_once(client, TICKETS, p.token)
+    assert sandbox.count("mkab") == mkab_calls, "no upstream call for a session that cannot be kept"
+    await assert_unavailable_at_once(client, f"{TICKETS}/{done}", p.token)
+    # The fan-out that was running when Redis went away ends (its result cannot be written).
+    await wait_until(lambda: _true(client.app[keys.SESSIONS].fanout.running == 0))
+    assert sample(client, "gateway_store_up") == 0
+
+    await asyncio.to_thread(redis_server.start)  # empty: Redis keeps no data across restarts here
+    await wait_until(lambda: _is(status_of(client, "/readyz"), 200))
+    body, _ = await poll_until_final(client, await create(client, p.token), bearer(p.token))
+    assert [e["state"] for e in body] == ["Complete"]
+    assert await status_of(client, f"{TICKETS}/{in_flight}", slow.token) == 404, "sessions did not survive Redis"
+    assert sample(client, "gateway_store_up") == 1
+    assert sample(client, "gateway_store_state_changes_total", state="down") == 1
+    assert sample(client, "gateway_store_state_changes_total", state="up") == 1
+    assert len(events_since(mark, "store_unreachable")) == 1 and len(events_since(mark, "store_reachable")) == 1
+
+
+async def test_a_gateway_started_before_redis_serves_once_redis_is_up(
+    upstream: Any, gateway: Any, redis_server: Any
+) -> None:
+    p = patient(None)
+    _, url = await upstream(p)
+    await asyncio.to_thread(redis_server.stop)
+    client = await gateway(url, redis={"url": redis_server.url} | FAST_PROBE)
+    assert await status_of(client, "/readyz") == 503
+    await assert_unavailable_at_once(client, TICKETS, p.token)
+    await asyncio.to_thread(redis_server.start)
+    await wait_until(lambda: _is(status_of(client, "/readyz"), 200))
+    body, _ = await poll_until_final(client, await create(client, p.token), bearer(p.token))
+    assert [e["state"] for e in body] == ["Complete"]
+
+
+async def test_redis_hanging_answers_503_within_the_timeout_then_at_once(
+    upstream: Any, gateway: Any, redis_server: Any
+) -> None:
+    p = patient(None)
+    _, url = await upstream(p)
+    client = await gateway(url, redis={"url": redis_server.url} | FAST_PROBE)
+    guid = await create(client, p.token)
+    await poll_until_final(client, guid)
+    redis_server.proc.send_signal(signal.SIGSTOP)  # accepts connections, answers nothing
+    try:
+        started = time.monotonic()
+        assert await status_of(client, f"{TICKETS}/{guid}", p.token) == 503
+        assert time.monotonic() - started < 1.0, "the first call waits at most redis.timeout"
+        await assert_unavailable_at_once(client, TICKETS, p.token)
+        assert await status_of(client, "/readyz") == 503
+    finally:
+        redis_server.proc.send_signal(signal.SIGCONT)
+    await wait_until(lambda: _is(status_of(client, "/readyz"), 200))
+    body, _ = await poll_until_final(client, guid, bearer(p.token))
+    assert [e["state"] for e in body] == ["Complete"], "the session outlived the stall"
+
+
+async def test_sessions_leave_redis_at_their_ttl(upstream: Any, gateway: Any, redis_server: Any) -> None:
+    p = patient(None, None)
+    _, url = await upstream(p)
+    client = await gateway(url, session={"ttl": 1.0}, redis={"url": redis_server.url, "lease_ttl": 0.3})
+    guid = await create(client, p.token)
+    await poll_until_final(client, guid)
+    with redis_server.client() as r:
+        assert r.exists(f"vg:s:{guid}") and r.zscore("vg:sessions", guid)
+        await wait_until(lambda: asyncio.to_thread(lambda: not r.keys("*")))
+    assert await status_of(client, f"{TICKETS}/{guid}", p.token) == 404
+
+
+async def test_a_replica_shutting_down_hands_its_sessions_over_at_once(
+    upstream: Any, gateway: Any, redis_server: Any
+) -> None:
+    p = patient(None, LpuKnobs(delay=1.0))
+    sandbox, url = await upstream(p)
+    # A long lease: only the release at shutdown can make the takeover this quick.
+    shared = {"url": redis_server.url, "lease_ttl": 30.0}
+    leaving, staying = [await gateway(url, redis=shared, session={"deadline": 10.0}) for _ in range(2)]
+    guid = await create(leaving, p.token)
+    await sandbox.wait_calls(1 + 3 * 2)
+    await leaving.close()  # SIGTERM's path: in-flight requests answered, fan-outs cancelled
+    body, _ = await poll_until_final(staying, guid, bearer(p.token), limit=8.0)
+    assert [e["state"] for e in body] == ["Complete", "Complete"]
+    assert sample(staying, "gateway_session_takeovers_total", result="rerun") == 1
+
+
+async def test_a_sentinel_failover_is_followed_without_a_restart(
+    upstream: Any, gateway: Any, redis_sentinel: Any
+) -> None:
+    p = patient(None, None)
+    _, url = await upstream(p)
+    client = await gateway(url, redis={"url": redis_sentinel.url} | FAST_PROBE)
+    guid = await create(client, p.token)
+    before, _ = await poll_until_final(client, guid, bearer(p.token))
+    assert redis_sentinel.primary_port() == redis_sentinel.primary.port
+    with redis_sentinel.replica.client() as replica:  # replication is asynchronous: let it arrive
+        await wait_until(lambda: asyncio.to_thread(replica.exists, f"vg:s:{guid}"))
+
+    await asyncio.to_thread(redis_sentinel.primary.stop)
+    await wait_until(lambda: _is(status_of(client, "/readyz"), 503))
+    await wait_until(lambda: _is(asyncio.to_thread(redis_sentinel.primary_port), redis_sentinel.replica.port), 30)
+    await wait_until(lambda: _is(status_of(client, "/readyz"), 200), 30)
+    after, _ = await poll_until_final(client, guid, bearer(p.token))
+    assert after == before, "a session that reached the replica is still served by it as the new primary"
+    body, _ = await poll_until_final(client, await create(client, p.token), bearer(p.token))
+    assert [e["state"] for e in body] == ["Complete", "Complete"]
+
+
+async def _is(value: Awaitable[Any], expected: Any) -> bool:
+    return await value == expected
+
+
+async def _true(value: bool) -> bool:
+    return value

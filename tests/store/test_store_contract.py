@@ -1,0 +1,214 @@
+"""The store contract, run against both implementations: the in-process store and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from gateway.config import RedisConfig, SessionConfig
+from gateway.contract import COMPLETE
+from gateway.observability.metrics import Metrics
+from gateway.store.base import SessionStore, StoreFull
+from gateway.store.memory import MemoryStore
+from gateway.store.redis import RedisStore
+from gateway.store.session import Session, entry_bytes, failed_entry, in_progress_entry
+from tests.support.gateway import wait_until
+
+StoreFactory = Callable[..., Awaitable[SessionStore]]
+
+
+def session(guid: str, lpus: int = 2, deadline: float = 60.0) -> Session:
+    now = time.time()
+    return Session(
+        guid=guid,
+        token_hash="h",
+        created_at=now,
+        deadline=now + deadline,
+        lpus=tuple(b'{"guid":"%d","name":"\xd0\x9b\xd0\x9f\xd0\xa3"}' % i for i in range(lpus)),
+        lpu_guids=tuple(f"lpu-{i}" for i in range(lpus)),
+    )
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def make_store(request: pytest.FixtureRequest) -> AsyncIterator[StoreFactory]:
+    """make_store(max_sessions=, ttl=, lease_ttl=, metrics=) → a store of the parametrized kind.
+    Redis stores made in one test share one server: each is another replica."""
+    stores: list[Any] = []
+    url = request.getfixturevalue("redis_server").url if request.param == "redis" else ""
+
+    async def make(
+        max_sessions: int = 10, ttl: float = 60.0, lease_ttl: float = 3.0, metrics: Metrics | None = None
+    ) -> SessionStore:
+        metrics = metrics or Metrics()
+        store: Any
+        if url:
+            store = RedisStore(
+                RedisConfig(url=url, lease_ttl=lease_ttl), SessionConfig(ttl=ttl, max_sessions=max_sessions), metrics
+            )
+            await store.start()
+        else:
+            store = MemoryStore(max_sessions, ttl, metrics, lease_ttl=lease_ttl)
+        stores.append(store)
+        return store
+
+    yield make
+    for store in stores:
+        await store.close()
+
+
+async def test_a_session_reads_back_as_written(make_store: StoreFactory) -> None:
+    store = await make_store()
+    s = session("a", lpus=3)
+    await store.create(s)
+    loaded = await store.load("a")
+    assert loaded is not None
+    assert (loaded.guid, loaded.token_hash, loaded.lpus, loaded.lpu_guids) == (s.guid, "h", s.lpus, s.lpu_guids)
+    assert loaded.created_at == s.created_at and loaded.deadline == s.deadline
+    assert loaded.body(time.time()) == b"[" + b",".join(in_progress_entry(lpu) for lpu in s.lpus) + b"]"
+    assert await store.load("unknown") is None
+
+
+async def test_first_terminal_write_wins(make_store: StoreFactory) -> None:
+    store = await make_store()
+    s = session("a")
+    await store.create(s)
+    complete = entry_bytes(COMPLETE, s.lpus[1], b'[{"room":"202"}]')
+    assert await store.finish_lpu("a", 0, failed_entry(s.lpus[0]))
+    assert not await store.finish_lpu("a", 0, entry_bytes(COMPLETE, s.lpus[0]))
+    assert await store.finish_lpu("a", 1, complete)
+    loaded = await store.load("a")
+    assert loaded is not None and loaded.states(time.time()) == ["Failed", "Complete"]
+    assert loaded.body(time.time()) == b"[" + failed_entry(s.lpus[0]) + b"," + complete + b"]"
+
+
+async def test_unfinished_lpus_read_as_failed_after_the_deadline(make_store: StoreFactory) -> None:
+    store = await make_store()
+    await store.create(session("a", deadline=0.5))
+    loaded = await store.load("a")
+    assert loaded is not None
+    assert loaded.states(loaded.deadline - 0.1) == ["InProgress", "InProgress"]
+    assert loaded.states(loaded.deadline) == ["Failed", "Failed"]
+    assert loaded.body(loaded.deadline) == b"[" + b",".join(failed_entry(lpu) for lpu in loaded.lpus) + b"]"
+
+
+async def test_full_store_refuses_instead_of_evicting(make_store: StoreFactory) -> None:
+    metrics = Metrics()
+    store = await make_store(max_sessions=2, metrics=metrics)
+    await store.create(session("a"))
+    await store.create(session("b"))
+    with pytest.raises(StoreFull):
+        await store.create(session("c"))
+    assert await store.load("a") is not None and await store.load("b") is not None
+    assert await store.load("c") is None
+    assert metrics.registry.get_sample_value("gateway_store_rejected_total") == 1
+
+
+async def test_expired_session_is_gone_and_frees_its_place(make_store: StoreFactory) -> None:
+    store = await make_store(max_sessions=1, ttl=0.3)
+    await store.create(session("a"))
+
+    async def gone() -> bool:
+        return await store.load("a") is None
+
+    await wait_until(gone)
+    assert not await store.finish_lpu("a", 0, failed_entry(b"{}")), "a late write does not revive it"
+    assert await store.load("a") is None
+    await store.create(session("b"))
+
+
+async def test_creator_holds_the_lease_until_it_lapses(make_store: StoreFactory) -> None:
+    store = await make_store(lease_ttl=0.3)
+    await store.create(session("a"))
+    loaded = await store.load("a")
+    assert loaded is not None and not loaded.orphaned
+    assert not await store.acquire_lease("a"), "a held lease cannot be taken"
+
+    async def orphaned() -> bool:
+        s = await store.load("a")
+        return s is not None and s.orphaned
+
+    await wait_until(orphaned)
+    assert await store.acquire_lease("a")
+    assert not await store.acquire_lease("a"), "only one acquisition succeeds"
+    assert not await store.acquire_lease("unknown"), "no lease for a session that does not exist"
+
+
+async def test_renewal_keeps_the_lease_and_reports_sessions_gone(make_store: StoreFactory) -> None:
+    store = await make_store(ttl=1.0, lease_ttl=0.3)
+    await store.create(session("a"))
+    end = time.monotonic() + 0.6  # twice the lease: renewal is what keeps it
+    while time.monotonic() < end:
+        assert await store.renew_leases(["a"]) == set()
+        loaded = await store.load("a")
+        assert loaded is not None and not loaded.orphaned
+        await asyncio.sleep(0.05)
+    await store.release_lease("a")
+    loaded = await store.load("a")
+    assert loaded is not None and loaded.orphaned
+    assert await store.renew_leases(["a"]) == set(), "a lapsed lease nobody took is taken back"
+
+    async def gone() -> bool:
+        return await store.load("a") is None
+
+    await wait_until(gone)
+    assert await store.renew_leases(["a"]) == {"a"}
+
+
+# Two replicas on one Redis: what only a shared store can show.
+
+
+async def test_another_replica_sees_results_as_they_are_written(redis_server: Any) -> None:
+    a, b = (RedisStore(RedisConfig(url=redis_server.url), SessionConfig(), Metrics()) for _ in range(2))
+    try:
+        await a.create(session("a"))
+        loaded = await b.load("a")
+        assert loaded is not None and loaded.states(time.time()) == ["InProgress", "InProgress"]
+        assert await a.finish_lpu("a", 1, entry_bytes(COMPLETE, b"{}"))
+        loaded = await b.load("a")
+        assert loaded is not None and loaded.states(time.time()) == ["InProgress", "Complete"]
+        assert not loaded.orphaned
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_racing_replicas_acquire_a_lease_once(redis_server: Any) -> None:
+    config = RedisConfig(url=redis_server.url, lease_ttl=0.2)
+    replicas = [RedisStore(config, SessionConfig(), Metrics()) for _ in range(3)]
+    try:
+        guids = [f"s{i}" for i in range(20)]
+        for guid in guids:
+            await replicas[0].create(session(guid))
+        await replicas[0].close()  # the creator dies: its leases lapse
+        with redis_server.client() as r:
+            await wait_until(lambda: asyncio.to_thread(lambda: not r.keys("vg:lease:*")))
+        results = await asyncio.gather(*(rep.acquire_lease(g) for g in guids for rep in replicas[1:]))
+        per_session = [results[i : i + 2] for i in range(0, len(results), 2)]
+        assert all(sorted(pair) == [False, True] for pair in per_session)
+        # The loser's renewal reports the lease as lost; the winner's keeps it.
+        lost = [await rep.renew_leases(guids) for rep in replicas[1:]]
+        assert lost[0] | lost[1] == set(guids) and not lost[0] & lost[1]
+    finally:
+        for rep in replicas[1:]:
+            await rep.close()
+
+
+async def test_keys_are_namespaced_and_expire(redis_server: Any) -> None:
+    store = RedisStore(
+        RedisConfig(url=redis_server.url, prefix="gw-test", lease_ttl=2.0),
+        SessionConfig(ttl=30.0, max_sessions=5),
+        Metrics(),
+    )
+    try:
+        await store.create(session("a"))
+        with redis_server.client() as r:
+            assert sorted(r.keys("*")) == [b"gw-test:lease:a", b"gw-test:s:a", b"gw-test:sessions"]
+            assert 0 < r.pttl("gw-test:s:a") <= 30_000 and 0 < r.pttl("gw-test:sessions") <= 30_000
+            assert 0 < r.pttl("gw-test:lease:a") <= 2_000
+            assert r.hget("gw-test:s:a", "h") == b"h", "the session→token binding is a hash field"
+    finally:
+        await store.close()

@@ -1,0 +1,63 @@
+"""The repo's dashboards and alert rules as data: every panel query, Grafana variables
+substituted the way Grafana would, and every metric name they use."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support import ROOT
+
+DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
+ALERTS = ROOT / "prometheus" / "alerts.yml"
+
+_METRIC = re.compile(r"\bgateway_[a-z0-9_]+")
+_HISTOGRAM_SUFFIX = re.compile(r"_(bucket|count|sum)$")
+
+
+@dataclass(frozen=True)
+class PanelQuery:
+    dashboard: str
+    panel: str
+    expr: str
+    instant: bool
+
+    def __str__(self) -> str:
+        return f"{self.dashboard} / {self.panel}: {self.expr}"
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def panel_queries() -> list[PanelQuery]:
+    queries = []
+    for path in DASHBOARDS:
+        dashboard = load(path)
+        for panel in dashboard["panels"]:
+            for target in panel.get("targets", []):
+                queries.append(
+                    PanelQuery(dashboard["title"], panel["title"], target["expr"], target.get("instant", False))
+                )
+    return queries
+
+
+def substitute(expr: str, *, interval_s: int, scrape_s: int, range_s: int) -> str:
+    """What Grafana sends for an expression: its built-in interval variables, and every
+    template variable at its default "All" (allValue ".*")."""
+    rate_interval = max(interval_s + scrape_s, 4 * scrape_s)
+    expr = expr.replace("$__rate_interval", f"{rate_interval}s")
+    expr = expr.replace("$__interval", f"{interval_s}s").replace("$__range", f"{range_s}s")
+    return re.sub(r"\$\{?(app|instance)\}?", ".*", expr)
+
+
+def metric_names(text: str) -> set[str]:
+    """Metric names in PromQL text, histogram series folded to the histogram's name."""
+    return {_HISTOGRAM_SUFFIX.sub("", name) for name in _METRIC.findall(text)}
+
+
+def used_metric_names() -> set[str]:
+    exprs = "\n".join(q.expr for q in panel_queries())
+    return metric_names(exprs) | metric_names(ALERTS.read_text())

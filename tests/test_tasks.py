@@ -1,0 +1,68 @@
+"""The background-task owner: a task that dies is logged and counted; shutdown cancels and awaits
+every task, and an app leaves none behind."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from gateway.app import create_app
+from gateway.config import Config
+from gateway.http import keys
+from gateway.tasks import Tasks
+from tests.support.gateway import LOG
+
+
+async def test_a_task_that_dies_is_logged_and_counted() -> None:
+    crashed: list[str] = []
+    tasks = Tasks(on_crash=crashed.append)
+    mark = len(LOG.getvalue())
+
+    async def broken() -> None:
+        raise RuntimeError("bug")
+
+    task = tasks.spawn(broken(), "probe")
+    await asyncio.gather(task, return_exceptions=True)
+    # The owner's done callback was registered first, so it has run by the time gather returns.
+    assert crashed == ["probe"] and tasks.count("probe") == 0
+    lines = [json.loads(line) for line in LOG.getvalue()[mark:].splitlines() if line]
+    [line] = [r for r in lines if r.get("event") == "background_task_failed"]
+    assert line["task"] == "probe" and line["error"] == "RuntimeError"
+
+
+async def test_close_cancels_and_awaits_every_group() -> None:
+    tasks = Tasks()
+    ended: list[str] = []
+    started = asyncio.Semaphore(0)
+
+    async def forever(name: str) -> None:
+        try:
+            started.release()
+            await asyncio.Event().wait()
+        finally:
+            ended.append(name)
+
+    for group in ("fanout", "shadow_compare", "flags_watcher"):
+        tasks.spawn(forever(group), group)
+    for _ in range(3):
+        await started.acquire()
+    assert await tasks.cancel("fanout") == 1 and ended == ["fanout"]
+    await tasks.close()
+    assert sorted(ended) == ["fanout", "flags_watcher", "shadow_compare"]
+    assert all(tasks.count(g) == 0 for g in ("fanout", "shadow_compare", "flags_watcher"))
+
+
+async def test_an_app_crash_is_counted_in_its_metrics(aiohttp_client: Any) -> None:
+    client = await aiohttp_client(create_app(Config()))
+    app = client.server.app
+
+    async def broken() -> None:
+        raise ValueError("bug")
+
+    await asyncio.gather(app[keys.TASKS].spawn(broken(), "lease_keeper"), return_exceptions=True)
+    await asyncio.sleep(0)
+    value = app[keys.METRICS].registry.get_sample_value(
+        "gateway_background_task_failures_total", {"task": "lease_keeper"}
+    )
+    assert value == 1
