@@ -1,4 +1,4 @@
-"""`gateway serve | sandbox | demo`: the console entry point."""
+"""`gateway serve | sandbox | demo | check-config`, `gateway --version`: the console entry point."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from collections.abc import Sequence
 import structlog
 from aiohttp import web
 
+from gateway import __version__
 from gateway.app import create_app
-from gateway.config import Config, ConfigError, load_config
+from gateway.config import Config, ConfigError, load_config, render_toml
 from gateway.http import keys
 from gateway.http.runner import GatewayRunner
 from gateway.http.scrape import create_metrics_app
@@ -62,8 +63,14 @@ def _reload_flags(apps: list[web.Application]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"visit-gateway {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the gateway (config: GATEWAY_CONFIG and GATEWAY_* variables)")
+    sub.add_parser(
+        "check-config",
+        help="print the effective configuration (file, then GATEWAY_* variables) with secrets masked; "
+        "exit 2 naming the offending key or variable",
+    )
     sandbox = sub.add_parser("sandbox", help="run the simulated new API")
     sandbox.add_argument("--host", default="127.0.0.1")
     sandbox.add_argument("--port", type=int, default=8081)
@@ -78,6 +85,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    if args.command == "check-config":
+        # The same load as `serve`, so what it prints is what a start with this environment runs.
+        sys.stdout.write(render_toml(config))
+        return 0
     configure_logging(config.log)
 
     apps: list[tuple[str, web.Application, str, int]] = []

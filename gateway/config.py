@@ -7,6 +7,7 @@ that names the key and where the value came from, so an operator can fix it with
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import tomllib
@@ -106,6 +107,8 @@ def _one_of(*allowed: str) -> Callable[[str], str | None]:
     def check(v: str) -> str | None:
         return None if v in allowed else f"must be one of {', '.join(allowed)}"
 
+    # An enum's values are lower case; "INFO" or "Gateway" (an environment habit) means the same.
+    check.choices = allowed  # type: ignore[attr-defined]
     return check
 
 
@@ -279,7 +282,7 @@ class RolloutConfig:
     shadow_poll_interval: float = _opt(_positive, default=1.0)
     shadow_ignore_fields: tuple[str, ...] = ()
     shadow_max_samples: int = _opt(_non_negative, default=50)
-    admin_token: str = _opt(_admin_token, default="")
+    admin_token: str = _opt(_admin_token, default="", secret=True)
 
 
 @dataclass(frozen=True)
@@ -305,7 +308,8 @@ class Config:
 # A section is a frozen dataclass and a field of Config; nothing else needs to know about it.
 _SECTION_CLASSES: dict[str, type] = typing.get_type_hints(Config)
 
-# Names operators already use; each maps to one (section, key).
+# Names operators already used before every key had one; each maps to one (section, key) and stays
+# valid next to the derived name (docs/configuration.md, "Environment").
 ENV_NAMES: dict[str, tuple[str, str]] = {
     "GATEWAY_HOST": ("server", "host"),
     "GATEWAY_PORT": ("server", "port"),
@@ -322,6 +326,33 @@ ENV_NAMES: dict[str, tuple[str, str]] = {
     "GATEWAY_REDIS_URL": ("redis", "url"),
     "GATEWAY_METRICS_PORT": ("metrics", "port"),
 }
+# The file to read; the one GATEWAY_* variable that is not a key.
+CONFIG_FILE_ENV = "GATEWAY_CONFIG"
+ENV_PREFIX = "GATEWAY_"
+
+
+def env_name(section: str, key: str) -> str:
+    """The derived environment name of a key: server.shutdown_timeout → GATEWAY_SERVER_SHUTDOWN_TIMEOUT."""
+    return f"{ENV_PREFIX}{section}_{key}".upper()
+
+
+def config_keys() -> list[tuple[str, dataclasses.Field[Any]]]:
+    """Every (section, field) of the configuration, in declaration order."""
+    return [
+        (section.name, key)
+        for section in dataclasses.fields(Config)
+        for key in dataclasses.fields(_SECTION_CLASSES[section.name])
+    ]
+
+
+def env_names() -> dict[str, tuple[str, str]]:
+    """Every environment name (derived ones and the older aliases) → (section, key). Derived
+    from the dataclasses, so a key added to a section has its name without further work."""
+    names = {env_name(section, f.name): (section, f.name) for section, f in config_keys()}
+    for alias, target in ENV_NAMES.items():
+        if names.setdefault(alias, target) != target:
+            raise AssertionError(f"{alias} names two keys")  # a programming error, caught by the tests
+    return names
 
 
 def as_dict(config: Config) -> dict[str, dict[str, Any]]:
@@ -360,15 +391,34 @@ def _coerce(raw: Any, typ: type, from_env: bool) -> Any:
         raise ValueError("must be a string")
     if typ is tuple:
         if from_env and isinstance(raw, str):
-            raw = [item.strip() for item in raw.split(",") if item.strip()]
+            raw = _env_list(raw)
         if isinstance(raw, (list, tuple)) and all(isinstance(item, str) for item in raw):
             return tuple(raw)
         raise ValueError("must be a list of strings")
     if typ is dict:
+        if from_env and isinstance(raw, str):
+            raw = _env_json(raw, "a JSON object")
         if isinstance(raw, Mapping) and all(isinstance(v, str) for v in raw.values()):
             return dict(raw)
         raise ValueError("must be a table of strings")
     raise ValueError(f"unsupported type {typ}")
+
+
+def _env_list(raw: str) -> Any:
+    """A list by environment: a JSON array (`["a", "b,c"]`) when it starts with '[', else a comma
+    list (`a, b`) whose items are stripped and whose empty items are dropped ("" is the empty list)."""
+    if raw.lstrip().startswith("["):
+        return _env_json(raw, "a JSON array")
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def _env_json(raw: str, what: str) -> Any:
+    if not raw.strip():
+        return {} if "object" in what else []
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise ValueError(f"must be {what}") from None
 
 
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool, "tuple[str, ...]": tuple, "dict[str, str]": dict}
@@ -397,8 +447,10 @@ def build_config(
             where = env_sources.get((sec_field.name, key), source)
             fdef = known[key]
             try:
-                value = _coerce(raw, _TYPES[str(fdef.type)], from_env=where.startswith("GATEWAY_"))
+                value = _coerce(raw, _TYPES[str(fdef.type)], from_env=where.startswith(ENV_PREFIX))
                 check = fdef.metadata.get("check")
+                if isinstance(value, str) and getattr(check, "choices", None):
+                    value = value.lower()
                 problem = check(value) if check else None
                 if problem:
                     raise ValueError(problem)
@@ -411,11 +463,13 @@ def build_config(
 
 
 def load_config(env: Mapping[str, str] | None = None, path: str | Path | None = None) -> Config:
-    """Defaults, then the TOML file (path, or GATEWAY_CONFIG), then environment names."""
+    """Defaults, then the TOML file (path, or GATEWAY_CONFIG), then environment names: every key has
+    its derived GATEWAY_<SECTION>_<KEY> name (and some an older alias). An unknown GATEWAY_*
+    variable is an error, as an unknown key in the file is: a typo must not start a default."""
     env = os.environ if env is None else env
     data: dict[str, dict[str, Any]] = {}
     source = "defaults"
-    path = path or env.get("GATEWAY_CONFIG")
+    path = path or env.get(CONFIG_FILE_ENV)
     if path:
         try:
             with open(path, "rb") as fh:
@@ -425,9 +479,71 @@ def load_config(env: Mapping[str, str] | None = None, path: str | Path | None = 
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config error: {path} is not valid TOML: {exc}") from None
         source = str(path)
+    names = env_names()
     env_sources: dict[tuple[str, str], str] = {}
-    for name, (section, key) in ENV_NAMES.items():
-        if name in env:
-            data.setdefault(section, {})[key] = env[name]
-            env_sources[(section, key)] = name
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_FILE_ENV:
+            continue
+        target = names.get(name)
+        if target is None:
+            raise ConfigError(f"config error: unknown environment variable {name} (docs/configuration.md)")
+        section, key = target
+        if target in env_sources and env[env_sources[target]] != env[name]:
+            raise ConfigError(f"config error: {env_sources[target]} and {name} both set {section}.{key}, differently")
+        data.setdefault(section, {})[key] = env[name]
+        env_sources[target] = name
     return build_config(data, source=source, env_sources=env_sources)
+
+
+SECRET_MASK = "***"
+
+
+def masked(value: str) -> str:
+    """A secret as check-config shows it: a URL keeps its scheme, user, host and path, but not its
+    password; anything else non-empty is the mask."""
+    if not value:
+        return value
+    scheme, sep, rest = value.partition("://")
+    if not sep:
+        return SECRET_MASK
+    netloc, slash, tail = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    if not at:
+        return value
+    user, colon, _ = userinfo.partition(":")
+    shown = f"{user}:{SECRET_MASK}" if colon else SECRET_MASK
+    return f"{scheme}://{shown}@{hosts}{slash}{tail}"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        # A JSON string is a valid TOML basic string.
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(type(value))
+
+
+def render_toml(config: Config) -> str:
+    """The effective configuration as a TOML file that loads back to the same Config, secrets
+    masked (so it loads back only when no secret is set)."""
+    blocks: list[str] = []
+    for section in dataclasses.fields(Config):
+        values = getattr(config, section.name)
+        lines, tables = [f"[{section.name}]"], []
+        for fdef in dataclasses.fields(values):
+            value = getattr(values, fdef.name)
+            if fdef.metadata.get("secret") and isinstance(value, str):
+                value = masked(value)
+            if isinstance(value, dict):
+                # A table must follow its section's plain keys.
+                rows = [f"{_toml_value(k)} = {_toml_value(v)}" for k, v in value.items()]
+                tables.append("\n".join([f"[{section.name}.{fdef.name}]", *rows]))
+            else:
+                lines.append(f"{fdef.name} = {_toml_value(value)}")
+        blocks.append("\n\n".join(["\n".join(lines), *tables]))
+    return "\n\n".join(blocks) + "\n"

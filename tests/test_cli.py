@@ -1,0 +1,67 @@
+"""The console entry point as an operator runs it: `gateway --version` and `gateway check-config`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+
+import pytest
+
+from gateway import __version__
+from gateway.config import Config, build_config
+
+ENV = {"PATH": "/usr/bin:/bin"}
+
+
+def _gateway(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args], env=ENV | (env or {}), capture_output=True, text=True, timeout=30
+    )
+
+
+def test_version() -> None:
+    proc = _gateway("--version")
+    assert proc.returncode == 0
+    assert proc.stdout.strip() == f"visit-gateway {__version__}"
+
+
+def test_check_config_prints_the_effective_configuration() -> None:
+    proc = _gateway("check-config", env={"GATEWAY_UPSTREAM_CALL_TIMEOUT": "3.5", "GATEWAY_LOG_LEVEL": "DEBUG"})
+    assert proc.returncode == 0, proc.stderr
+    effective = build_config(tomllib.loads(proc.stdout))
+    assert effective == Config().replace(upstream={"call_timeout": 3.5}, log={"level": "debug"})
+
+
+def test_check_config_masks_secrets() -> None:
+    token, password = "admin-token-0123456789abcdef", "redis-pass-42"
+    proc = _gateway(
+        "check-config",
+        env={"GATEWAY_ROLLOUT_ADMIN_TOKEN": token, "GATEWAY_REDIS_URL": f"redis://app:{password}@127.0.0.1:6379/2"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert token not in proc.stdout and password not in proc.stdout
+    printed = tomllib.loads(proc.stdout)
+    assert printed["rollout"]["admin_token"] == "***"
+    assert printed["redis"]["url"] == "redis://app:***@127.0.0.1:6379/2"
+
+
+@pytest.mark.parametrize("command", ["check-config", "serve"])
+@pytest.mark.parametrize(
+    ("env", "line"),
+    [
+        (
+            {"GATEWAY_UPSTREAM_CALL_TIMEOUT": "abc"},
+            "config error: upstream.call_timeout must be a number (got 'abc' from GATEWAY_UPSTREAM_CALL_TIMEOUT)",
+        ),
+        (
+            {"GATEWAY_UPSTREAM_CALL_TIMEOUTS": "5"},
+            "config error: unknown environment variable GATEWAY_UPSTREAM_CALL_TIMEOUTS (docs/configuration.md)",
+        ),
+    ],
+)
+def test_a_bad_environment_stops_with_one_line_and_exit_2(command: str, env: dict[str, str], line: str) -> None:
+    proc = _gateway(command, env=env)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [line]
+    assert proc.stdout == ""
