@@ -8,6 +8,7 @@ from aiohttp import web
 from gateway.config import Config
 from gateway.observability.client_apps import ClientTable
 from gateway.observability.metrics import Metrics
+from gateway.observability.trace import TraceContext
 from gateway.rollout.flags import Rollout
 from gateway.rollout.legacy import Legacy
 from gateway.rollout.shadow import Shadow
@@ -30,6 +31,9 @@ SHADOW = web.AppKey("shadow", Shadow)
 CLIENTS = web.AppKey("clients", ClientTable)
 # Per request: the id logged on every line and sent upstream as X-Request-Id.
 REQUEST_ID = web.RequestKey("request_id", str)
+# Per request: the gateway's hop of the caller's W3C trace (or a new trace), sent to the new API
+# and the legacy service; its trace id is on every log line.
+TRACE = web.RequestKey("trace", TraceContext)
 # Per request: which side served an old-path request ("gateway", "legacy" or "shadow"); the
 # rollout sets it, the old-path metrics read it.
 SERVED_BY = web.RequestKey("served_by", str)

@@ -17,6 +17,7 @@ from gateway.http import keys
 from gateway.http.errors import error_response, kind_for_status
 from gateway.observability.client_apps import classify
 from gateway.observability.logs import redact_for_request
+from gateway.observability.trace import TRACEPARENT, TRACESTATE, continue_trace
 from gateway.store.base import StoreFull, StoreUnavailable
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -38,8 +39,11 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     incoming = request.headers.get("X-Request-Id", "")
     request_id = incoming if _REQUEST_ID.fullmatch(incoming) else os.urandom(16).hex()
     request[keys.REQUEST_ID] = request_id
+    trace = continue_trace(request.headers.getall(TRACEPARENT, []), request.headers.getall(TRACESTATE, []))
+    request[keys.TRACE] = trace
     structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(request_id=request_id)
+    # The tasks a request starts (its fan-out) copy this context: their lines carry both ids too.
+    structlog.contextvars.bind_contextvars(request_id=request_id, trace_id=trace.trace_id)
     redact_for_request(request.headers.get("Authorization"))
     started = time.perf_counter()
     # The error middleware sits inside: error answers are counted and logged with their status.

@@ -18,6 +18,7 @@ def caller_of(request: web.Request) -> Caller:
         authorization=request.headers["Authorization"],
         request_id=request[keys.REQUEST_ID],
         client_app=request.headers.get("ClientApplication"),
+        trace=request[keys.TRACE],
     )
 
 
@@ -53,7 +54,7 @@ async def read_session(request: web.Request) -> web.Response:
 
 
 async def _forward(request: web.Request, route: str) -> LegacyAnswer:
-    headers = forwarded_headers(request.headers, request[keys.REQUEST_ID])
+    headers = forwarded_headers(request.headers, request[keys.REQUEST_ID], request[keys.TRACE])
     return await request.app[keys.LEGACY].forward(request.method, request.raw_path, headers, route)
 
 
@@ -68,7 +69,12 @@ async def _create_on_legacy(request: web.Request, token: str | None, shadow: boo
             compare.not_compared("legacy_unavailable")
         raise
     if compare is not None and token is not None:
-        compare.begin(created, token, caller_of(request), forwarded_headers(request.headers, request[keys.REQUEST_ID]))
+        compare.begin(
+            created,
+            token,
+            caller_of(request),
+            forwarded_headers(request.headers, request[keys.REQUEST_ID], request[keys.TRACE]),
+        )
     return as_response(created)
 
 

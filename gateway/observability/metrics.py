@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 from gateway import __version__
 from gateway.contract import LPU_FAILURE_REASONS, OLD_ROUTES, SIDES, UNKNOWN, UPSTREAM_METHODS
@@ -22,8 +30,17 @@ UPSTREAM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
-        self.build_info = Info("gateway_build", "Build of the running gateway.", registry=r)
-        self.build_info.info({"version": __version__})
+        # The process's memory, CPU and file descriptors (process_*) and the interpreter's version
+        # and collections (python_*), on this registry rather than the library's global one: what a
+        # pod's memory limit is watched with. Each reads the process when scraped.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        # A gauge at 1 with the version as a label: `count by (version)` shows a rollout's progress.
+        self.build_info = Gauge(
+            "gateway_build_info", "Build of the running gateway (always 1).", ("version",), registry=r
+        )
+        self.build_info.labels(__version__).set(1)
 
         self.old_requests = Counter(
             "gateway_old_requests_total",

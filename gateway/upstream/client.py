@@ -15,9 +15,11 @@ import aiohttp
 import orjson
 from yarl import URL
 
+from gateway import USER_AGENT
 from gateway.config import LimitsConfig, UpstreamConfig
 from gateway.contract import MKAB, UPSTREAM_METHODS
 from gateway.observability.metrics import Metrics
+from gateway.observability.trace import TraceContext
 from gateway.upstream.breaker import Breakers
 from gateway.upstream.slots import LpuSlots, NoSlot
 
@@ -43,6 +45,8 @@ class Caller:
     authorization: str
     request_id: str
     client_app: str | None = None
+    # The gateway's hop of the app's trace; a caller with none (a tool) sends no traceparent.
+    trace: TraceContext | None = None
 
     def headers(self) -> dict[str, str]:
         headers = {
@@ -52,6 +56,8 @@ class Caller:
         }
         if self.client_app is not None:
             headers["ClientApplication"] = self.client_app
+        if self.trace is not None:
+            headers |= self.trace.headers()
         return headers
 
 
@@ -108,7 +114,9 @@ def new_client_session(config: UpstreamConfig) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(
         limit=config.max_connections, limit_per_host=0, ttl_dns_cache=300, resolver=SpecialUseResolver()
     )
-    return aiohttp.ClientSession(connector=connector, trust_env=False, raise_for_status=False)
+    return aiohttp.ClientSession(
+        connector=connector, trust_env=False, raise_for_status=False, headers={"User-Agent": USER_AGENT}
+    )
 
 
 class Upstream:
