@@ -4,6 +4,7 @@ dependency order (closed in reverse: what a component uses is still open while i
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from functools import partial
 
@@ -11,9 +12,10 @@ from aiohttp import web
 
 from gateway.config import Config
 from gateway.http import admin, health, keys, openapi, scrape, tickets
-from gateway.http.middleware import errors, request_context
+from gateway.http.middleware import errors, request_context, tracing_span
 from gateway.observability.client_apps import client_table
 from gateway.observability.metrics import Metrics
+from gateway.observability.otel import Tracing
 from gateway.rollout.flags import Rollout
 from gateway.rollout.legacy import Legacy
 from gateway.rollout.shadow import Shadow
@@ -53,7 +55,8 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
 
 async def _sessions(app: web.Application) -> AsyncIterator[None]:
     config, metrics, store, tasks = app[keys.CONFIG], app[keys.METRICS], app[keys.STORE], app[keys.TASKS]
-    client = new_client_session(config.upstream)
+    tracing = app.get(keys.TRACING)
+    client = new_client_session(config.upstream, tracing.trace_configs() if tracing else [])
     upstream = Upstream(config.upstream, client, metrics, config.limits)
     fanout = Fanout(config.session, store, upstream, metrics, tasks, Leases(store, tasks, config.redis.lease_ttl))
     limits = SessionLimits(config.limits, metrics, config.session.ttl)
@@ -72,7 +75,8 @@ async def _rollout(app: web.Application) -> AsyncIterator[None]:
     app[keys.ROLLOUT] = rollout
     await rollout.start()
     if rollout.enabled:
-        legacy = Legacy(config, metrics)
+        tracing = app.get(keys.TRACING)
+        legacy = Legacy(config, metrics, tracing.trace_configs() if tracing else [])
         sessions = app[keys.SESSIONS]
         shadow = Shadow(config, partial(sessions.create, admit=False), sessions.store, legacy, metrics, app[keys.TASKS])
         app[keys.LEGACY], app[keys.SHADOW] = legacy, shadow
@@ -84,12 +88,25 @@ async def _rollout(app: web.Application) -> AsyncIterator[None]:
     await rollout.close()
 
 
+async def _tracing(app: web.Application) -> AsyncIterator[None]:
+    yield
+    # Last: the spans of the final requests and calls are exported (the SDK blocks while it does).
+    await asyncio.to_thread(app[keys.TRACING].close)
+
+
 def create_app(config: Config, metrics: Metrics | None = None) -> web.Application:
     # The parser's limits go with the app, so that every runner serving it (the CLI's, the
     # tests') applies them; see gateway/http/runner.py for how their refusals are answered.
     limits = {"max_line_size": config.server.max_line_size, "max_field_size": config.server.max_field_size}
-    app = web.Application(middlewares=[request_context, errors], handler_args=limits)
+    tracing = Tracing(config.tracing) if config.tracing.opentelemetry else None
+    middlewares = [request_context, errors]
+    if tracing is not None:
+        middlewares.insert(0, tracing_span)
+    app = web.Application(middlewares=middlewares, handler_args=limits)
     app[keys.CONFIG] = config
+    if tracing is not None:
+        app[keys.TRACING] = tracing
+        app.cleanup_ctx.append(_tracing)
     app[keys.METRICS] = metrics = metrics or Metrics()
     app[keys.TASKS] = Tasks(on_crash=lambda group: metrics.task_failures.labels(group).inc())
     app[keys.CLIENTS] = client_table(config.clients)

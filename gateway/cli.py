@@ -17,6 +17,7 @@ from gateway.config import Config, ConfigError, load_config, render_toml
 from gateway.http import keys
 from gateway.http.runner import GatewayRunner
 from gateway.http.scrape import create_metrics_app
+from gateway.observability import otel
 from gateway.observability.logs import configure_logging
 from gateway.sandbox.app import create_sandbox_app
 
@@ -82,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config()
         if args.command == "demo":
             config = config.replace(upstream={"url": f"http://127.0.0.1:{args.sandbox_port}"})
+        otel.require(config.tracing)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2

@@ -33,6 +33,10 @@ def _non_negative(v: float) -> str | None:
     return None if v >= 0 else "must be >= 0"
 
 
+def _non_empty(v: str) -> str | None:
+    return None if v.strip() else "must not be empty"
+
+
 def _port(v: int) -> str | None:
     return None if 0 <= v <= 65535 else "must be a port number 0..65535"
 
@@ -286,6 +290,17 @@ class RolloutConfig:
 
 
 @dataclass(frozen=True)
+class TracingConfig:
+    """OpenTelemetry spans (docs/metrics.md, "Tracing"), off by default and only with the `otel`
+    extra installed. Without them the gateway still passes W3C trace context on."""
+
+    opentelemetry: bool = False
+    # OTLP/HTTP traces URL; empty: the SDK's OTEL_EXPORTER_OTLP_* variables (or http://localhost:4318).
+    otlp_endpoint: str = _opt(_http_url, default="")
+    service_name: str = _opt(_non_empty, default="visit-gateway")
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
@@ -296,6 +311,7 @@ class Config:
     redis: RedisConfig = field(default_factory=RedisConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     clients: ClientsConfig = field(default_factory=ClientsConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
 
     def replace(self, **sections: Mapping[str, Any]) -> Config:
         """A copy with some keys changed, validated like a file: replace(session={"ttl": 5})."""

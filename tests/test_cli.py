@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import tomllib
 
 import pytest
 
 from gateway import __version__
 from gateway.config import Config, build_config
-
-ENV = {"PATH": "/usr/bin:/bin"}
-
-
-def _gateway(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *args], env=ENV | (env or {}), capture_output=True, text=True, timeout=30
-    )
+from tests.support.gateway import run_cli as _gateway
 
 
 def test_version() -> None:

@@ -8,6 +8,7 @@ from aiohttp import web
 from gateway.config import Config
 from gateway.observability.client_apps import ClientTable
 from gateway.observability.metrics import Metrics
+from gateway.observability.otel import Tracing
 from gateway.observability.trace import TraceContext
 from gateway.rollout.flags import Rollout
 from gateway.rollout.legacy import Legacy
@@ -29,6 +30,8 @@ LEGACY = web.AppKey("legacy", Legacy)
 SHADOW = web.AppKey("shadow", Shadow)
 # The configured client apps and versions, for the old-path metrics.
 CLIENTS = web.AppKey("clients", ClientTable)
+# Only with tracing.opentelemetry = true: the app's OpenTelemetry tracing.
+TRACING = web.AppKey("tracing", Tracing)
 # Per request: the id logged on every line and sent upstream as X-Request-Id.
 REQUEST_ID = web.RequestKey("request_id", str)
 # Per request: the gateway's hop of the caller's W3C trace (or a new trace), sent to the new API

@@ -35,11 +35,25 @@ def route_template(request: web.Request) -> str:
 
 
 @web.middleware
+async def tracing_span(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Only with tracing.opentelemetry = true, outermost: the request's server span, current while
+    the request context and the handler run (and in the tasks they start)."""
+    with request.app[keys.TRACING].server_span(request.method, route_template(request), request.headers) as answered:
+        response = await handler(request)
+        answered(response.status)
+        return response
+
+
+@web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     incoming = request.headers.get("X-Request-Id", "")
     request_id = incoming if _REQUEST_ID.fullmatch(incoming) else os.urandom(16).hex()
     request[keys.REQUEST_ID] = request_id
-    trace = continue_trace(request.headers.getall(TRACEPARENT, []), request.headers.getall(TRACESTATE, []))
+    # With OpenTelemetry on, its server span (outside this middleware) is the gateway's hop.
+    tracing = request.app.get(keys.TRACING)
+    trace = (tracing.current() if tracing is not None else None) or continue_trace(
+        request.headers.getall(TRACEPARENT, []), request.headers.getall(TRACESTATE, [])
+    )
     request[keys.TRACE] = trace
     structlog.contextvars.clear_contextvars()
     # The tasks a request starts (its fan-out) copy this context: their lines carry both ids too.

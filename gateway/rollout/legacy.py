@@ -67,7 +67,9 @@ class Legacy:
     """The client for the legacy service, with its own small connection pool: the legacy
     service is one replica, and its slowness must not use up the new API's connections."""
 
-    def __init__(self, config: RolloutConfig, metrics: Metrics) -> None:
+    def __init__(
+        self, config: RolloutConfig, metrics: Metrics, trace_configs: list[aiohttp.TraceConfig] | None = None
+    ) -> None:
         self._base = config.legacy_url.rstrip("/")
         self._metrics = metrics
         self._max_body = config.legacy_max_body_bytes
@@ -75,7 +77,11 @@ class Legacy:
         connector = aiohttp.TCPConnector(limit=config.legacy_max_connections, ttl_dns_cache=300)
         # The app's own User-Agent is forwarded when it sent one (FORWARDED_HEADERS); the gateway's otherwise.
         self._session = aiohttp.ClientSession(
-            connector=connector, trust_env=False, raise_for_status=False, headers={"User-Agent": USER_AGENT}
+            connector=connector,
+            trust_env=False,
+            raise_for_status=False,
+            headers={"User-Agent": USER_AGENT},
+            trace_configs=trace_configs or None,
         )
 
     async def call(self, method: str, path_qs: str, headers: dict[str, str], route: str) -> LegacyAnswer:

@@ -108,14 +108,20 @@ def breaks_circuit(failure: CallFailure) -> bool:
     return failure.reason in ("timeout", "connection")
 
 
-def new_client_session(config: UpstreamConfig) -> aiohttp.ClientSession:
+def new_client_session(
+    config: UpstreamConfig, trace_configs: list[aiohttp.TraceConfig] | None = None
+) -> aiohttp.ClientSession:
     # One connector for the whole app, sized for fan-out: every LPU call of every session
     # shares it, and keep-alive makes the 3×LPU calls of a session cheap.
     connector = aiohttp.TCPConnector(
         limit=config.max_connections, limit_per_host=0, ttl_dns_cache=300, resolver=SpecialUseResolver()
     )
     return aiohttp.ClientSession(
-        connector=connector, trust_env=False, raise_for_status=False, headers={"User-Agent": USER_AGENT}
+        connector=connector,
+        trust_env=False,
+        raise_for_status=False,
+        headers={"User-Agent": USER_AGENT},
+        trace_configs=trace_configs or None,
     )
 
 

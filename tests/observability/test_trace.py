@@ -9,7 +9,6 @@ import re
 from typing import Any
 
 import pytest
-from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway import USER_AGENT, __version__
@@ -20,30 +19,14 @@ from gateway.observability.trace import (
     parse_traceparent,
     parse_tracestate,
 )
-from gateway.sandbox.app import Sandbox, create_sandbox_app
 from gateway.sandbox.data import LpuKnobs
 from tests.support.fake_legacy import start_legacy
-from tests.support.gateway import LOG, TICKETS, bearer, create, new_token, patient, poll_until_final
+from tests.support.gateway import LOG, TICKETS, bearer, create, new_token, patient, poll_until_final, recording_upstream
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
 VALID = f"00-{TRACE_ID}-{PARENT_ID}-01"
 TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
-
-
-async def recording_upstream(aiohttp_server: Any, *patients: Any) -> tuple[list[CIMultiDict[str]], str]:
-    """The sandbox new API, recording the headers of every request it receives."""
-    received: list[CIMultiDict[str]] = []
-
-    @web.middleware
-    async def record(request: web.Request, handler: Any) -> web.StreamResponse:
-        received.append(CIMultiDict(request.headers))
-        return await handler(request)
-
-    app = create_sandbox_app(Sandbox(list(patients)))
-    app.middlewares.append(record)
-    server = await aiohttp_server(app, host="127.0.0.1")
-    return received, str(server.make_url("")).rstrip("/")
 
 
 def _sent(headers: CIMultiDict[str]) -> tuple[str, str, str]:
