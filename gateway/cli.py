@@ -55,7 +55,7 @@ async def run_apps(apps: Sequence[tuple[str, web.Application, str, int]], config
 
 
 def _reload_flags(apps: list[web.Application]) -> None:
-    """SIGHUP: re-read the rollout flags file now (README "Rollout")."""
+    """SIGHUP: re-read the rollout flags file now (docs/rollout.md)."""
     for app in apps:
         rollout = app.get(keys.ROLLOUT)
         if rollout is not None:

@@ -269,7 +269,7 @@ class ClientsConfig:
 
 @dataclass(frozen=True)
 class RolloutConfig:
-    """Putting the gateway in front of the legacy service (README "Rollout"). Without a
+    """Putting the gateway in front of the legacy service (docs/rollout.md). Without a
     legacy_url every session is the gateway's, exactly as if this section did not exist."""
 
     legacy_url: str = _opt(_http_url, default="")

@@ -193,7 +193,7 @@ class SessionService:
             raise GatewayError("session_not_found")
         self.limits.check_poll(session.guid)
         if session.orphaned:
-            # The replica that ran this session is gone: finish it here (README, "Replicas and Redis").
+            # The replica that ran this session is gone: finish it here (docs/replicas.md).
             await self.take_over(session, caller)
         now = time.time()
         final = session.is_final(now)

@@ -50,7 +50,7 @@ class Session:
     """A session as a store holds it. `results` maps LPU index → terminal entry bytes.
 
     `orphaned` is set by `load`: no replica held the session's lease when it was read, so no
-    fan-out is running for it (see the README, "Replicas and Redis").
+    fan-out is running for it (see docs/replicas.md).
     """
 
     guid: str
