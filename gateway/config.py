@@ -345,6 +345,13 @@ ENV_NAMES: dict[str, tuple[str, str]] = {
 # The file to read; the one GATEWAY_* variable that is not a key.
 CONFIG_FILE_ENV = "GATEWAY_CONFIG"
 ENV_PREFIX = "GATEWAY_"
+# What Kubernetes injects for a Service named "gateway" (service links): GATEWAY_SERVICE_HOST,
+# GATEWAY_PORT=tcp://..., GATEWAY_PORT_8080_TCP_ADDR... Told apart so that the error says why.
+SERVICE_LINK = re.compile(r"GATEWAY_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT_\d+_(TCP|UDP|SCTP)(_\w+)?)")
+_SERVICE_LINK_VALUE = re.compile(r"(tcp|udp|sctp)://")
+_SERVICE_LINK_HINT = (
+    "; a Kubernetes service link of a Service named 'gateway'? set enableServiceLinks: false in the pod spec"
+)
 
 
 def env_name(section: str, key: str) -> str:
@@ -502,7 +509,11 @@ def load_config(env: Mapping[str, str] | None = None, path: str | Path | None = 
             continue
         target = names.get(name)
         if target is None:
-            raise ConfigError(f"config error: unknown environment variable {name} (docs/configuration.md)")
+            hint = _SERVICE_LINK_HINT if SERVICE_LINK.fullmatch(name) else ""
+            raise ConfigError(f"config error: unknown environment variable {name} (docs/configuration.md{hint})")
+        if _SERVICE_LINK_VALUE.match(env[name]):
+            where = f"docs/configuration.md{_SERVICE_LINK_HINT}"
+            raise ConfigError(f"config error: {name} looks like a service link, not a value ({where})")
         section, key = target
         if target in env_sources and env[env_sources[target]] != env[name]:
             raise ConfigError(f"config error: {env_sources[target]} and {name} both set {section}.{key}, differently")

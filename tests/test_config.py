@@ -250,3 +250,23 @@ def test_rendered_configuration_loads_back_to_the_same_config() -> None:
         session={"require_token_on_poll": True},
     )
     assert build_config(tomllib.loads(render_toml(config))) == config
+
+
+@pytest.mark.parametrize(
+    ("env", "start"),
+    [
+        ({"GATEWAY_SERVICE_HOST": "10.0.0.1"}, "config error: unknown environment variable GATEWAY_SERVICE_HOST"),
+        ({"GATEWAY_PORT_8080_TCP_ADDR": "10.0.0.1"}, "config error: unknown environment variable GATEWAY_PORT_8080"),
+        ({"GATEWAY_PORT": "tcp://10.0.0.1:8080"}, "config error: GATEWAY_PORT looks like a service link, not a value"),
+    ],
+)
+def test_kubernetes_service_links_are_named_as_such(env: dict[str, str], start: str) -> None:
+    """A Service named "gateway" makes Kubernetes inject GATEWAY_* variables into every pod of the
+    namespace: the start stops, and the line says what they are and how to turn them off."""
+    with pytest.raises(ConfigError) as info:
+        load_config(env=env)
+    assert str(info.value).startswith(start)
+    assert "enableServiceLinks: false" in str(info.value)
+    with pytest.raises(ConfigError) as typo:
+        load_config(env={"GATEWAY_PROT": "1"})
+    assert "enableServiceLinks" not in str(typo.value), "a typo is only a typo"
