@@ -62,10 +62,8 @@ def parse_traceparent(values: list[str]) -> tuple[str, str, str] | None:
         return None
     if trace_id == _ZERO_TRACE or parent_id == _ZERO_PARENT:
         return None
-    if version != "00":
-        # A later version's flags keep only the bits version 00 defines (sampled).
-        flags = f"{int(flags, 16) & 0x01:02x}"
-    return trace_id, parent_id, flags
+    # Only the sampled bit is defined (§3.2.2.5); the others are sent on as 0, whatever the version.
+    return trace_id, parent_id, f"{int(flags, 16) & 0x01:02x}"
 
 
 def parse_tracestate(values: Iterable[str]) -> str:

@@ -130,6 +130,7 @@ async def test_the_trace_id_is_on_the_request_and_fan_out_log_lines(aiohttp_serv
     [
         (VALID, (TRACE_ID, PARENT_ID, "01")),
         (f"00-{TRACE_ID}-{PARENT_ID}-00", (TRACE_ID, PARENT_ID, "00")),
+        (f"00-{TRACE_ID}-{PARENT_ID}-ff", (TRACE_ID, PARENT_ID, "01")),  # undefined flags are sent as 0
         # A later version may add fields, and only the sampled bit of its flags is kept.
         (f"01-{TRACE_ID}-{PARENT_ID}-03-what-comes-next", (TRACE_ID, PARENT_ID, "01")),
         (f"cc-{TRACE_ID}-{PARENT_ID}-02", (TRACE_ID, PARENT_ID, "00")),
