@@ -13,7 +13,7 @@ from aiohttp import web
 
 from gateway import __version__
 from gateway.app import create_app
-from gateway.config import Config, ConfigError, load_config, render_toml
+from gateway.config import Config, ConfigError, load_config_with_sources, render_toml
 from gateway.http import keys
 from gateway.http.runner import GatewayRunner
 from gateway.http.scrape import create_metrics_app
@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     try:
-        config = load_config()
+        config, sources = load_config_with_sources()
         if args.command == "demo":
             config = config.replace(upstream={"url": f"http://127.0.0.1:{args.sandbox_port}"})
         otel.require(config.tracing)
@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "check-config":
         # The same load as `serve`, so what it prints is what a start with this environment runs.
-        sys.stdout.write(render_toml(config))
+        sys.stdout.write(render_toml(config, sources))
         return 0
     configure_logging(config.log)
 

@@ -489,6 +489,17 @@ def load_config(env: Mapping[str, str] | None = None, path: str | Path | None = 
     """Defaults, then the TOML file (path, or GATEWAY_CONFIG), then environment names: every key has
     its derived GATEWAY_<SECTION>_<KEY> name (and some an older alias). An unknown GATEWAY_*
     variable is an error, as an unknown key in the file is: a typo must not start a default."""
+    return load_config_with_sources(env, path)[0]
+
+
+Sources = dict[tuple[str, str], str]
+
+
+def load_config_with_sources(
+    env: Mapping[str, str] | None = None, path: str | Path | None = None
+) -> tuple[Config, Sources]:
+    """load_config, and where each key that is not a default came from: the file's path or the
+    environment name (for `gateway check-config`)."""
     env = os.environ if env is None else env
     data: dict[str, dict[str, Any]] = {}
     source = "defaults"
@@ -502,6 +513,9 @@ def load_config(env: Mapping[str, str] | None = None, path: str | Path | None = 
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config error: {path} is not valid TOML: {exc}") from None
         source = str(path)
+    sources: Sources = {
+        (section, key): source for section, table in data.items() if isinstance(table, Mapping) for key in table
+    }
     names = env_names()
     env_sources: dict[tuple[str, str], str] = {}
     for name in sorted(env):
@@ -519,7 +533,7 @@ def load_config(env: Mapping[str, str] | None = None, path: str | Path | None = 
             raise ConfigError(f"config error: {env_sources[target]} and {name} both set {section}.{key}, differently")
         data.setdefault(section, {})[key] = env[name]
         env_sources[target] = name
-    return build_config(data, source=source, env_sources=env_sources)
+    return build_config(data, source=source, env_sources=env_sources), sources | env_sources
 
 
 SECRET_MASK = "***"
@@ -555,9 +569,15 @@ def _toml_value(value: Any) -> str:
     raise TypeError(type(value))
 
 
-def render_toml(config: Config) -> str:
+def render_toml(config: Config, sources: Sources | None = None) -> str:
     """The effective configuration as a TOML file that loads back to the same Config, secrets
-    masked (so it loads back only when no secret is set)."""
+    masked (so it loads back only when no secret is set); a key that is not a default says where
+    it came from in a comment."""
+    sources = sources or {}
+
+    def origin(section: str, key: str) -> str:
+        return f"  # from {sources[(section, key)]}" if (section, key) in sources else ""
+
     blocks: list[str] = []
     for section in dataclasses.fields(Config):
         values = getattr(config, section.name)
@@ -569,8 +589,8 @@ def render_toml(config: Config) -> str:
             if isinstance(value, dict):
                 # A table must follow its section's plain keys.
                 rows = [f"{_toml_value(k)} = {_toml_value(v)}" for k, v in value.items()]
-                tables.append("\n".join([f"[{section.name}.{fdef.name}]", *rows]))
+                tables.append("\n".join([f"[{section.name}.{fdef.name}]{origin(section.name, fdef.name)}", *rows]))
             else:
-                lines.append(f"{fdef.name} = {_toml_value(value)}")
+                lines.append(f"{fdef.name} = {_toml_value(value)}{origin(section.name, fdef.name)}")
         blocks.append("\n\n".join(["\n".join(lines), *tables]))
     return "\n\n".join(blocks) + "\n"

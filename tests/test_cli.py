@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -56,3 +57,18 @@ def test_a_bad_environment_stops_with_one_line_and_exit_2(command: str, env: dic
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [line]
     assert proc.stdout == ""
+
+
+def test_check_config_says_where_each_changed_key_came_from(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.toml"
+    guid = "8b0a7ab4-1b8f-4c5b-8d1e-1c0f3b0e5a11"
+    path.write_text(f'[limits]\npoll_rate = 5.0\n[clients.by_guid]\n"{guid}" = "android"\n')
+    proc = _gateway("check-config", env={"GATEWAY_CONFIG": str(path), "GATEWAY_PORT": "9000"})
+    assert proc.returncode == 0, proc.stderr
+    # Only the keys that are not defaults have a comment, in the order of the file.
+    assert [line for line in proc.stdout.splitlines() if "# from" in line] == [
+        "port = 9000  # from GATEWAY_PORT",
+        f"poll_rate = 5.0  # from {path}",
+        f"[clients.by_guid]  # from {path}",
+    ]
+    assert build_config(tomllib.loads(proc.stdout)).clients.by_guid == {guid: "android"}
