@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -32,6 +33,10 @@ class Proc:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
 
     def cpu(self) -> float:
         """User + system CPU seconds used so far."""
@@ -89,13 +94,46 @@ def started(kind: str, spec: dict[str, Any]) -> Iterator[Proc]:
         _stop(popen)
 
 
-def run_plain_client(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """Runs `bench.plain` to the end and returns what it printed."""
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.plain", "--spec", json.dumps(spec)],
-        cwd=ROOT,
-        capture_output=True,
-        timeout=timeout,
-        check=True,
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def started_redis(directory: str) -> Iterator[Proc]:
+    """A redis-server of its own on 127.0.0.1 (no persistence), stopped when the block ends."""
+    port = _free_port()
+    popen = subprocess.Popen(
+        [
+            "redis-server",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            directory,
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
     )
-    return json.loads(out.stdout.decode().strip().splitlines()[-1])
+    try:
+        deadline = time.monotonic() + START_LIMIT
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or popen.poll() is not None:
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.05)
+        yield Proc("redis", popen, port)
+    finally:
+        _stop(popen)
