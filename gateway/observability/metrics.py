@@ -100,6 +100,11 @@ class Metrics:
             registry=r,
         )
         self.store_hits = Counter("gateway_store_hits_total", "Session lookups that found the session.", registry=r)
+        self.store_finished_cache_hits = Counter(
+            "gateway_store_finished_cache_hits_total",
+            "Polls of finished sessions answered from this replica's copy instead of the shared store.",
+            registry=r,
+        )
         self.store_misses = Counter(
             "gateway_store_misses_total", "Session lookups that found nothing (unknown or expired).", registry=r
         )
