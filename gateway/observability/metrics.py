@@ -8,6 +8,7 @@ app table, a configured version list), never from what a client sends verbatim.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
@@ -22,6 +23,7 @@ UPSTREAM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.build_info = Info("gateway_build", "Build of the running gateway.", registry=r)
         self.build_info.info({"version": __version__})
 
@@ -172,6 +174,15 @@ class Metrics:
         )
         self.store_up.set(1)
         self._zero_series()
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, looked up once: labels() costs more than the observation
+        itself, and every label value comes from a closed set, so the cache stays bounded."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def _zero_series(self) -> None:
         """Series that exist at 0 before the first event, so that dashboards and alert rules see
