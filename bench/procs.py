@@ -39,8 +39,9 @@ class Proc:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def cpu(self) -> float:
-        """User + system CPU seconds used so far."""
-        return cpu_seconds(self.pid)
+        """User + system CPU seconds used so far, by the process and the children it runs (the
+        workers of `gateway serve --workers N`)."""
+        return cpu_seconds(self.pid) + sum(cpu_seconds(child) for child in children(self.pid))
 
     def rss(self) -> int:
         """Resident set size in bytes."""
@@ -51,6 +52,19 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as fh:
         fields = fh.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
 
 
 def rss_bytes(pid: int) -> int:
@@ -135,5 +149,44 @@ def started_redis(directory: str) -> Iterator[Proc]:
                 raise RuntimeError("redis-server did not start")
             time.sleep(0.05)
         yield Proc("redis", popen, port)
+    finally:
+        _stop(popen)
+
+
+@contextmanager
+def started_serve(workers: int, env: dict[str, str]) -> Iterator[Proc]:
+    """`gateway serve --workers N` as users run it, configured by `env` (GATEWAY_* variables) on a
+    free port of 127.0.0.1; stopped with SIGTERM when the block ends."""
+    port = _free_port()
+    full_env = {
+        **os.environ,
+        **env,
+        "GATEWAY_HOST": "127.0.0.1",
+        "GATEWAY_PORT": str(port),
+        "GATEWAY_METRICS_PORT": "0",
+    }
+    popen = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--workers", str(workers)],
+        cwd=ROOT,
+        env=full_env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + START_LIMIT
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                    sock.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+                    if sock.recv(64).startswith(b"HTTP/1.1 200"):
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or popen.poll() is not None:
+                raise RuntimeError(f"gateway serve --workers {workers} did not start")
+            time.sleep(0.1)
+        # Every worker is listening once each answered; give the others the same start time.
+        time.sleep(1.0)
+        yield Proc("serve", popen, port)
     finally:
         _stop(popen)

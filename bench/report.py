@@ -96,6 +96,22 @@ def rows(results: dict[str, Any]) -> list[Row]:
                     _verdict(ratio <= limit),
                 )
             )
+    if "workers" in results:
+        one, two = results["workers"]["1"], results["workers"]["2"]
+        for key, label in (
+            ("polls_per_s", "polls/s of a finished session"),
+            ("calls_per_s", "fan-out upstream calls/s"),
+        ):
+            out.append(
+                (
+                    f"`gateway serve --workers 2` on Redis: {label} (wall, same load)",
+                    f"{_rate(two[key])}/s",
+                    f"--workers 1: {_rate(one[key])}/s",
+                    f"{two[key] / one[key]:.2f} (scaling)",
+                    "— (reported)",
+                    "—",
+                )
+            )
     if "memory" in results:
         r = results["memory"]
         ratio = r["per_session"] / r["json"]

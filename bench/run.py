@@ -27,10 +27,10 @@ from typing import Any
 from bench import scenarios
 from bench.httpload import LoadClient
 from bench.machine import describe, load_average
-from bench.procs import Proc, started, started_redis
+from bench.procs import Proc, started, started_redis, started_serve
 from bench.report import render
 
-FIGURES = ("overhead", "calls", "polls", "redis", "memory", "amplification")
+FIGURES = ("overhead", "calls", "polls", "redis", "workers", "memory", "amplification")
 # (concurrent sessions, LPUs each, upstream delay s) → bursts (full, quick). Every wait is bounded.
 OVERHEAD = {(1, 10, 0.1): (20, 5), (20, 10, 0.1): (10, 3), (40, 8, 0.2): (10, 3)}
 SIZES = {
@@ -118,6 +118,8 @@ async def measure_all(args: argparse.Namespace, logdir: str) -> dict[str, Any]:
                     out["polls"] = await measure_polls(both, runs, quick, loop, logdir)
         if "redis" in only:
             out["redis"] = await measure_redis(upstream, up, runs, quick, loop, logdir, args.json_lib)
+        if "workers" in only:
+            out["workers"] = await measure_workers(upstream, runs, quick, logdir)
         if "memory" in only:
             with started("gateway", gateway_spec(upstream, logdir, loop, args.json_lib)) as gateway:
                 t = scenarios.Target(upstream, gateway)
@@ -229,6 +231,32 @@ async def measure_redis(
             finally:
                 await up.set_delay(0.0)
                 t.close()
+
+
+async def measure_workers(upstream: Proc, runs: int, quick: int, logdir: str) -> dict[str, dict[str, float]]:
+    """Polls/s and fan-out upstream calls/s (wall) of `gateway serve --workers N` on one Redis, at
+    1 and 2 workers, as users start it (its own processes, access log to a file)."""
+    config = Path(logdir) / "workers.toml"
+    limits = "".join(f"{key} = {value!r}\n" for key, value in BENCH_LIMITS.items())
+    config.write_text(f'[upstream]\nurl = "{upstream.url}"\n[limits]\n{limits}')
+    count = SIZES["polls"][quick]
+    with started_redis(logdir) as redis:
+        env = {"GATEWAY_CONFIG": str(config), "GATEWAY_REDIS_URL": redis.redis_url}
+
+        async def measure(name: str) -> dict[str, float]:
+            with started_serve(int(name), env) as serve:
+                t = scenarios.Target(upstream, serve)
+                try:
+                    guid, _ = await finished_session(t)
+                    polls = await scenarios.polls(
+                        t.client, [serve, redis], scenarios.POLL.format(guid), scenarios.auth(5, 0), count, 64, 10
+                    )
+                    calls = await scenarios.fanout_calls(t, SIZES["calls_sessions"][quick], 16, 20)
+                finally:
+                    t.close()
+            return {"polls_per_s": polls["per_s"], "calls_per_s": calls["per_s"]}
+
+        return await alternate(runs, ["1", "2"], measure)
 
 
 def main(argv: list[str] | None = None) -> int:
