@@ -17,6 +17,7 @@ from gateway.http import keys
 from gateway.http.errors import error_response, kind_for_status
 from gateway.observability.client_apps import classify
 from gateway.observability.logs import redact_for_request
+from gateway.rollout.guardrails import cohort_of
 from gateway.store.base import StoreFull, StoreUnavailable
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -74,6 +75,10 @@ def record_old_request(request: web.Request, route: str, status: int) -> None:
     side = request.get(keys.SERVED_BY, "gateway")
     metrics = request.app[keys.METRICS]
     metrics.old_requests.labels(route, side, app, version, f"{status // 100}xx").inc()
+    rollout = request.app.get(keys.ROLLOUT)
+    rails = rollout.guardrails if rollout is not None else None
+    if side == "gateway" and rails is not None:
+        rails.record_answer(cohort_of(app, version), route, status)
     metrics.client_last_seen.labels(app).set(time.time())
 
 
