@@ -40,7 +40,15 @@ import structlog
 from gateway.config import RolloutConfig
 from gateway.contract import CREATE_PATH, IN_PROGRESS, POLL_PREFIX, GatewayError
 from gateway.observability.metrics import Metrics
-from gateway.rollout.compare import CLASSES, REASONS, Comparison, Timing, compare_sessions, metric_field
+from gateway.rollout.compare import (
+    LPUS_FIELD,
+    REASONS,
+    TIMING_FIELD,
+    Comparison,
+    Timing,
+    compare_sessions,
+    metric_field,
+)
 from gateway.rollout.guardrails import Guardrails
 from gateway.rollout.legacy import Legacy, LegacyAnswer, LegacyFailure
 from gateway.rollout.noise import VERDICTS, Budget, FieldStats, Margin
@@ -128,8 +136,11 @@ class Shadow:
             metrics.shadow_verdicts.labels(verdict)
         for result in CALIBRATION_RESULTS:
             metrics.shadow_calibrations.labels(result)
-        for cls in CLASSES:
-            metrics.shadow_differences.labels(cls, "state" if cls == "state" else "lpus")
+        # The session-wide fields of each class exist at 0 (content fields appear as they differ).
+        for cls, name in (*((c, LPUS_FIELD) for c in ("missing_lpu", "extra_lpu", "order")), ("state", "state")):
+            metrics.shadow_differences.labels(cls, name)
+        metrics.shadow_differences.labels("timing", TIMING_FIELD)
+        metrics.shadow_noise.labels("state")  # a hospital Failed on one legacy read only
         for reason in REASONS:
             metrics.shadow_results.labels("mismatch", reason)
         for reason in INCOMPLETE_REASONS:
