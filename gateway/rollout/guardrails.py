@@ -441,9 +441,9 @@ class Guardrails:
             except BOARD_ERRORS:
                 self._board_failed()
             self._apply(name, cohort, after)
-        self._step(cohort, now)
+        self._step(name, cohort, now)
 
-    def _step(self, cohort: _Cohort, now: float) -> None:
+    def _step(self, name: str, cohort: _Cohort, now: float) -> None:
         plan = self.rules.step_up
         if plan is None or cohort.state.tripped:
             cohort.healthy_since = None
@@ -458,6 +458,8 @@ class Guardrails:
         stepped, cohort.healthy_since = step_up(current, cohort.healthy_since, now, plan)
         if stepped != current:
             cohort.percent = stepped
+            self._metrics.guardrail_steps.labels(name).inc()
+            log.info("guardrail_step_up", cohort=name, percent=stepped)
 
     def _apply(self, name: str, cohort: _Cohort, state: CohortState) -> None:
         cohort.state = state

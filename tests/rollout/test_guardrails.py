@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from gateway.http import keys
 from gateway.rollout.flags import Flags, FlagsError, decide, parse_flags
 from gateway.rollout.guardrails import (
     HEALTHY,
@@ -24,8 +25,8 @@ from gateway.rollout.guardrails import (
 )
 from gateway.sandbox.data import LpuKnobs
 from tests.support.fake_legacy import start_legacy, write_flags
-from tests.support.gateway import create, patient, poll_until_final, sample, wait_until
-from tests.support.shadow import ADMIN
+from tests.support.gateway import bearer, create, golden_patient, patient, poll_until_final, sample, wait_until
+from tests.support.shadow import ADMIN, results
 
 FAILED_LPUS = Rule("failed_lpu_ratio", above=0.5, window=60.0, min_sessions=5)
 
@@ -216,3 +217,42 @@ async def test_a_flags_change_re_arms_and_the_cool_down_stops_a_flap(
     assert sample(client, "gateway_guardrail_tripped", cohort="app-a:other") == 0
     assert sample(client, "gateway_guardrail_trips_total", cohort="app-a:other", signal="failed_lpu_ratio") == 1
     assert not fake.creates()
+
+
+async def test_step_up_promotes_a_healthy_cohort_and_holds_an_inconclusive_one(
+    aiohttp_server: Any, upstream: Any, gateway: Any, tmp_path: Path
+) -> None:
+    p = golden_patient()  # the fake legacy answers the same: every shadow compare matches
+    _, url = await upstream(p)
+    fake, legacy_url = await start_legacy(aiohttp_server)
+    flags = tmp_path / "flags.toml"
+    write_flags(
+        flags,
+        'mode = "shadow"\ngateway_percent = 0\n[guardrails]\ncooldown = 0\n'
+        '[[guardrails.rule]]\nsignal = "mismatch_ratio"\nabove = 0.1\nwindow = 60\nmin_sessions = 2\n'
+        "[guardrails.step_up]\nstep = 50\nevery = 1\n",
+    )
+    rollout = {
+        "legacy_url": legacy_url,
+        "flags_file": str(flags),
+        "admin_token": ADMIN["X-Admin-Token"],
+        "guardrail_interval": 0.1,
+        "shadow_poll_interval": 0.05,
+    }
+    client = await gateway(url, rollout=rollout, clients=CLIENTS)
+    rails = client.app[keys.ROLLOUT].guardrails
+    await create(client, p.token, **AGENT_A)
+    await wait_until(lambda: results(client, "match", "equal") == 1, what="one compare")
+    # One compared session is inconclusive: no step, however long it stays that way.
+    await wait_until(lambda: rails.describe()["cohorts"].get("app-a:other"), what="a reading")
+    assert rails.percent("app-a:other", 0.0) == 0.0
+    await create(client, p.token, **AGENT_A)
+    await wait_until(lambda: results(client, "match", "equal") == 2, what="two compares")
+    await wait_until(lambda: rails.percent("app-a:other", 0.0) == 100.0, within=15.0, what="two steps")
+    assert sample(client, "gateway_guardrail_steps_total", cohort="app-a:other") == 2
+    assert rails.percent("app-b:other", 0.0) == 0.0, "a cohort with no compares is not promoted"
+    creates = len(fake.creates())
+    guid = await create(client, p.token, **AGENT_A)
+    assert len(fake.creates()) == creates, "promoted to 100 %: the gateway serves the cohort"
+    assert decisions(client, "gateway", "percentage") == 1
+    await poll_until_final(client, guid, headers=bearer(p.token) | AGENT_A)
