@@ -40,6 +40,7 @@ from gateway.config import RedisConfig, RolloutConfig
 from gateway.contract import FAILED
 from gateway.observability.metrics import Metrics
 from gateway.rollout.window import Window
+from gateway.store.base import StoreUnavailable
 from gateway.store.redis import redis_client
 from gateway.tasks import Tasks
 
@@ -235,12 +236,13 @@ def step_up(percent: float, healthy_since: float | None, now: float, plan: StepU
 
 
 class Board(Protocol):
-    """Where trips and re-arms are shared between replicas: cohort → trip record, cohort → time of
-    its last re-arm."""
+    """Where trips and re-arms are shared between replicas. Trips are kept per flags file (by its
+    digest): new flags start with no trip, which is how a flags change re-arms everywhere.
+    `load` answers (cohort → trip record, cohort → time of its last re-arm)."""
 
-    async def load(self) -> tuple[dict[str, dict[str, Any]], dict[str, float]]: ...
-    async def trip(self, cohort: str, record: dict[str, Any]) -> None: ...
-    async def rearm(self, cohort: str, at: float) -> None: ...
+    async def load(self, flags: str) -> tuple[dict[str, dict[str, Any]], dict[str, float]]: ...
+    async def trip(self, flags: str, cohort: str, record: dict[str, Any]) -> None: ...
+    async def rearm(self, flags: str, cohort: str, at: float) -> None: ...
     async def close(self) -> None: ...
 
 
@@ -248,17 +250,17 @@ class LocalBoard:
     """One process: no Redis."""
 
     def __init__(self) -> None:
-        self.trips: dict[str, dict[str, Any]] = {}
+        self.trips: dict[tuple[str, str], dict[str, Any]] = {}
         self.rearms: dict[str, float] = {}
 
-    async def load(self) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
-        return dict(self.trips), dict(self.rearms)
+    async def load(self, flags: str) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
+        return {c: r for (f, c), r in self.trips.items() if f == flags}, dict(self.rearms)
 
-    async def trip(self, cohort: str, record: dict[str, Any]) -> None:
-        self.trips.setdefault(cohort, record)
+    async def trip(self, flags: str, cohort: str, record: dict[str, Any]) -> None:
+        self.trips.setdefault((flags, cohort), record)
 
-    async def rearm(self, cohort: str, at: float) -> None:
-        self.trips.pop(cohort, None)
+    async def rearm(self, flags: str, cohort: str, at: float) -> None:
+        self.trips.pop((flags, cohort), None)
         self.rearms[cohort] = at
 
     async def close(self) -> None:
@@ -266,20 +268,26 @@ class LocalBoard:
 
 
 class RedisBoard:
-    """Two small hashes, `<prefix>:guardrails:tripped` and `<prefix>:guardrails:rearmed`, read by
-    every replica once per interval. The first replica to trip a cohort writes its record (HSETNX):
-    the "since" every replica shows is the same."""
+    """Two small hashes, `<prefix>:guardrails:tripped:<flags digest>` and
+    `<prefix>:guardrails:rearmed`, read by every replica once per interval. The first replica to
+    trip a cohort writes its record (HSETNX): the "since" every replica shows is the same. A trip
+    hash of flags no longer in force expires after KEEP_SECONDS."""
+
+    KEEP_SECONDS = 7 * 86400
 
     def __init__(self, config: RedisConfig) -> None:
         self._redis = redis_client(config)
         self._timeout = config.timeout
-        self._tripped = f"{config.prefix}:guardrails:tripped"
+        self._prefix = config.prefix
         self._rearmed = f"{config.prefix}:guardrails:rearmed"
 
-    async def load(self) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
+    def _tripped(self, flags: str) -> str:
+        return f"{self._prefix}:guardrails:tripped:{flags[:16]}"
+
+    async def load(self, flags: str) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
         async with asyncio.timeout(self._timeout):
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.hgetall(self._tripped)
+                pipe.hgetall(self._tripped(flags))
                 pipe.hgetall(self._rearmed)
                 tripped, rearmed = await pipe.execute()
         trips = {}
@@ -296,14 +304,17 @@ class RedisBoard:
                 continue
         return trips, rearms
 
-    async def trip(self, cohort: str, record: dict[str, Any]) -> None:
-        async with asyncio.timeout(self._timeout):
-            await self._redis.hsetnx(self._tripped, cohort, json.dumps(record))
-
-    async def rearm(self, cohort: str, at: float) -> None:
+    async def trip(self, flags: str, cohort: str, record: dict[str, Any]) -> None:
         async with asyncio.timeout(self._timeout):
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hdel(self._tripped, cohort)
+                pipe.hsetnx(self._tripped(flags), cohort, json.dumps(record))
+                pipe.expire(self._tripped(flags), self.KEEP_SECONDS)
+                await pipe.execute()
+
+    async def rearm(self, flags: str, cohort: str, at: float) -> None:
+        async with asyncio.timeout(self._timeout):
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hdel(self._tripped(flags), cohort)
                 pipe.hset(self._rearmed, cohort, repr(at))
                 await pipe.execute()
 
@@ -351,8 +362,15 @@ class Guardrails:
     def update(self, rules: GuardrailRules, flags_digest: str, base_percent: float = 0.0) -> None:
         """New flags: their rules apply from now; trips made under other flags no longer count,
         and step-ups start again from the flags' percentage."""
+        changed = flags_digest != self._flags
         self.rules, self._flags, self._base_percent = rules, flags_digest, base_percent
-        for cohort in self._cohorts.values():
+        now = time.time()
+        for name, cohort in self._cohorts.items():
+            if changed and cohort.state.tripped:
+                # A flags change re-arms (the trip was made under other flags) and starts the cool-down.
+                self._apply(name, cohort, CohortState(changed_at=now))
+                self._metrics.guardrail_rearms.labels(name, "flags").inc()
+                log.info("guardrail_rearmed", cohort=name, how="flags")
             cohort.windows = {w: cohort.windows.get(w) or Window(w) for w in {r.window for r in rules.rules}}
             cohort.percent = None
             cohort.healthy_since = None
@@ -437,7 +455,7 @@ class Guardrails:
             self._metrics.guardrail_trips.labels(name, (after.why or {}).get("signal", "")).inc()
             log.warning("guardrail_tripped", cohort=name, **(after.why or {}))
             try:
-                await self._board.trip(name, record)
+                await self._board.trip(self._flags, name, record)
             except BOARD_ERRORS:
                 self._board_failed()
             self._apply(name, cohort, after)
@@ -477,7 +495,7 @@ class Guardrails:
         """Takes the shared board's trips and re-arms; on a board failure keeps what it had."""
         now = time.time() if now is None else now
         try:
-            trips, rearms = await self._board.load()
+            trips, rearms = await self._board.load(self._flags)
         except BOARD_ERRORS:
             self._board_failed()
             return
@@ -485,7 +503,6 @@ class Guardrails:
         for name, cohort in self._cohorts.items():
             rearmed = rearms.get(name, 0.0)
             record = trips.get(name)
-            valid = record is not None and record.get("flags") == self._flags and self.active
             if rearmed > cohort.rearm_seen:
                 # A re-arm clears what was counted before it (the same old signal must not trip
                 # again) and starts the cool-down, on every replica.
@@ -494,24 +511,27 @@ class Guardrails:
                     window.clear()
                 if not cohort.state.tripped:
                     cohort.state = replace(cohort.state, changed_at=rearmed)
-            if valid and record is not None:
+            if record is not None and self.active:
                 if not cohort.state.tripped:
                     since = float(record.get("since") or now)
                     self._apply(name, cohort, CohortState(True, since, since, record.get("why")))
                     log.warning("guardrail_followed", cohort=name, since=since)
             elif cohort.state.tripped:
-                how = "admin" if record is None else "flags"
-                self._apply(name, cohort, CohortState(changed_at=rearmed if how == "admin" else now))
-                self._metrics.guardrail_rearms.labels(name, how).inc()
-                log.info("guardrail_rearmed", cohort=name, how=how)
+                # Re-armed by an admin call on some replica: the trip is gone from the board.
+                self._apply(name, cohort, CohortState(changed_at=rearmed or now))
+                self._metrics.guardrail_rearms.labels(name, "admin").inc()
+                log.info("guardrail_rearmed", cohort=name, how="admin")
 
     async def rearm(self, cohort: str) -> bool:
         """The admin call: False for a cohort that is not tripped. The board is written first, so
-        every replica follows; this one at once."""
+        every replica follows; this one at once. StoreUnavailable when the board cannot be written."""
         state = self._cohorts.get(cohort)
         if state is None or not state.state.tripped:
             return False
-        await self._board.rearm(cohort, time.time())
+        try:
+            await self._board.rearm(self._flags, cohort, time.time())
+        except BOARD_ERRORS:
+            raise StoreUnavailable from None  # a 503: the re-arm must reach every replica or none
         await self.refresh()
         return True
 

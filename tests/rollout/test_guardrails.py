@@ -10,13 +10,18 @@ from typing import Any
 
 import pytest
 
+from gateway.config import RedisConfig, RolloutConfig
 from gateway.http import keys
+from gateway.observability.metrics import Metrics
 from gateway.rollout.flags import Flags, FlagsError, decide, parse_flags
 from gateway.rollout.guardrails import (
     HEALTHY,
     INCONCLUSIVE,
     TRIP,
     CohortState,
+    GuardrailRules,
+    Guardrails,
+    RedisBoard,
     Rule,
     StepUp,
     next_state,
@@ -24,6 +29,7 @@ from gateway.rollout.guardrails import (
     step_up,
 )
 from gateway.sandbox.data import LpuKnobs
+from gateway.tasks import Tasks
 from tests.support.fake_legacy import start_legacy, write_flags
 from tests.support.gateway import bearer, create, golden_patient, patient, poll_until_final, sample, wait_until
 from tests.support.shadow import ADMIN, results
@@ -256,3 +262,35 @@ async def test_step_up_promotes_a_healthy_cohort_and_holds_an_inconclusive_one(
     assert len(fake.creates()) == creates, "promoted to 100 %: the gateway serves the cohort"
     assert decisions(client, "gateway", "percentage") == 1
     await poll_until_final(client, guid, headers=bearer(p.token) | AGENT_A)
+
+
+async def test_on_redis_new_flags_re_arm_and_can_trip_again(redis_server: Any) -> None:
+    metrics, tasks = Metrics(), Tasks()
+    board = RedisBoard(RedisConfig(url=redis_server.url, prefix="vg-test"))
+    one = GuardrailRules((Rule("failed_lpu_ratio", above=0.5, window=60.0, min_sessions=1),), cooldown=0.0)
+    rails = Guardrails(RolloutConfig(), metrics, tasks, ["app-a:other", "app-b:other"], board)
+    other = Guardrails(RolloutConfig(), Metrics(), Tasks(), ["app-a:other", "app-b:other"], board)
+    try:
+        for replica in (rails, other):
+            replica.update(one, "digest-1")
+        rails.record_final("app-a:other", [{"state": "Failed"}])
+        await rails.tick()
+        await other.refresh()
+        assert rails.tripped("app-a:other") and other.tripped("app-a:other") and not other.tripped("app-b:other")
+        for replica in (rails, other):
+            replica.update(one, "digest-2")  # the flags file changed
+        assert not rails.tripped("app-a:other") and not other.tripped("app-a:other")
+        labels = {"cohort": "app-a:other", "how": "flags"}
+        assert metrics.registry.get_sample_value("gateway_guardrail_rearms_total", labels) == 1
+        await other.refresh()
+        assert not other.tripped("app-a:other"), "the old trip does not count under the new flags"
+        rails.record_final("app-a:other", [{"state": "Failed"}])
+        await rails.tick()
+        await other.refresh()
+        assert other.tripped("app-a:other"), "a new trip under the new flags reaches the other replica"
+        assert await other.rearm("app-a:other")
+        await rails.refresh()
+        assert not rails.tripped("app-a:other")
+    finally:
+        await rails.close()
+        await other.close()
