@@ -390,7 +390,8 @@ class Guardrails:
                     window.add(now, key, n)
 
     def record_answer(self, cohort: str, route: str, status: int) -> None:
-        """A gateway-side answer on the old path; a create is also a session."""
+        """A gateway-side answer on the old path (or the shadow's own create); a create is also
+        a session, the sample size `min_sessions` counts."""
         self._add(cohort, answers=1, errors=int(status >= 500), sessions=int(route == "create"))
 
     def record_final(self, cohort: str, entries: Any, session: str | None = None) -> None:
@@ -405,7 +406,7 @@ class Guardrails:
             while len(self._counted) > MAX_COUNTED:
                 self._counted.popitem(last=False)
         failed = sum(1 for e in entries if isinstance(e, dict) and e.get("state") == FAILED)
-        self._add(cohort, lpus=len(entries), failed=failed, sessions=int(session is None))
+        self._add(cohort, lpus=len(entries), failed=failed)
 
     def counted(self, session: str) -> bool:
         return session in self._counted

@@ -202,7 +202,7 @@ class Shadow:
         started = time.monotonic()
         try:
             async with asyncio.timeout(self._config.shadow_timeout):
-                candidate, candidate_at = await self._candidate(token, caller)
+                candidate, candidate_at = await self._candidate(token, caller, cohort)
                 del token
                 if self._guardrails is not None:
                     self._guardrails.record_final(cohort, candidate)
@@ -316,13 +316,19 @@ class Shadow:
         for name in {f for _, f in result.fields}:
             self._metrics.shadow_noise.labels(self._field_label(name)).inc()
 
-    async def _candidate(self, token: str, caller: Caller) -> tuple[list[Any], float]:
+    async def _candidate(self, token: str, caller: Caller, cohort: str) -> tuple[list[Any], float]:
         """The gateway's own final answer for the same token, from a session no client sees,
-        and the monotonic time it was seen final."""
+        and the monotonic time it was seen final. Its create counts for the guardrails as the
+        gateway's answer would have: a failure is the 5xx a client would have had."""
         try:
             guid = await self._open_session(token, caller)
-        except (GatewayError, StoreFull, StoreUnavailable):
+        except (GatewayError, StoreFull, StoreUnavailable) as exc:
+            status = exc.kind.status if isinstance(exc, GatewayError) else 503
+            if self._guardrails is not None:
+                self._guardrails.record_answer(cohort, "create", status)
             raise _Incomplete("candidate_failed") from None
+        if self._guardrails is not None:
+            self._guardrails.record_answer(cohort, "create", 200)
         while True:
             try:
                 session = await self._store.load(guid)

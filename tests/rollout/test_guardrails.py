@@ -4,6 +4,7 @@ service moving one cohort back to legacy and being re-armed."""
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from gateway.sandbox.data import LpuKnobs
 from gateway.tasks import Tasks
 from tests.support.fake_legacy import start_legacy, write_flags
 from tests.support.gateway import bearer, create, golden_patient, patient, poll_until_final, sample, wait_until
-from tests.support.shadow import ADMIN, results
+from tests.support.shadow import ADMIN, gateway_answer, results
 
 FAILED_LPUS = Rule("failed_lpu_ratio", above=0.5, window=60.0, min_sessions=5)
 
@@ -273,6 +274,7 @@ async def test_on_redis_new_flags_re_arm_and_can_trip_again(redis_server: Any) -
     try:
         for replica in (rails, other):
             replica.update(one, "digest-1")
+        rails.record_answer("app-a:other", "create", 200)
         rails.record_final("app-a:other", [{"state": "Failed"}])
         await rails.tick()
         await other.refresh()
@@ -284,6 +286,7 @@ async def test_on_redis_new_flags_re_arm_and_can_trip_again(redis_server: Any) -
         assert metrics.registry.get_sample_value("gateway_guardrail_rearms_total", labels) == 1
         await other.refresh()
         assert not other.tripped("app-a:other"), "the old trip does not count under the new flags"
+        rails.record_answer("app-a:other", "create", 200)
         rails.record_final("app-a:other", [{"state": "Failed"}])
         await rails.tick()
         await other.refresh()
@@ -294,3 +297,45 @@ async def test_on_redis_new_flags_re_arm_and_can_trip_again(redis_server: Any) -
     finally:
         await rails.close()
         await other.close()
+
+
+async def test_a_regression_ratio_takes_a_shadowed_cohort_out_of_shadow(
+    aiohttp_server: Any, upstream: Any, gateway: Any, tmp_path: Path
+) -> None:
+    p = patient(None)
+    _, url = await upstream(p)
+    fake, legacy_url = await start_legacy(aiohttp_server)
+    answer = copy.deepcopy(await gateway_answer(gateway, url, p.token))
+    answer[0]["visits"][0]["room"] = "LEGACY-ROOM"  # a gateway bug in every compare
+    fake.answers[p.token] = answer
+    flags = tmp_path / "flags.toml"
+    write_flags(
+        flags,
+        'mode = "shadow"\n[guardrails]\ncooldown = 0\n'
+        '[[guardrails.rule]]\nsignal = "mismatch_ratio"\nabove = 0.5\nwindow = 60\nmin_sessions = 3\n',
+    )
+    rollout = {
+        "legacy_url": legacy_url,
+        "flags_file": str(flags),
+        "admin_token": ADMIN["X-Admin-Token"],
+        "guardrail_interval": 0.1,
+        "shadow_poll_interval": 0.05,
+    }
+    client = await gateway(url, rollout=rollout, clients=CLIENTS)
+    cohort = {"cohort": "app-a:other"}
+    for n in (1, 2):
+        await create(client, p.token, **AGENT_A)
+        await wait_until(lambda n=n: results(client, "mismatch", "records") == n, what=f"compare {n}")
+    await wait_until(
+        lambda: math.isnan(sample(client, "gateway_guardrail_signal_ratio", **cohort, signal="mismatch_ratio")),
+        what="an inconclusive reading",
+    )
+    assert sample(client, "gateway_guardrail_tripped", **cohort) == 0, "two compared sessions are too few"
+    await create(client, p.token, **AGENT_A)
+    await wait_until(lambda: sample(client, "gateway_guardrail_tripped", **cohort) == 1, what="the trip")
+    compared = sample(client, "gateway_rollout_decisions_total", side="shadow", reason="default")
+    await create(client, p.token, **AGENT_A)
+    assert decisions(client, "legacy", "guardrail") == 1, "served by legacy, not shadowed"
+    assert sample(client, "gateway_rollout_decisions_total", side="shadow", reason="default") == compared
+    await create(client, p.token, **AGENT_B)
+    assert sample(client, "gateway_rollout_decisions_total", side="shadow", reason="default") == compared + 1
