@@ -52,7 +52,6 @@ GROUP = "guardrails"
 MAX_RULES = 50
 # Sessions whose final answer was counted (a session is polled many times once final).
 MAX_COUNTED = 10_000
-_COUNTS = ("sessions", "answers", "errors", "lpus", "failed", "compared", "regressions")
 
 
 class GuardrailsError(ValueError):
