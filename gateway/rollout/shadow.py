@@ -230,7 +230,7 @@ class Shadow:
             self._count("match", "equal")
         else:
             self._count("mismatch", result.reason)
-            self._sample(result, verdict, regressions, len(legacy), timing)
+            self._sample(result, verdict, regressions, len(legacy), timing, started)
         if self._should_calibrate():
             await self._calibrate(headers, legacy, legacy_at - started)
 
@@ -246,7 +246,9 @@ class Shadow:
             secret=self._secret,
         )
 
-    def _sample(self, result: Comparison, verdict: str, regressions: list[str], lpus: int, timing: Timing) -> None:
+    def _sample(
+        self, result: Comparison, verdict: str, regressions: list[str], lpus: int, timing: Timing, started: float
+    ) -> None:
         # Field paths only: no values, no token, no session GUID (a GUID alone can read a session),
         # no pass-through key's text.
         log.warning(
@@ -269,7 +271,9 @@ class Shadow:
                 "paths": list(result.paths),
                 "paths_total": result.total,
                 "lpus": lpus,
-                "seconds": {"legacy": round(timing.legacy, 3), "gateway": round(timing.gateway, 3)},
+                "seconds": round(time.monotonic() - started, 3),
+                # Each side's time to final, from the create: what the `timing` class compares.
+                "final_seconds": {"legacy": round(timing.legacy, 3), "gateway": round(timing.gateway, 3)},
             }
         )
 

@@ -112,6 +112,8 @@ async def test_a_hospital_failing_only_on_the_gateway_side_is_a_state_difference
     [mismatch] = report["mismatches"]
     assert mismatch["class"] == "state" and mismatch["classes"] == {"state": 1}
     assert mismatch["paths"] == ["[1].state"]
+    assert isinstance(mismatch["seconds"], float), "the compare's duration, as before"
+    assert 0 <= mismatch["final_seconds"]["gateway"] <= mismatch["seconds"]
     assert [(f["class"], f["field"]) for f in report["fields"]["regressions"]] == [("state", "state")]
     assert sample(client, "gateway_shadow_differences_total", **{"class": "state", "field": "state"}) == 1
 
