@@ -339,3 +339,29 @@ async def test_a_regression_ratio_takes_a_shadowed_cohort_out_of_shadow(
     assert sample(client, "gateway_rollout_decisions_total", side="shadow", reason="default") == compared
     await create(client, p.token, **AGENT_B)
     assert sample(client, "gateway_rollout_decisions_total", side="shadow", reason="default") == compared + 1
+
+
+async def test_gateway_side_5xx_trip_an_error_ratio_rule(
+    aiohttp_server: Any, upstream: Any, gateway: Any, tmp_path: Path
+) -> None:
+    broken = patient(None)
+    broken.mkab_status = 500  # every create on the gateway side answers 502
+    _, url = await upstream(broken)
+    fake, legacy_url = await start_legacy(aiohttp_server)
+    flags = tmp_path / "flags.toml"
+    write_flags(
+        flags,
+        'mode = "gateway"\n[guardrails]\ncooldown = 0\n'
+        '[[guardrails.rule]]\nsignal = "error_ratio"\nabove = 0.5\nwindow = 60\nmin_sessions = 3\n',
+    )
+    rollout = {"legacy_url": legacy_url, "flags_file": str(flags), "guardrail_interval": 0.1}
+    client = await gateway(url, rollout=rollout, clients=CLIENTS)
+    cohort = {"cohort": "app-a:other"}
+    for _ in range(3):
+        resp = await client.get("/api/v2/old/visit/tickets", headers=bearer(broken.token) | AGENT_A)
+        assert resp.status == 502
+    await wait_until(lambda: sample(client, "gateway_guardrail_tripped", **cohort) == 1, what="the trip")
+    assert sample(client, "gateway_guardrail_trips_total", **cohort, signal="error_ratio") == 1
+    assert sample(client, "gateway_guardrail_signal_ratio", **cohort, signal="error_ratio") == 1.0
+    await create(client, broken.token, **AGENT_A)
+    assert len(fake.creates()) == 1, "the legacy service serves the cohort now"
