@@ -2,7 +2,9 @@
 rules from the flags file that send the cohort's new sessions back to the legacy service when
 the gateway misbehaves for it (docs/rollout-guardrails.md).
 
-Signals, counted per cohort over each rule's window on this replica:
+Signals, counted per cohort over each rule's window, over the fleet: each replica counts its own
+and publishes them on the shared board every interval, and evaluates on the sum of every live
+replica's counts (without Redis, or while it is unreachable: this replica's own):
 - `error_ratio`: gateway-side old-path answers with a 5xx status, per answer;
 - `failed_lpu_ratio`: `Failed` LPUs per LPU, in the gateway's final answers (client sessions on
   the gateway side, and the gateway side of shadow compares);
@@ -28,7 +30,8 @@ import asyncio
 import json
 import math
 import time
-from collections import OrderedDict
+import uuid
+from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
@@ -237,11 +240,14 @@ def step_up(percent: float, healthy_since: float | None, now: float, plan: StepU
 class Board(Protocol):
     """Where trips and re-arms are shared between replicas. Trips are kept per flags file (by its
     digest): new flags start with no trip, which is how a flags change re-arms everywhere.
-    `load` answers (cohort → trip record, cohort → time of its last re-arm)."""
+    `load` answers (cohort → trip record, cohort → time of its last re-arm); `trip` whether this
+    replica's record is the one kept; `exchange` publishes this replica's counts (`snapshot`,
+    kept `ttl` seconds) and answers the other live replicas' counts."""
 
     async def load(self, flags: str) -> tuple[dict[str, dict[str, Any]], dict[str, float]]: ...
-    async def trip(self, flags: str, cohort: str, record: dict[str, Any]) -> None: ...
+    async def trip(self, flags: str, cohort: str, record: dict[str, Any]) -> bool: ...
     async def rearm(self, flags: str, cohort: str, at: float) -> None: ...
+    async def exchange(self, flags: str, owner: str, snapshot: dict[str, Any], ttl: float) -> list[dict[str, Any]]: ...
     async def close(self) -> None: ...
 
 
@@ -255,12 +261,15 @@ class LocalBoard:
     async def load(self, flags: str) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
         return {c: r for (f, c), r in self.trips.items() if f == flags}, dict(self.rearms)
 
-    async def trip(self, flags: str, cohort: str, record: dict[str, Any]) -> None:
-        self.trips.setdefault((flags, cohort), record)
+    async def trip(self, flags: str, cohort: str, record: dict[str, Any]) -> bool:
+        return self.trips.setdefault((flags, cohort), record) is record
 
     async def rearm(self, flags: str, cohort: str, at: float) -> None:
         self.trips.pop((flags, cohort), None)
         self.rearms[cohort] = at
+
+    async def exchange(self, flags: str, owner: str, snapshot: dict[str, Any], ttl: float) -> list[dict[str, Any]]:
+        return []  # no other replica
 
     async def close(self) -> None:
         return None
@@ -303,12 +312,38 @@ class RedisBoard:
                 continue
         return trips, rearms
 
-    async def trip(self, flags: str, cohort: str, record: dict[str, Any]) -> None:
+    async def trip(self, flags: str, cohort: str, record: dict[str, Any]) -> bool:
         async with asyncio.timeout(self._timeout):
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.hsetnx(self._tripped(flags), cohort, json.dumps(record))
                 pipe.expire(self._tripped(flags), self.KEEP_SECONDS)
-                await pipe.execute()
+                written, _ = await pipe.execute()
+        return bool(written)
+
+    async def exchange(self, flags: str, owner: str, snapshot: dict[str, Any], ttl: float) -> list[dict[str, Any]]:
+        """Each replica's counts live in `<prefix>:guardrails:signals:<flags>:<owner>` for `ttl`;
+        a sorted set of owners by last write finds the live ones (a dead replica's counts expire)."""
+        base = f"{self._prefix}:guardrails:signals:{flags[:16]}"
+        index, now, ttl_ms = f"{base}:replicas", time.time(), max(1, int(ttl * 1000))
+        async with asyncio.timeout(self._timeout):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.set(f"{base}:{owner}", json.dumps(snapshot), px=ttl_ms)
+                pipe.zadd(index, {owner: now})
+                pipe.zremrangebyscore(index, "-inf", now - ttl)
+                pipe.pexpire(index, ttl_ms)
+                pipe.zrange(index, 0, -1)
+                *_, owners = await pipe.execute()
+            others = [o.decode() for o in owners if o.decode() != owner]
+            raws = await self._redis.mget([f"{base}:{o}" for o in others]) if others else []
+        found = []
+        for raw in raws:
+            try:
+                value = json.loads(raw) if raw is not None else None
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                found.append(value)
+        return found
 
     async def rearm(self, flags: str, cohort: str, at: float) -> None:
         async with asyncio.timeout(self._timeout):
@@ -335,6 +370,7 @@ class _Cohort:
     percent: float | None = None  # step-up: this cohort's own gateway percentage
     healthy_since: float | None = None
     rearm_seen: float = 0.0
+    pending: dict[str, Any] | None = None  # a trip record the board could not take yet
 
 
 class Guardrails:
@@ -351,6 +387,8 @@ class Guardrails:
         self._counted: OrderedDict[str, None] = OrderedDict()
         self._board_ok = True
         self._base_percent = 0.0
+        # This replica on the board: the key its counts are published under.
+        self._owner = uuid.uuid4().hex
         for cohort in self._cohorts:
             metrics.guardrail_tripped.labels(cohort).set(0)
 
@@ -368,6 +406,7 @@ class Guardrails:
             if changed and cohort.state.tripped:
                 # A flags change re-arms (the trip was made under other flags) and starts the cool-down.
                 self._apply(name, cohort, CohortState(changed_at=now))
+                cohort.pending = None
                 self._metrics.guardrail_rearms.labels(name, "flags").inc()
                 log.info("guardrail_rearmed", cohort=name, how="flags")
             cohort.windows = {w: cohort.windows.get(w) or Window(w) for w in {r.window for r in rules.rules}}
@@ -436,29 +475,69 @@ class Guardrails:
                 log.exception("guardrail_tick_error")
 
     async def tick(self, now: float | None = None) -> None:
-        """One evaluation of every cohort, then one read of the shared board."""
+        """One evaluation of every cohort on the counts of every live replica, then one read of
+        the shared board."""
         now = time.time() if now is None else now
         if self.active:
+            totals = await self._fleet_totals(now)
             for name, cohort in self._cohorts.items():
-                await self._evaluate(name, cohort, now)
+                await self._evaluate(name, cohort, now, totals.get(name, {}))
         await self.refresh(now)
 
-    async def _evaluate(self, name: str, cohort: _Cohort, now: float) -> None:
+    async def _fleet_totals(self, now: float) -> dict[str, dict[float, Counter[str]]]:
+        """cohort → rule window → counts: this replica's, plus what the other live replicas
+        published on the board (at most one interval old). Counts a replica published before the
+        cohort's latest re-arm that this replica knows of are left out. Without the board: this
+        replica's own."""
+        local: dict[str, dict[float, Counter[str]]] = {}
+        snapshot: dict[str, Any] = {}
+        for name, cohort in self._cohorts.items():
+            windows = {w: Counter({str(k): n for k, n in win.totals(now).items()}) for w, win in cohort.windows.items()}
+            local[name] = windows
+            published = {repr(w): dict(c) for w, c in windows.items() if c}
+            if published:
+                snapshot[name] = {"rearm": cohort.rearm_seen, "windows": published}
+        ttl = max(5.0, 3 * self._config.guardrail_interval)
+        try:
+            others = await self._board.exchange(self._flags, self._owner, snapshot, ttl)
+        except BOARD_ERRORS:
+            self._board_failed()
+            return local
+        for other in others:
+            for name, published in other.items():
+                cohort = self._cohorts.get(name)
+                if cohort is None or not isinstance(published, dict):
+                    continue
+                if float(published.get("rearm", 0.0)) < cohort.rearm_seen:
+                    continue
+                for window, counts in (published.get("windows") or {}).items():
+                    try:
+                        target = local[name][float(window)]
+                    except (KeyError, ValueError):
+                        continue  # a window no rule of these flags has
+                    target.update({k: int(n) for k, n in counts.items() if isinstance(n, int)})
+        return local
+
+    async def _evaluate(self, name: str, cohort: _Cohort, now: float, totals: dict[float, Counter[str]]) -> None:
         rules = [r for r in self.rules.rules if r.applies(name)]
-        cohort.readings = [(r, read(r, dict(cohort.windows[r.window].totals(now)))) for r in rules]
+        cohort.readings = [(r, read(r, dict(totals.get(r.window, Counter())))) for r in rules]
         for rule, reading in cohort.readings:
             value = math.nan if reading.outcome == INCONCLUSIVE or reading.value is None else reading.value
             self._metrics.guardrail_signal.labels(name, rule.signal).set(value)
         after = next_state(cohort.state, cohort.readings, now, self.rules.cooldown)
         if after.tripped and not cohort.state.tripped:
             record = {"since": after.since, "why": after.why, "flags": self._flags}
-            self._metrics.guardrail_trips.labels(name, (after.why or {}).get("signal", "")).inc()
-            log.warning("guardrail_tripped", cohort=name, **(after.why or {}))
             try:
-                await self._board.trip(self._flags, name, record)
+                decided = await self._board.trip(self._flags, name, record)
             except BOARD_ERRORS:
                 self._board_failed()
-            self._apply(name, cohort, after)
+                # This replica trips on its own; the record goes to the board when it is back.
+                decided, cohort.pending = True, record
+            if decided:
+                self._metrics.guardrail_trips.labels(name, (after.why or {}).get("signal", "")).inc()
+                log.warning("guardrail_tripped", cohort=name, **(after.why or {}))
+                self._apply(name, cohort, after)
+            # else another replica's record was first: the board read below follows it, "since" and all.
         self._step(name, cohort, now)
 
     def _step(self, name: str, cohort: _Cohort, now: float) -> None:
@@ -495,6 +574,10 @@ class Guardrails:
         """Takes the shared board's trips and re-arms; on a board failure keeps what it had."""
         now = time.time() if now is None else now
         try:
+            for name, cohort in self._cohorts.items():
+                if cohort.pending is not None:
+                    await self._board.trip(self._flags, name, cohort.pending)
+                    cohort.pending = None
             trips, rearms = await self._board.load(self._flags)
         except BOARD_ERRORS:
             self._board_failed()
