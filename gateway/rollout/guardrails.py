@@ -27,6 +27,7 @@ Sessions that exist keep their side: only the rule for new sessions consults the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import time
@@ -248,6 +249,7 @@ class Board(Protocol):
     async def trip(self, flags: str, cohort: str, record: dict[str, Any]) -> bool: ...
     async def rearm(self, flags: str, cohort: str, at: float) -> None: ...
     async def exchange(self, flags: str, owner: str, snapshot: dict[str, Any], ttl: float) -> list[dict[str, Any]]: ...
+    async def failed(self) -> None: ...
     async def close(self) -> None: ...
 
 
@@ -271,6 +273,9 @@ class LocalBoard:
     async def exchange(self, flags: str, owner: str, snapshot: dict[str, Any], ttl: float) -> list[dict[str, Any]]:
         return []  # no other replica
 
+    async def failed(self) -> None:
+        return None
+
     async def close(self) -> None:
         return None
 
@@ -291,6 +296,13 @@ class RedisBoard:
 
     def _tripped(self, flags: str) -> str:
         return f"{self._prefix}:guardrails:tripped:{flags[:16]}"
+
+    async def failed(self) -> None:
+        """After a failed call: pooled connections to a Redis that went away are dead too, and each
+        would fail once more after it is back."""
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(self._timeout):
+                await self._redis.connection_pool.disconnect()
 
     async def load(self, flags: str) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
         async with asyncio.timeout(self._timeout):
@@ -501,7 +513,7 @@ class Guardrails:
         try:
             others = await self._board.exchange(self._flags, self._owner, snapshot, ttl)
         except BOARD_ERRORS:
-            self._board_failed()
+            await self._board_failed()
             return local
         for other in others:
             for name, published in other.items():
@@ -530,7 +542,7 @@ class Guardrails:
             try:
                 decided = await self._board.trip(self._flags, name, record)
             except BOARD_ERRORS:
-                self._board_failed()
+                await self._board_failed()
                 # This replica trips on its own; the record goes to the board when it is back.
                 decided, cohort.pending = True, record
             if decided:
@@ -565,10 +577,11 @@ class Guardrails:
             cohort.percent = None
             cohort.healthy_since = None
 
-    def _board_failed(self) -> None:
+    async def _board_failed(self) -> None:
         if self._board_ok:
             log.warning("guardrail_board_unavailable")
         self._board_ok = False
+        await self._board.failed()
 
     async def refresh(self, now: float | None = None) -> None:
         """Takes the shared board's trips and re-arms; on a board failure keeps what it had."""
@@ -580,7 +593,7 @@ class Guardrails:
                     cohort.pending = None
             trips, rearms = await self._board.load(self._flags)
         except BOARD_ERRORS:
-            self._board_failed()
+            await self._board_failed()
             return
         self._board_ok = True
         for name, cohort in self._cohorts.items():

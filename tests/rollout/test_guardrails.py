@@ -365,3 +365,43 @@ async def test_gateway_side_5xx_trip_an_error_ratio_rule(
     assert sample(client, "gateway_guardrail_signal_ratio", **cohort, signal="error_ratio") == 1.0
     await create(client, broken.token, **AGENT_A)
     assert len(fake.creates()) == 1, "the legacy service serves the cohort now"
+
+
+async def test_a_trip_decided_while_redis_is_down_holds_here_and_reaches_the_others_later(redis_server: Any) -> None:
+    config = RedisConfig(url=redis_server.url, prefix="vg-outage", timeout=0.3)
+    one = GuardrailRules((Rule("error_ratio", above=0.5, window=60.0, min_sessions=2),), cooldown=0.0)
+    rails = Guardrails(RolloutConfig(), Metrics(), Tasks(), ["app-a:other"], RedisBoard(config))
+    other = Guardrails(RolloutConfig(), Metrics(), Tasks(), ["app-a:other"], RedisBoard(config))
+    try:
+        for replica in (rails, other):
+            replica.update(one, "digest-1")
+        other.record_answer("app-a:other", "create", 502)
+        await other.tick()  # publishes one session: inconclusive alone
+        assert not other.tripped("app-a:other")
+        rails.record_answer("app-a:other", "create", 502)
+        await rails.tick()  # one here and one there: two sessions, all 5xx
+        assert rails.tripped("app-a:other"), "tripped on the fleet's two sessions"
+        await other.refresh()
+        assert other.tripped("app-a:other")
+        assert await other.rearm("app-a:other")
+        await rails.refresh()
+        assert not rails.tripped("app-a:other")
+
+        redis_server.stop()
+        for _ in range(2):
+            rails.record_answer("app-a:other", "create", 503)
+        await rails.tick()
+        assert rails.tripped("app-a:other"), "no board: this replica trips on its own counts"
+        await rails.refresh()
+        assert rails.tripped("app-a:other"), "and keeps the trip while the board is away"
+        redis_server.start()
+
+        async def followed() -> bool:
+            await rails.refresh()  # writes the pending trip, once Redis answers again
+            await other.refresh()
+            return other.tripped("app-a:other")
+
+        await wait_until(followed, what="the other replica following once Redis is back")
+    finally:
+        await rails.close()
+        await other.close()
