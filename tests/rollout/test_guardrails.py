@@ -126,15 +126,23 @@ min_sessions = {min_sessions}
 """
 
 
-async def start_guarded(gateway: Any, url: str, legacy_url: str, flags: Path, **rules: Any) -> Any:
-    write_flags(flags, GUARDRAIL.format(**({"cooldown": 0, "min_sessions": 3} | rules)))
+async def guarded(gateway: Any, url: str, legacy_url: str, flags: Path, text: str) -> Any:
+    """A gateway in front of the fake legacy service, with these flags and a fast guardrail loop."""
+    write_flags(flags, text)
     rollout = {
         "legacy_url": legacy_url,
         "flags_file": str(flags),
         "admin_token": ADMIN["X-Admin-Token"],
         "guardrail_interval": 0.1,
+        "shadow_poll_interval": 0.05,
     }
     return await gateway(url, rollout=rollout, clients=CLIENTS)
+
+
+async def start_guarded(gateway: Any, url: str, legacy_url: str, flags: Path, **rules: Any) -> Any:
+    return await guarded(
+        gateway, url, legacy_url, flags, GUARDRAIL.format(**({"cooldown": 0, "min_sessions": 3} | rules))
+    )
 
 
 async def session_on(client: Any, token: str, agent: dict[str, str]) -> str:
@@ -233,20 +241,15 @@ async def test_step_up_promotes_a_healthy_cohort_and_holds_an_inconclusive_one(
     _, url = await upstream(p)
     fake, legacy_url = await start_legacy(aiohttp_server)
     flags = tmp_path / "flags.toml"
-    write_flags(
+    client = await guarded(
+        gateway,
+        url,
+        legacy_url,
         flags,
         'mode = "shadow"\ngateway_percent = 0\n[guardrails]\ncooldown = 0\n'
         '[[guardrails.rule]]\nsignal = "mismatch_ratio"\nabove = 0.1\nwindow = 60\nmin_sessions = 2\n'
         "[guardrails.step_up]\nstep = 50\nevery = 1\n",
     )
-    rollout = {
-        "legacy_url": legacy_url,
-        "flags_file": str(flags),
-        "admin_token": ADMIN["X-Admin-Token"],
-        "guardrail_interval": 0.1,
-        "shadow_poll_interval": 0.05,
-    }
-    client = await gateway(url, rollout=rollout, clients=CLIENTS)
     rails = client.app[keys.ROLLOUT].guardrails
     await create(client, p.token, **AGENT_A)
     await wait_until(lambda: results(client, "match", "equal") == 1, what="one compare")
@@ -309,19 +312,14 @@ async def test_a_regression_ratio_takes_a_shadowed_cohort_out_of_shadow(
     answer[0]["visits"][0]["room"] = "LEGACY-ROOM"  # a gateway bug in every compare
     fake.answers[p.token] = answer
     flags = tmp_path / "flags.toml"
-    write_flags(
+    client = await guarded(
+        gateway,
+        url,
+        legacy_url,
         flags,
         'mode = "shadow"\n[guardrails]\ncooldown = 0\n'
         '[[guardrails.rule]]\nsignal = "mismatch_ratio"\nabove = 0.5\nwindow = 60\nmin_sessions = 3\n',
     )
-    rollout = {
-        "legacy_url": legacy_url,
-        "flags_file": str(flags),
-        "admin_token": ADMIN["X-Admin-Token"],
-        "guardrail_interval": 0.1,
-        "shadow_poll_interval": 0.05,
-    }
-    client = await gateway(url, rollout=rollout, clients=CLIENTS)
     cohort = {"cohort": "app-a:other"}
     for n in (1, 2):
         await create(client, p.token, **AGENT_A)
@@ -349,13 +347,14 @@ async def test_gateway_side_5xx_trip_an_error_ratio_rule(
     _, url = await upstream(broken)
     fake, legacy_url = await start_legacy(aiohttp_server)
     flags = tmp_path / "flags.toml"
-    write_flags(
+    client = await guarded(
+        gateway,
+        url,
+        legacy_url,
         flags,
         'mode = "gateway"\n[guardrails]\ncooldown = 0\n'
         '[[guardrails.rule]]\nsignal = "error_ratio"\nabove = 0.5\nwindow = 60\nmin_sessions = 3\n',
     )
-    rollout = {"legacy_url": legacy_url, "flags_file": str(flags), "guardrail_interval": 0.1}
-    client = await gateway(url, rollout=rollout, clients=CLIENTS)
     cohort = {"cohort": "app-a:other"}
     for _ in range(3):
         resp = await client.get("/api/v2/old/visit/tickets", headers=bearer(broken.token) | AGENT_A)
