@@ -1,5 +1,6 @@
 """Read-only inspection of the rollout, off the public route: `GET /admin/rollout` (effective flags
-and the flags file's version) and `GET /admin/rollout/shadow` (latest shadow mismatches).
+and the flags file's version), `GET /admin/rollout/shadow` (latest shadow mismatches) and
+`GET /admin/migration` (the "safe to retire" report: docs/migration.md).
 
 Both need `X-Admin-Token: <rollout.admin_token>`. Without a configured token the routes do not
 exist; with a wrong or missing token they answer exactly like a route that does not exist.
@@ -17,6 +18,7 @@ from gateway.http import keys
 ADMIN_HEADER = "X-Admin-Token"
 ROLLOUT_PATH = "/admin/rollout"
 SHADOW_PATH = "/admin/rollout/shadow"
+MIGRATION_PATH = "/admin/migration"
 
 
 def _authorize(request: web.Request) -> None:
@@ -43,8 +45,14 @@ async def shadow_samples(request: web.Request) -> web.Response:
     return web.json_response({"mismatches": shadow.samples() if shadow is not None else []})
 
 
+async def migration_report(request: web.Request) -> web.Response:
+    _authorize(request)
+    return web.json_response(await request.app[keys.MIGRATION].report())
+
+
 def add_routes(app: web.Application) -> None:
     if not app[keys.CONFIG].rollout.admin_token:
         return
     app.router.add_route("*", ROLLOUT_PATH, rollout_state)
     app.router.add_route("*", SHADOW_PATH, shadow_samples)
+    app.router.add_route("*", MIGRATION_PATH, migration_report)

@@ -52,7 +52,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     metrics.http_duration.labels(route).observe(duration)
     old_route = OLD_ROUTES.get(route)
     if old_route is not None:
-        record_old_request(request, old_route, response.status)
+        record_old_request(request, old_route, response)
     log.info(
         "request",
         method=request.method,
@@ -63,18 +63,23 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     return response
 
 
-def record_old_request(request: web.Request, route: str, status: int) -> None:
+def record_old_request(request: web.Request, route: str, response: web.StreamResponse) -> None:
     """Who still calls the old path: by route, serving side, client app, app version and status
     class, and the app's last-seen time. The dashboards' "apps still calling" and the
-    retirement alert read these."""
-    app, version = classify(
-        request.app[keys.CLIENTS], request.headers.get("ClientApplication"), request.headers.get("User-Agent")
-    )
+    retirement alert read these; the migration ledger counts the request for its cohort, and
+    the cohort's deprecation signals go on the answer (docs/migration.md)."""
+    user_agent = request.headers.get("User-Agent")
+    app, version = classify(request.app[keys.CLIENTS], request.headers.get("ClientApplication"), user_agent)
     # The rollout marks requests it forwarded ("legacy") or shadowed; the rest the gateway served.
     side = request.get(keys.SERVED_BY, "gateway")
+    status = response.status
     metrics = request.app[keys.METRICS]
     metrics.old_requests.labels(route, side, app, version, f"{status // 100}xx").inc()
     metrics.client_last_seen.labels(app).set(time.time())
+    migration = request.app[keys.MIGRATION]
+    cohort = migration.cohort(app, version, user_agent)
+    migration.observe(cohort, route, side, status, request.get(keys.BROWNOUT))
+    response.headers.extend(migration.headers(cohort))
 
 
 @web.middleware

@@ -25,6 +25,7 @@ import structlog
 
 from gateway.config import RolloutConfig
 from gateway.contract import GATEWAY, LEGACY, SHADOW
+from gateway.migration.signals import MigrationFlags, SignalsError, parse_migration
 from gateway.observability.metrics import Metrics
 from gateway.tasks import Tasks
 
@@ -66,6 +67,9 @@ class Flags:
     deny_apps: frozenset[str] = frozenset()
     salt: str = ""
     version: str = ""
+    # Deprecation signals and brownouts (gateway/migration/signals.py): they apply to the old
+    # path whichever side serves it, so they are read even without a legacy service.
+    migration: MigrationFlags = field(default_factory=MigrationFlags)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -115,7 +119,7 @@ def decide(flags: Flags, client_app: str | None, bucket: int | None) -> Decision
     return Decision(flags.mode, "default")
 
 
-_FILE_KEYS = ("version", "kill_switch", "mode", "gateway_percent", "allow_apps", "deny_apps", "salt")
+_FILE_KEYS = ("version", "kill_switch", "mode", "gateway_percent", "allow_apps", "deny_apps", "salt", "migration")
 
 
 def _apps(data: dict[str, Any], key: str) -> frozenset[str]:
@@ -157,6 +161,10 @@ def parse_flags(raw: bytes, default_mode: str) -> Flags:
     salt = data.get("salt", "")
     if not isinstance(salt, str) or len(salt) > 100:
         raise FlagsError("salt must be a string of at most 100 characters")
+    try:
+        migration = parse_migration(data.get("migration", {}))
+    except SignalsError as exc:
+        raise FlagsError(str(exc)) from None
     return Flags(
         mode=mode or default_mode,
         mode_source="file" if mode else "config",
@@ -166,6 +174,7 @@ def parse_flags(raw: bytes, default_mode: str) -> Flags:
         deny_apps=_apps(data, "deny_apps"),
         salt=salt,
         version=str(version),
+        migration=migration,
     )
 
 
@@ -218,8 +227,9 @@ class Rollout:
         self._metrics = metrics
         self.enabled = bool(config.legacy_url)
         self.flags = Flags(mode=config.mode)
-        # Without a legacy service the flags decide nothing: the file is not even read.
-        self.file = FileState(config.flags_file) if config.flags_file and self.enabled else None
+        # Without a legacy service the routing flags decide nothing; the file is still read for
+        # its [migration] table, which applies whichever side serves the old path.
+        self.file = FileState(config.flags_file) if config.flags_file else None
         self._wake = asyncio.Event()
         self._tasks = tasks or Tasks()
         for side, reason in DECISIONS:
