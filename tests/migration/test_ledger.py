@@ -98,9 +98,10 @@ async def test_two_replicas_share_one_ledger_counted_per_cohort_and_day(
         assert cohorts["gamma/web/other"]["days_silent"] == 40
     # The gauge, from the ledger both write: days since last seen, in seconds.
     assert await replicas[0].app[keys.MIGRATION].writer.flush()
-    assert sample(
-        replicas[0], "gateway_migration_since_last_seen_seconds", app="gamma", platform="web", version="other"
-    ) == 40 * DAY
+    assert (
+        sample(replicas[0], "gateway_migration_since_last_seen_seconds", app="gamma", platform="web", version="other")
+        == 40 * DAY
+    )
 
 
 async def test_a_replica_writes_the_ledger_at_most_once_a_second(
@@ -122,8 +123,9 @@ async def test_a_replica_writes_the_ledger_at_most_once_a_second(
         await asyncio.sleep(0.06)
     elapsed = time.monotonic() - started
     await wait_until(
-        lambda: decoded(redis_server.client().hgetall(f"vg:mig:d:{day_of(T0)}")).get("alpha/android/5.0|requests")
-        == sent,
+        lambda: (
+            decoded(redis_server.client().hgetall(f"vg:mig:d:{day_of(T0)}")).get("alpha/android/5.0|requests") == sent
+        ),
         within=10,
         what="every request in the ledger",
     )
