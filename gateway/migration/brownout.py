@@ -33,6 +33,7 @@ _MODE_OUTCOME = {"fail": REFUSED, "soft": DELAYED, "dry_run": DRY_RUN}
 # The error-rate guard judges a cohort once this many of its creates were served in the window.
 MIN_ERROR_SAMPLE = 5
 _SLOTS = 30
+MAX_RETRY_AFTER = 86_400
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,9 @@ def decide_brownout(
     window = open_window(flags, cohort, now)
     if window is None:
         return None
-    retry_after = max(1, math.ceil(window.end - now))
+    # Until the window closes; a switch-off's window is months long, but a client is told to try
+    # again within a day (the window may be lifted).
+    retry_after = min(MAX_RETRY_AFTER, max(1, math.ceil(window.end - now)))
     if flags.brownout_kill_switch:
         return BrownoutDecision(window.name, KILLED)
     if view.creates >= guards.min_requests and view.cohort_creates > guards.max_share * view.creates:

@@ -19,7 +19,7 @@ values the signals become.
     name = "beta-first"
     app = "beta"                              # platform, versions: as above
     start = 2026-12-01T12:00:00Z
-    duration = 600                            # seconds, at most a day
+    duration = 600                            # seconds, at most 366 days (a switch-off)
     share = 0.25                              # of the cohort's patients (default 1.0)
     mode = "dry_run"                          # dry_run (default) | fail | soft
     delay = 2.0                               # soft: seconds added before the create is served
@@ -36,7 +36,8 @@ from typing import Any
 from gateway.migration.cohorts import Cohort
 
 MAX_ENTRIES = 50
-MAX_DURATION = 86_400
+# A window may be a short brownout or a cohort's switch-off (docs/migration.md, step 4).
+MAX_DURATION = 366 * 86_400
 MAX_DELAY = 30.0
 MODES = ("dry_run", "fail", "soft")
 # RFC 3986 characters only: a URL is written into a header between < and >.

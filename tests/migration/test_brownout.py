@@ -82,6 +82,10 @@ def test_the_window_opens_and_closes_on_the_second_for_the_target_cohort_only() 
     assert outcome(Cohort("beta", "android", "4.9"), START + 10) == "refused"  # no platform in the selector
     decision = decide_brownout(flags, BETA, token, START + 100.5, QUIET, GUARDS)
     assert decision is not None and decision.retry_after == 500  # until the window closes, rounded up
+    # A switch-off (a window of months) tells clients to come back within a day.
+    switch_off = flags_of(brownout_flags().replace("duration = 600", f"duration = {200 * 86400}"))
+    decision = decide_brownout(switch_off, BETA, token, START + 5, QUIET, GUARDS)
+    assert decision is not None and (decision.outcome, decision.retry_after) == ("refused", 86400)
 
 
 @pytest.mark.parametrize("share", [0.1, 0.25, 0.5, 0.9])

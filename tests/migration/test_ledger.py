@@ -179,3 +179,25 @@ async def test_without_redis_the_ledger_is_in_memory_and_keeps_retention_days(
         "alpha/android/5.0": "active",
         "beta/ios/4.9": "silent for 11 days",
     }
+
+
+async def test_counts_made_while_redis_is_down_are_written_when_it_is_back(
+    upstream: Any, aiohttp_client: Any, redis_server: Any
+) -> None:
+    token = new_token()
+    _, url = await upstream(SandboxPatient(token, [demo_lpu(1)]))
+    clock = ManualClock(T0 + 60)
+    replica = await serve(aiohttp_client, migration_config(url, redis={"url": redis_server.url}), clock)
+    writer = replica.app[keys.MIGRATION].writer
+    redis_server.stop()
+    # The ledger is off the request path: requests are answered as they would be without it (the
+    # session store is down too: 503, or 404 before it notices) and are still counted.
+    for _ in range(5):
+        status = (await replica.get(f"{TICKETS}/{uuid.uuid4()}", headers=APPS["beta"][0])).status
+        assert status in (404, 503)
+    assert not await writer.flush()
+    assert sample(replica, "gateway_migration_ledger_flushes_total", result="failed") >= 1
+    redis_server.start()
+    await wait_until(writer.flush, within=10, what="the ledger written after Redis is back")
+    bucket = decoded(redis_server.client().hgetall(f"vg:mig:d:{day_of(T0)}"))
+    assert bucket["beta/ios/4.9|requests"] == 5

@@ -104,7 +104,7 @@ def test_the_flags_file_gives_each_cohort_its_headers() -> None:
         ("[[migration.deprecation]]\napp = 'beta'\ndeprecated = 1\nlink = 'https://x/>; rel=x'", "RFC 3986"),
         ("[[migration.deprecation]]\napp = 'be/ta'\ndeprecated = 1", "app must be an app name"),
         ("[[migration.brownout]]\nname = 'b'\napp = 'beta'\nstart = 1", "needs start and duration"),
-        ("[[migration.brownout]]\nname = 'b'\napp = 'beta'\nstart = 1\nduration = 90000", "duration must be"),
+        ("[[migration.brownout]]\nname = 'b'\napp = 'beta'\nstart = 1\nduration = 4e7", "duration must be"),
         ("[[migration.brownout]]\nname = 'b'\napp = 'beta'\nstart = 1\nduration = 9\nshare = 0", "above 0"),
         ("[[migration.brownout]]\nname = 'b'\napp = 'beta'\nstart = 1\nduration = 9\nmode = 'off'", "mode must"),
         ("[[migration.brownout]]\nname = 'b'\napp = 'beta'\nstart = 1\nduration = 9\ndelay = 60", "delay must"),
