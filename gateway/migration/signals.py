@@ -43,10 +43,10 @@ MODES = ("dry_run", "fail", "soft")
 # RFC 3986 characters only: a URL is written into a header between < and >.
 _URL = re.compile(r"https?://[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]{1,2000}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-_TABLE_KEYS = ("link", "brownout_kill_switch", "deprecation", "brownout")
-_SELECTOR_KEYS = ("app", "platform", "versions")
-_DEPRECATION_KEYS = (*_SELECTOR_KEYS, "deprecated", "sunset", "link", "sunset_link")
-_BROWNOUT_KEYS = (*_SELECTOR_KEYS, "name", "start", "duration", "share", "mode", "delay")
+TABLE_KEYS = ("link", "brownout_kill_switch", "deprecation", "brownout")
+SELECTOR_KEYS = ("app", "platform", "versions")
+DEPRECATION_KEYS = (*SELECTOR_KEYS, "deprecated", "sunset", "link", "sunset_link")
+BROWNOUT_KEYS = (*SELECTOR_KEYS, "name", "start", "duration", "share", "mode", "delay")
 
 
 class SignalsError(ValueError):
@@ -212,7 +212,7 @@ def parse_migration(data: Any) -> MigrationFlags:
     """The `[migration]` table of a flags file, or SignalsError. Unknown keys are errors."""
     if not isinstance(data, dict):
         raise SignalsError("migration must be a table")
-    _unknown(data, _TABLE_KEYS, "migration")
+    _unknown(data, TABLE_KEYS, "migration")
     link = _url(data.get("link"), "migration.link")
     kill = data.get("brownout_kill_switch", False)
     if not isinstance(kill, bool):
@@ -220,7 +220,7 @@ def parse_migration(data: Any) -> MigrationFlags:
     deprecations = []
     for i, entry in enumerate(_entries(data, "deprecation")):
         where = f"migration.deprecation[{i}]"
-        _unknown(entry, _DEPRECATION_KEYS, where)
+        _unknown(entry, DEPRECATION_KEYS, where)
         if "deprecated" not in entry:
             raise SignalsError(f"{where}.deprecated is required")
         deprecated = _time(entry["deprecated"], f"{where}.deprecated")
@@ -241,7 +241,7 @@ def parse_migration(data: Any) -> MigrationFlags:
     names = set()
     for i, entry in enumerate(_entries(data, "brownout")):
         where = f"migration.brownout[{i}]"
-        _unknown(entry, _BROWNOUT_KEYS, where)
+        _unknown(entry, BROWNOUT_KEYS, where)
         name = entry.get("name")
         if not isinstance(name, str) or not _NAME.fullmatch(name) or name in names:
             raise SignalsError(f"{where}.name must be a unique name of {_NAME.pattern}")
