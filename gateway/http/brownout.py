@@ -9,8 +9,6 @@ It sits inside the error middleware (which renders the refusal) and inside the r
 
 from __future__ import annotations
 
-import asyncio
-
 from aiohttp import web
 
 from gateway.contract import CREATE_PATH, GatewayError, bearer_token
@@ -36,9 +34,5 @@ async def brownouts(request: web.Request, handler: Handler) -> web.StreamRespons
     if decision.outcome == REFUSED:
         raise GatewayError("unavailable", retry_after=decision.retry_after)
     if decision.outcome == DELAYED:
-        migration.delayed += 1
-        try:
-            await asyncio.sleep(decision.delay)
-        finally:
-            migration.delayed -= 1
+        await migration.hold(decision)
     return await handler(request)

@@ -8,6 +8,7 @@ ledger writer's pending dict, the guards to an in-process window.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -61,7 +62,7 @@ class Migration:
             config.brownout_guard_min_requests, config.brownout_max_share, config.brownout_max_error_rate
         )
         self.counts = BrownoutCounts()
-        self.delayed = 0  # requests a soft brownout holds now
+        self._delayed = 0  # creates a soft brownout holds now
         self._headers: dict[Cohort, tuple[tuple[str, str], ...]] = {}
         self._headers_of: MigrationFlags | None = None
         self._last_seen: dict[str, float] = {}
@@ -93,7 +94,7 @@ class Migration:
         decision = decide_brownout(flags, cohort, token, self.clock.now(), self.guard.view(cohort), self._guards)
         if decision is None:
             return None
-        if decision.outcome == DELAYED and self.delayed >= self._config.brownout_max_delayed:
+        if decision.outcome == DELAYED and self._delayed >= self._config.brownout_max_delayed:
             decision = BrownoutDecision(decision.brownout, "spared")
         self._metrics.brownout_decisions.labels(*cohort, decision.outcome).inc()
         self.counts.add(decision, cohort)
@@ -106,6 +107,14 @@ class Migration:
             version=cohort.version,
         )
         return decision
+
+    async def hold(self, decision: BrownoutDecision) -> None:
+        """A soft brownout's delay (bounded: brownout_max_delayed at once, MAX_DELAY each)."""
+        self._delayed += 1
+        try:
+            await asyncio.sleep(decision.delay)
+        finally:
+            self._delayed -= 1
 
     def observe(self, cohort: Cohort, route: str, side: str, status: int, brownout: BrownoutDecision | None) -> None:
         """One old-path request, answered: into the pending ledger counts and the guard window."""

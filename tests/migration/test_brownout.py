@@ -51,6 +51,16 @@ mode = "{mode}"
 {lines}"""
 
 
+async def brownout_gateway(
+    upstream: Any, aiohttp_client: Any, tmp_path: Path, flags: str, **migration: Any
+) -> tuple[Any, dict[str, str]]:
+    """A gateway at START + 1 s running `flags`, and one patient token per app."""
+    tokens = {app: new_token() for app in APPS}
+    _, url = await upstream(*(SandboxPatient(t, [demo_lpu(1)]) for t in tokens.values()))
+    config = migration_config(url, tmp_path, flags, migration=migration)
+    return await serve(aiohttp_client, config, ManualClock(START + 1)), tokens
+
+
 def flags_of(text: str) -> Any:
     return parse_flags(text.encode(), "legacy").migration
 
@@ -205,10 +215,7 @@ async def test_over_http_exactly_the_patients_the_rule_picks_are_refused(
 async def test_dry_run_counts_who_would_be_hit_and_soft_mode_only_delays(
     upstream: Any, aiohttp_client: Any, tmp_path: Path
 ) -> None:
-    tokens = {app: new_token() for app in APPS}
-    _, url = await upstream(*(SandboxPatient(t, [demo_lpu(1)]) for t in tokens.values()))
-    clock = ManualClock(START + 1)
-    client = await serve(aiohttp_client, migration_config(url, tmp_path, brownout_flags(mode="dry_run")), clock)
+    client, tokens = await brownout_gateway(upstream, aiohttp_client, tmp_path, brownout_flags(mode="dry_run"))
     for app in ("beta", "beta", "alpha"):
         assert (await call(client, app, tokens[app]))[0] == 200
     found = await report(client)
@@ -233,11 +240,9 @@ async def test_dry_run_counts_who_would_be_hit_and_soft_mode_only_delays(
 async def test_a_brownout_pauses_itself_while_its_cohort_carries_too_much_traffic(
     upstream: Any, aiohttp_client: Any, tmp_path: Path
 ) -> None:
-    tokens = {app: new_token() for app in APPS}
-    _, url = await upstream(*(SandboxPatient(t, [demo_lpu(1)]) for t in tokens.values()))
-    clock = ManualClock(START + 1)
-    config = migration_config(url, tmp_path, brownout_flags(), migration={"brownout_guard_min_requests": 10})
-    client = await serve(aiohttp_client, config, clock)
+    client, tokens = await brownout_gateway(
+        upstream, aiohttp_client, tmp_path, brownout_flags(), brownout_guard_min_requests=10
+    )
     # Until 10 creates are seen the share is not judged: beta's are refused.
     for app in ["beta", "alpha"] * 5:
         assert (await call(client, app, tokens[app]))[0] == (503 if app == "beta" else 200)
