@@ -5,6 +5,7 @@ the target cohort, polls of existing sessions untouched, soft delays, dry runs, 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -288,3 +289,20 @@ async def test_a_brownout_pauses_itself_when_its_cohorts_error_rate_spikes(
 
     # Five served, all 5xx (above 20 %): from the sixth on the brownout stands aside.
     assert (outcome("dry_run"), outcome("paused_errors")) == (5, 1)
+
+
+async def test_a_soft_brownout_holds_at_most_brownout_max_delayed_creates_at_once(
+    upstream: Any, aiohttp_client: Any, tmp_path: Path
+) -> None:
+    flags = brownout_flags(mode="soft", delay=3.0)
+    client, tokens = await brownout_gateway(upstream, aiohttp_client, tmp_path, flags, brownout_max_delayed=1)
+    # The first create is held 3 s; the two sent meanwhile are not held (and not refused).
+    statuses = await asyncio.gather(*(call(client, "beta", tokens["beta"]) for _ in range(3)))
+    assert [s for s, _, _ in statuses] == [200, 200, 200]
+
+    def outcome(name: str) -> float:
+        return sample(
+            client, "gateway_brownout_decisions_total", app="beta", platform="ios", version="4.9", outcome=name
+        )
+
+    assert (outcome("delayed"), outcome("spared")) == (1, 2)
