@@ -99,36 +99,42 @@ def decide_brownout(
 
 
 class GuardWindow:
-    """This replica's creates over the last `window` seconds, per cohort, in 30 slots: bounded
-    by slots × cohorts."""
+    """This replica's creates over the last `window` seconds, per cohort, in 30 slots and their
+    running totals: bounded by slots × cohorts, and a view is a few dict lookups."""
 
     def __init__(self, clock: Clock, window: float) -> None:
         self._clock = clock
         self._width = window / _SLOTS
-        self._slots: dict[int, Counter[tuple[str, str]]] = {}
+        self._slots: dict[int, Counter[tuple[Cohort | None, str]]] = {}
+        self._totals: Counter[tuple[Cohort | None, str]] = Counter()
 
-    def _live(self) -> list[Counter[tuple[str, str]]]:
+    def _current(self) -> int:
         current = int(self._clock.now() // self._width)
+        # A slot past the window leaves the totals (also one "ahead": the clock was set back).
         for slot in [s for s in self._slots if s <= current - _SLOTS or s > current]:
-            del self._slots[slot]
-        return list(self._slots.values())
+            self._totals.subtract(self._slots.pop(slot))
+        return current
 
     def record(self, cohort: Cohort, refused: bool, error: bool) -> None:
-        slot = self._slots.setdefault(int(self._clock.now() // self._width), Counter())
-        slot[("*", "creates")] += 1
-        slot[(cohort.key, "creates")] += 1
+        slot = self._slots.setdefault(self._current(), Counter())
+        counted = [(None, "creates"), (cohort, "creates")]
         if not refused:
-            slot[(cohort.key, "served")] += 1
-            slot[(cohort.key, "errors")] += error
+            counted.append((cohort, "served"))
+            if error:
+                counted.append((cohort, "errors"))
+        for key in counted:
+            slot[key] += 1
+            self._totals[key] += 1
 
     def view(self, cohort: Cohort) -> GuardView:
-        live = self._live()
-
-        def total(key: str, kind: str) -> int:
-            return sum(slot[(key, kind)] for slot in live)
-
-        key = cohort.key
-        return GuardView(total("*", "creates"), total(key, "creates"), total(key, "served"), total(key, "errors"))
+        self._current()
+        totals = self._totals
+        return GuardView(
+            totals[(None, "creates")],
+            totals[(cohort, "creates")],
+            totals[(cohort, "served")],
+            totals[(cohort, "errors")],
+        )
 
 
 class BrownoutCounts:

@@ -43,13 +43,13 @@ ERRORS = "errors"
 BROWNOUT_FIELDS = ("refused", "delayed", "dry_run")
 FIELDS = (REQUESTS, CREATES, SESSIONS, ERRORS, *SIDES, *BROWNOUT_FIELDS)
 
-Counts = dict[tuple[int, str, str], int]
+Counts = dict[tuple[int, Cohort, str], int]
 
 
 @dataclass
 class Batch:
-    counts: Counts = field(default_factory=dict)  # (day, cohort key, field) → n
-    seen: dict[str, tuple[float, float]] = field(default_factory=dict)  # cohort key → (first, last)
+    counts: Counts = field(default_factory=dict)  # (day, cohort, field) → n
+    seen: dict[Cohort, tuple[float, float]] = field(default_factory=dict)  # cohort → (first, last)
 
     def __bool__(self) -> bool:
         return bool(self.counts or self.seen)
@@ -62,11 +62,13 @@ class Pending:
         self._batch = Batch()
 
     def record(self, cohort: Cohort, when: float, fields: Iterable[str]) -> None:
-        key, day, counts = cohort.key, day_of(when), self._batch.counts
+        # The hot path: tuples of what is at hand; names are joined into keys only at flush.
+        day, counts, seen = day_of(when), self._batch.counts, self._batch.seen
         for name in fields:
-            counts[(day, key, name)] = counts.get((day, key, name), 0) + 1
-        first, last = self._batch.seen.get(key, (when, when))
-        self._batch.seen[key] = (min(first, when), max(last, when))
+            key = (day, cohort, name)
+            counts[key] = counts.get(key, 0) + 1
+        first, last = seen.get(cohort, (when, when))
+        seen[cohort] = (first if first < when else when, last if last > when else when)
 
     def take(self) -> Batch:
         batch, self._batch = self._batch, Batch()
@@ -74,12 +76,12 @@ class Pending:
 
     def restore(self, batch: Batch, oldest_day: int) -> None:
         """A batch that could not be written goes back, merged, minus days past retention."""
-        for (day, key, name), n in batch.counts.items():
+        for (day, cohort, name), n in batch.counts.items():
             if day >= oldest_day:
-                self._batch.counts[(day, key, name)] = self._batch.counts.get((day, key, name), 0) + n
-        for key, (first, last) in batch.seen.items():
-            old_first, old_last = self._batch.seen.get(key, (first, last))
-            self._batch.seen[key] = (min(first, old_first), max(last, old_last))
+                self._batch.counts[(day, cohort, name)] = self._batch.counts.get((day, cohort, name), 0) + n
+        for cohort, (first, last) in batch.seen.items():
+            old_first, old_last = self._batch.seen.get(cohort, (first, last))
+            self._batch.seen[cohort] = (min(first, old_first), max(last, old_last))
 
     def __len__(self) -> int:
         return len(self._batch.counts)
@@ -120,10 +122,11 @@ class MemoryLedger:
         self._last: dict[str, float] = {}
 
     async def apply(self, batch: Batch, now: float) -> dict[str, float]:
-        for (day, key, name), n in batch.counts.items():
-            cohort = self._days.setdefault(day, {}).setdefault(key, {})
-            cohort[name] = cohort.get(name, 0) + n
-        for key, (first, last) in batch.seen.items():
+        for (day, cohort, name), n in batch.counts.items():
+            counted = self._days.setdefault(day, {}).setdefault(cohort.key, {})
+            counted[name] = counted.get(name, 0) + n
+        for cohort, (first, last) in batch.seen.items():
+            key = cohort.key
             self._first[key] = min(first, self._first.get(key, first))
             self._last[key] = max(last, self._last.get(key, last))
         oldest = day_of(now) - self._retention
@@ -202,10 +205,10 @@ class RedisLedger:
         # Relative TTLs from the gateway's clock: a day's bucket lives until `retention` days after it.
         args: list[Any] = [len(days), *(max(1, int((d + self._retention + 1) * DAY - now)) for d in days)]
         args.append(len(batch.counts))
-        for (day, key, name), n in batch.counts.items():
-            args += [index[day], f"{key}|{name}", n]
-        for key, (first, last) in batch.seen.items():
-            args += [key, f"{first:.3f}", f"{last:.3f}"]
+        for (day, cohort, name), n in batch.counts.items():
+            args += [index[day], f"{cohort.key}|{name}", n]
+        for cohort, (first, last) in batch.seen.items():
+            args += [cohort.key, f"{first:.3f}", f"{last:.3f}"]
         keys = [f"{self._prefix}:first", f"{self._prefix}:last", *(self.day_key(d) for d in days)]
         async with asyncio.timeout(self._timeout):
             return _seen(await self._apply(keys=keys, args=args))

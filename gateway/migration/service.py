@@ -23,6 +23,7 @@ from gateway.migration.brownout import (
     Guards,
     GuardWindow,
     decide_brownout,
+    open_window,
 )
 from gateway.migration.clock import Clock, day_of
 from gateway.migration.cohorts import Cohort, Platforms, cohort_of, possible
@@ -88,10 +89,11 @@ class Migration:
 
     def brownout(self, cohort: Cohort, token: str | None) -> BrownoutDecision | None:
         """The brownout decision for a create: counted and logged (never with the token)."""
-        flags = self._flags()
-        if not flags.brownouts:
+        flags, now = self._flags(), self.clock.now()
+        # Most creates meet no window: the guard's figures are summed only for those that do.
+        if open_window(flags, cohort, now) is None:
             return None
-        decision = decide_brownout(flags, cohort, token, self.clock.now(), self.guard.view(cohort), self._guards)
+        decision = decide_brownout(flags, cohort, token, now, self.guard.view(cohort), self._guards)
         if decision is None:
             return None
         if decision.outcome == DELAYED and self._delayed >= self._config.brownout_max_delayed:
@@ -125,7 +127,10 @@ class Migration:
             fields.append(CREATES)
             if status == 200:
                 fields.append(SESSIONS)
-            self.guard.record(cohort, refused, error)
+            # The guards judge the minutes before a window opens too, so they count whenever a
+            # brownout is configured (and cost nothing when none is).
+            if self._flags().brownouts:
+                self.guard.record(cohort, refused, error)
         if error:
             fields.append(ERRORS)
         if brownout is not None and brownout.outcome in ("refused", "delayed", "dry_run"):
