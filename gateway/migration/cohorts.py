@@ -23,9 +23,10 @@ class Cohort(NamedTuple):
         return f"{self.app}/{self.platform}/{self.version}"
 
     @classmethod
-    def from_key(cls, key: str) -> Cohort:
-        app, platform, version = key.split("/")
-        return cls(app, platform, version)
+    def from_key(cls, key: str) -> Cohort | None:
+        """None for a key that is not one (Redis is shared: the gateway does not trust it)."""
+        parts = key.split("/")
+        return cls(*parts) if len(parts) == 3 and all(parts) else None
 
 
 UNKNOWN_COHORT = Cohort(UNKNOWN, UNKNOWN, UNKNOWN)

@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 from gateway.contract import SIDES
 from gateway.migration.clock import DAY, Clock, day_of
 from gateway.migration.cohorts import Cohort
+from gateway.store.base import StoreUnavailable
 from gateway.tasks import Tasks
 
 log = structlog.get_logger("gateway.migration")
@@ -180,10 +181,9 @@ return redis.call('HGETALL', KEYS[2])
 
 
 def _seen(raw: Any) -> dict[str, float]:
-    if isinstance(raw, dict):
-        return {k.decode(): float(v) for k, v in raw.items()}
-    # HGETALL from a script: a flat list.
-    return {raw[i].decode(): float(raw[i + 1]) for i in range(0, len(raw), 2)}
+    # HGETALL: a dict from the client, a flat list from a script.
+    pairs = raw.items() if isinstance(raw, dict) else zip(raw[::2], raw[1::2], strict=True)
+    return {k.decode(errors="replace"): float(v) for k, v in pairs}
 
 
 class RedisLedger:
@@ -219,16 +219,20 @@ class RedisLedger:
 
     async def history(self, today: int, days: int) -> History:
         wanted = list(range(today - days + 1, today + 1))
-        async with asyncio.timeout(self._timeout * 4), self._redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(f"{self._prefix}:first")
-            pipe.hgetall(f"{self._prefix}:last")
-            for day in wanted:
-                pipe.hgetall(self.day_key(day))
-            first, last, *buckets = await pipe.execute()
+        try:
+            async with asyncio.timeout(self._timeout * 4), self._redis.pipeline(transaction=False) as pipe:
+                pipe.hgetall(f"{self._prefix}:first")
+                pipe.hgetall(f"{self._prefix}:last")
+                for day in wanted:
+                    pipe.hgetall(self.day_key(day))
+                first, last, *buckets = await pipe.execute()
+        except (RedisError, OSError, TimeoutError):
+            # The report answers 503 (the error middleware), as any request that needs Redis.
+            raise StoreUnavailable from None
         history = History(first=_seen(first), last=_seen(last))
         for day, raw in zip(wanted, buckets, strict=True):
             for name, n in raw.items():
-                key, _, counted = name.decode().partition("|")
+                key, _, counted = name.decode(errors="replace").partition("|")
                 history.days.setdefault(day, {}).setdefault(key, {})[counted] = int(n)
         return history
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from gateway.contract import SIDES
 from gateway.migration.clock import DAY, day_of
+from gateway.migration.cohorts import Cohort
 from gateway.migration.ledger import BROWNOUT_FIELDS, CREATES, ERRORS, REQUESTS, SESSIONS, History
 
 ACTIVE = "active"
@@ -70,7 +71,10 @@ def build_report(history: History, now: float, rules: Rules, daily_days: int = 3
     }
     cohorts = []
     for key, last in sorted(history.last.items(), key=lambda item: -item[1]):
-        app, platform, version = key.split("/")
+        cohort = Cohort.from_key(key)
+        if cohort is None:
+            continue
+        app, platform, version = cohort
         v7, v30 = _sum(history, key, REQUESTS, last_7), _sum(history, key, REQUESTS, last_30)
         days_silent = max(0, int((now - last) // DAY))
         ratio = trend(v7, v30)

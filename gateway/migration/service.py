@@ -146,7 +146,7 @@ class Migration:
         for key, last in last_seen.items():
             cohort = Cohort.from_key(key)
             # Bounded by the configured tables: a cohort an older config made is not exported.
-            if possible(self._clients, self.platforms, cohort):
+            if cohort is not None and possible(self._clients, self.platforms, cohort):
                 self._metrics.migration_since_last_seen.labels(*cohort).set(max(0.0, now - last))
 
     async def report(self) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from gateway.http import keys
 from gateway.migration.clock import DAY, ManualClock, day_of
 from gateway.sandbox.data import SandboxPatient, demo_lpu
 from tests.support.gateway import TICKETS, new_token, sample, wait_until
-from tests.support.migration import APPS, T0, call, migration_config, report, serve
+from tests.support.migration import ADMIN, APPS, T0, call, migration_config, report, serve
 
 # Day offsets from T0 → creates per app (each create is polled once, on the other replica).
 PLAN = {
@@ -154,6 +154,9 @@ async def test_unknown_clients_are_one_cohort_and_the_ledger_does_not_grow_with_
         "vg:mig:first",
         "vg:mig:last",
     ]
+    # Redis is shared, not trusted: a stray field is left out of the report and the gauge.
+    redis.hset("vg:mig:last", "not-a-cohort", "1")
+    assert [c["cohort"] for c in (await report(replica))["cohorts"]] == ["unknown/unknown/unknown"]
 
 
 async def test_without_redis_the_ledger_is_in_memory_and_keeps_retention_days(
@@ -197,6 +200,8 @@ async def test_counts_made_while_redis_is_down_are_written_when_it_is_back(
         assert status in (404, 503)
     assert not await writer.flush()
     assert sample(replica, "gateway_migration_ledger_flushes_total", result="failed") >= 1
+    resp = await replica.get("/admin/migration", headers=ADMIN)
+    assert (resp.status, (await resp.json())["message_code"], resp.headers["Retry-After"]) == (503, "4513", "1")
     redis_server.start()
     await wait_until(writer.flush, within=10, what="the ledger written after Redis is back")
     bucket = decoded(redis_server.client().hgetall(f"vg:mig:d:{day_of(T0)}"))
