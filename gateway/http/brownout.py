@@ -15,7 +15,6 @@ from gateway.contract import CREATE_PATH, GatewayError, bearer_token
 from gateway.http import keys
 from gateway.http.middleware import Handler, route_template
 from gateway.migration.brownout import DELAYED, REFUSED
-from gateway.observability.client_apps import classify
 
 
 @web.middleware
@@ -24,7 +23,7 @@ async def brownouts(request: web.Request, handler: Handler) -> web.StreamRespons
         return await handler(request)
     migration = request.app[keys.MIGRATION]
     user_agent = request.headers.get("User-Agent")
-    app, version = classify(request.app[keys.CLIENTS], request.headers.get("ClientApplication"), user_agent)
+    app, version = request.app[keys.CLIENTS].classify(request.headers.get("ClientApplication"), user_agent)
     decision = migration.brownout(
         migration.cohort(app, version, user_agent), bearer_token(request.headers.get("Authorization"))
     )

@@ -98,7 +98,7 @@ class Migration:
             return None
         if decision.outcome == DELAYED and self._delayed >= self._config.brownout_max_delayed:
             decision = BrownoutDecision(decision.brownout, "spared")
-        self._metrics.brownout_decisions.labels(*cohort, decision.outcome).inc()
+        self._metrics.child(self._metrics.brownout_decisions, *cohort, decision.outcome).inc()
         self.counts.add(decision, cohort)
         log.info(
             "brownout_decision",
