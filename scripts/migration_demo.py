@@ -26,6 +26,7 @@ import asyncio
 import json
 import os
 import secrets
+import signal
 import sys
 import tempfile
 import time
@@ -150,8 +151,8 @@ class Demo:
 async def run(redis_url: str, serve: bool, as_json: bool) -> dict[str, Any]:
     clock = ManualClock(time.time() - HISTORY_DAYS * DAY)
     sandbox = Sandbox([])
-    workdir = Path(tempfile.mkdtemp(prefix="migration-demo-"))
-    flags_file = workdir / "flags.toml"
+    workdir = tempfile.TemporaryDirectory(prefix="migration-demo-")
+    flags_file = Path(workdir.name) / "flags.toml"
     flags_file.write_text(_flags(time.time(), None))
     runners: list[web.AppRunner] = []
 
@@ -230,15 +231,20 @@ async def run(redis_url: str, serve: bool, as_json: bool) -> dict[str, Any]:
                 "hits": {b["name"]: b["hits"] for b in final["brownouts"]},
             }
             if serve:
+                clock.release()
                 print(f"\nThe gateway stays up at {url} (Ctrl-C to stop). In another terminal:")
                 print(f"  GATEWAY_ROLLOUT_ADMIN_TOKEN={config.rollout.admin_token} \\")
                 print(f"    .venv/bin/gateway migration-report --url {url}")
-                print(f"  flags file: {flags_file}")
-                await asyncio.Event().wait()
+                print(f"  flags file (re-read on change; its clock is now the real one): {flags_file}")
+                stop = asyncio.Event()
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+                await stop.wait()
             return summary
     finally:
         for runner in reversed(runners):
             await runner.cleanup()
+        workdir.cleanup()
 
 
 def main() -> int:
@@ -250,7 +256,7 @@ def main() -> int:
     configure_logging(LogConfig(level="warning", format="console"), stream=sys.stderr)
     try:
         summary = asyncio.run(run(args.redis_url, args.serve, args.json))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # before --serve's own handler is in place
         return 0
     if args.json:
         print(json.dumps(summary, sort_keys=True))

@@ -21,19 +21,25 @@ class SystemClock:
 
 
 class ManualClock:
-    """A clock that stands still until moved (tests, the demo script)."""
+    """A clock that stands still until moved (tests, the demo script), or, once released,
+    follows the system's time."""
 
     def __init__(self, start: float | None = None) -> None:
         self._now = time.time() if start is None else start
+        self._released = False
 
     def now(self) -> float:
-        return self._now
+        return time.time() if self._released else self._now
 
     def set(self, when: float) -> None:
-        self._now = when
+        self._now, self._released = when, False
 
     def advance(self, seconds: float) -> None:
         self._now += seconds
+
+    def release(self) -> None:
+        """From now on, the system's time: the demo hands its gateway over to a person."""
+        self._released = True
 
 
 def day_of(when: float) -> int:
