@@ -66,7 +66,6 @@ class Migration:
         self._delayed = 0  # creates a soft brownout holds now
         self._headers: dict[Cohort, tuple[tuple[str, str], ...]] = {}
         self._headers_of: MigrationFlags | None = None
-        self._last_seen: dict[str, float] = {}
 
     def start(self) -> None:
         self.writer.start()
@@ -141,7 +140,6 @@ class Migration:
         self._metrics.migration_ledger_flushes.labels(result).inc()
         if result != "ok":
             return
-        self._last_seen = last_seen
         now = self.clock.now()
         for key, last in last_seen.items():
             cohort = Cohort.from_key(key)
