@@ -16,6 +16,7 @@ from gateway.contract import ERRORS, OLD_ROUTES, GatewayError
 from gateway.http import keys
 from gateway.http.errors import error_response, kind_for_status
 from gateway.observability.logs import access_line, begin_request
+from gateway.rollout.guardrails import cohort_of
 from gateway.store.base import StoreFull, StoreUnavailable
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -69,6 +70,10 @@ def record_old_request(request: web.Request, route: str, response: web.StreamRes
     side = request.get(keys.SERVED_BY, "gateway")
     metrics = request.app[keys.METRICS]
     metrics.child(metrics.old_requests, route, side, app, version, status_class).inc()
+    rollout = request.app.get(keys.ROLLOUT)
+    rails = rollout.guardrails if rollout is not None else None
+    if side == "gateway" and rails is not None:
+        rails.record_answer(cohort_of(app, version), route, response.status)
     metrics.child(metrics.client_last_seen, app).set(time.time())
     migration = request.app[keys.MIGRATION]
     cohort = migration.cohort(app, version, user_agent)

@@ -153,7 +153,7 @@ class RedisStore:
         self._metrics = metrics
         self._prefix = config.prefix
         self._index = f"{config.prefix}:sessions"
-        self._redis = redis_client(config)
+        self._redis = _client(config)
         self._create = self._redis.register_script(_CREATE)
         self._finish = self._redis.register_script(_FINISH)
         self._acquire = self._redis.register_script(_ACQUIRE)
@@ -283,6 +283,12 @@ class RedisStore:
 
 
 def redis_client(config: RedisConfig) -> Redis:
+    """A client as the store's own, for the few other keys replicas share (the rollout's
+    guardrail board)."""
+    return _client(config)
+
+
+def _client(config: RedisConfig) -> Redis:
     """A client with every wait bounded by `config.timeout` and no retries of its own (the caller
     decides what a failure means). A redis+sentinel:// URL asks the sentinels for the primary,
     again after every connection error, so a failover is followed without a restart."""
