@@ -38,3 +38,12 @@ def test_the_announcement_example_is_what_the_gateway_sends() -> None:
     [example] = re.findall(r"carries, the first matching entry winning:\n\n```\n(.*?)```", RUNBOOK, re.S)
     headers = parse_flags(toml.encode(), "legacy").migration.headers_for(Cohort("beta", "ios", "4.9"))
     assert "".join(f"{name}: {value}\n" for name, value in headers) == example
+
+
+def test_the_example_flags_files_migration_table_is_valid_once_uncommented() -> None:
+    text = (ROOT / "config" / "rollout.example.toml").read_text()
+    block = text[text.index("# [migration]") :]
+    uncommented = "\n".join(line.removeprefix("# ") for line in block.splitlines() if line.startswith("# "))
+    migration = parse_flags(uncommented.encode(), "legacy").migration
+    assert [d.selector.app for d in migration.deprecations] == ["beta"]
+    assert [(b.name, b.mode, b.share) for b in migration.brownouts] == [("beta-first", "dry_run", 0.25)]
