@@ -72,9 +72,12 @@ def _as_toml(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, str):
         return f'"{value}"'
-    if isinstance(value, (tuple, dict)):
-        assert not value, "a non-empty list or table default needs its own rendering here"
-        return "[]" if isinstance(value, tuple) else "{}"
+    if isinstance(value, dict):
+        # A table's entries are in config/defaults.toml; the reference says only whether it has any.
+        return "{...}" if value else "{}"
+    if isinstance(value, tuple):
+        assert not value, "a non-empty list default needs its own rendering here"
+        return "[]"
     return repr(value)
 
 
