@@ -27,6 +27,10 @@ async def _answers(http: aiohttp.ClientSession, url: str) -> bool:
         return False
 
 
+def _pids(metrics_dir: Path) -> set[str]:
+    return {f.stem.rsplit("_", 1)[1] for f in metrics_dir.glob("counter_*.db")}
+
+
 def _requests_counted(text: str, route: str) -> float:
     return sum(
         s.value
@@ -59,6 +63,9 @@ async def test_two_workers_share_the_port_and_one_scrape_counts_both(
     try:
         # A new connection per request, so the kernel spreads them over both workers.
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+            # Each worker writes its metric files as it starts (before it listens): on a loaded
+            # machine the second may start seconds after the first answers.
+            await wait_until(lambda: len(_pids(metrics_dir)) == 2, within=30, what="both workers started")
             await wait_until(lambda: _answers(http, f"{base}/healthz"), within=20, what="both workers listening")
             await wait_until(lambda: _answers(http, f"http://127.0.0.1:{metrics_port}/metrics"), within=20)
             sent = 40
@@ -66,7 +73,7 @@ async def test_two_workers_share_the_port_and_one_scrape_counts_both(
                 async with http.get(base + TICKETS, headers=bearer(p.token)) as resp:
                     assert resp.status == 200
             # Each worker writes its samples to files of its own pid.
-            pids = {f.stem.rsplit("_", 1)[1] for f in metrics_dir.glob("counter_*.db")}
+            pids = _pids(metrics_dir)
             assert len(pids) == 2, f"requests reached {len(pids)} worker(s)"
             async with http.get(f"http://127.0.0.1:{metrics_port}/metrics") as resp:
                 text = await resp.text()
@@ -75,8 +82,13 @@ async def test_two_workers_share_the_port_and_one_scrape_counts_both(
         assert await asyncio.to_thread(proc.wait, 30) == 0
     finally:
         if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+            # SIGTERM first: the supervisor passes it on, where a SIGKILL would orphan the workers.
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def test_more_than_one_worker_needs_redis() -> None:
