@@ -11,7 +11,7 @@ from aiohttp import web
 
 from gateway.config import Config
 from gateway.http import admin, health, keys, openapi, scrape, tickets
-from gateway.http.middleware import errors, request_context
+from gateway.http.middleware import errors, request_context, well_formed
 from gateway.observability.client_apps import client_table
 from gateway.observability.metrics import Metrics
 from gateway.rollout.flags import Rollout
@@ -88,7 +88,7 @@ def create_app(config: Config, metrics: Metrics | None = None) -> web.Applicatio
     # The parser's limits go with the app, so that every runner serving it (the CLI's, the
     # tests') applies them; see gateway/http/runner.py for how their refusals are answered.
     limits = {"max_line_size": config.server.max_line_size, "max_field_size": config.server.max_field_size}
-    app = web.Application(middlewares=[request_context, errors], handler_args=limits)
+    app = web.Application(middlewares=[request_context, errors, well_formed], handler_args=limits)
     app[keys.CONFIG] = config
     app[keys.METRICS] = metrics = metrics or Metrics()
     app[keys.TASKS] = Tasks(on_crash=lambda group: metrics.task_failures.labels(group).inc())
