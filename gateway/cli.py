@@ -14,6 +14,7 @@ from aiohttp import web
 from gateway.app import create_app
 from gateway.config import Config, ConfigError, load_config
 from gateway.http import keys
+from gateway.http.health import start_draining
 from gateway.http.runner import GatewayRunner
 from gateway.http.scrape import create_metrics_app
 from gateway.observability.logs import configure_logging
@@ -39,17 +40,35 @@ async def run_apps(apps: Sequence[tuple[str, web.Application, str, int]], config
             runners.append(runner)
             await web.TCPSite(runner, host, port).start()
             log.info("listening", app=name, url=f"http://{host}:{port}")
-        stop = asyncio.Event()
+        stop, hurry = asyncio.Event(), asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            # The first signal starts the drain; a second one ends it at once.
+            loop.add_signal_handler(sig, lambda: hurry.set() if stop.is_set() else stop.set())
         loop.add_signal_handler(signal.SIGHUP, _reload_flags, [app for _, app, _, _ in apps])
         await stop.wait()
+        await _drain([app for _, app, _, _ in apps], config.server.drain_seconds, hurry)
     finally:
         # Also when a later listener failed to start: what was opened is closed, in reverse.
         log.info("shutting_down")
         for runner in reversed(runners):
             await runner.cleanup()
+
+
+async def _drain(apps: list[web.Application], seconds: float, hurry: asyncio.Event) -> None:
+    """/readyz answers 503 at once; requests are served for `seconds` more, so that the load
+    balancer sees the replica unready and stops sending before the listener closes
+    (docs/connections.md, "Graceful drain")."""
+    draining = [app for app in apps if keys.DRAINING in app]
+    if not draining or seconds <= 0:
+        return
+    for app in draining:
+        start_draining(app)
+    log.info("draining", seconds=seconds)
+    try:
+        await asyncio.wait_for(hurry.wait(), seconds)
+    except TimeoutError:
+        pass
 
 
 def _reload_flags(apps: list[web.Application]) -> None:
