@@ -15,7 +15,7 @@ from gateway.app import create_app
 from gateway.config import Config, ConfigError, load_config
 from gateway.http import keys
 from gateway.http.health import start_draining
-from gateway.http.runner import GatewayRunner
+from gateway.http.runner import GatewayRunner, raise_fd_limit
 from gateway.http.scrape import create_metrics_app
 from gateway.observability.logs import configure_logging
 from gateway.sandbox.app import create_sandbox_app
@@ -98,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 2
     configure_logging(config.log)
+    raise_fd_limit()
 
     apps: list[tuple[str, web.Application, str, int]] = []
     if args.command in ("sandbox", "demo"):

@@ -156,6 +156,11 @@ class Metrics:
             ("limit",),
             registry=r,
         )
+        self.client_connections = Gauge(
+            "gateway_client_connections",
+            "Client connections open on the gateway's listener (bounded by server.max_connections).",
+            registry=r,
+        )
         self.task_failures = Counter(
             "gateway_background_task_failures_total",
             "Background tasks that ended with an unexpected exception, by task group.",
