@@ -62,9 +62,11 @@ POLL_INTERVAL = 0.25
 LATE = 0.5
 
 
-# The hostile patients' LPUs: empty records by the thousand, just under the soak's body cap
-# (`[{},{},...]`, 3 bytes each), which each map to a whole default-filled record.
-HUGE_RECORDS = 30_000
+# The huge-body patient's LPU: empty records by the thousand, just under the soak's body cap
+# (`[{}, {}, ...]`, 4 bytes each as the sandbox writes them), each mapped to a whole
+# default-filled record.
+MAX_BODY = 100_000
+HUGE_RECORDS = MAX_BODY // 4 - 1_000
 IDLE_KINDS = ("silent", "kept_alive", "slowloris")
 
 
@@ -86,14 +88,30 @@ class Tally:
     refused: Counter[str] = field(default_factory=Counter)
     lpu_states: Counter[str] = field(default_factory=Counter)
     client_errors: Counter[str] = field(default_factory=Counter)
-    # Seconds from the create's answer until no LPU was InProgress, per completed session, and
-    # per request (create or poll) until its answer.
-    to_final: list[float] = field(default_factory=list)
-    request_seconds: list[float] = field(default_factory=list)
+    # (when, seconds) from the create's answer until no LPU was InProgress, per completed
+    # session, and per request (create or poll) until its answer; (when, what) per failure, so
+    # that the figures can be told apart before and during the hostile mix.
+    to_final: list[tuple[float, float]] = field(default_factory=list)
+    request_seconds: list[tuple[float, float]] = field(default_factory=list)
+    failures: list[tuple[float, str]] = field(default_factory=list)
+
+    def failed(self, what: str) -> None:
+        self.failures.append((time.monotonic(), what))
 
 
 def p95(values: list[float]) -> float:
     return sorted(values)[int(len(values) * 0.95)] if values else 0.0
+
+
+def phase_figures(tally: Tally, start: float, end: float) -> str:
+    """The neighbours' p95s and failures for what happened in [start, end)."""
+    finals = [v for t, v in tally.to_final if start <= t < end]
+    requests = [v for t, v in tally.request_seconds if start <= t < end]
+    failures = Counter(what for t, what in tally.failures if start <= t < end)
+    return (
+        f"{len(finals)} sessions, time to final p95 {p95(finals):.2f} s, request p95 {p95(requests) * 1000:.0f} ms "
+        f"({len(requests)} requests), failures {dict(failures) or 0}"
+    )
 
 
 def rss_bytes() -> int:
@@ -132,9 +150,10 @@ async def one_session(http: aiohttp.ClientSession, base: str, token: str, tally:
     headers = {"Authorization": f"Bearer {token}"}
     asked = time.monotonic()
     async with http.get(f"{base}/api/v2/old/visit/tickets", headers=headers) as resp:
-        tally.request_seconds.append(time.monotonic() - asked)
+        tally.request_seconds.append((time.monotonic(), time.monotonic() - asked))
         if resp.status >= 500 and resp.status != 503:
             tally.server_errors += 1
+            tally.failed(str(resp.status))
         if resp.status != 200:
             tally.refused[str(resp.status)] += 1
             await asyncio.sleep(POLL_INTERVAL)
@@ -146,11 +165,13 @@ async def one_session(http: aiohttp.ClientSession, base: str, token: str, tally:
         await asyncio.sleep(POLL_INTERVAL)
         asked = time.monotonic()
         async with http.get(f"{base}/api/v2/old/visit/tickets/{guid}", headers=headers) as resp:
-            tally.request_seconds.append(time.monotonic() - asked)
+            tally.request_seconds.append((time.monotonic(), time.monotonic() - asked))
             if resp.status >= 500:
                 tally.server_errors += 1
+                tally.failed(str(resp.status))
             if resp.status == 404:
                 tally.lost += 1
+                tally.failed("lost")
                 return
             if resp.status != 200:
                 tally.refused[str(resp.status)] += 1
@@ -159,11 +180,12 @@ async def one_session(http: aiohttp.ClientSession, base: str, token: str, tally:
         states = [e["state"] for e in body]
         if "InProgress" not in states:
             tally.completed += 1
-            tally.to_final.append(time.monotonic() - created)
+            tally.to_final.append((time.monotonic(), time.monotonic() - created))
             tally.lpu_states.update(states)
             return
         if time.monotonic() - created > DEADLINE + LATE:
             tally.past_deadline += 1
+            tally.failed("past_deadline")
             return
 
 
@@ -180,6 +202,7 @@ async def client(base: str, tokens: list[str], end: float, max_sessions: int, ta
                 # A session whose answers stopped coming is lost to its app.
                 tally.client_errors[type(exc).__name__] += 1
                 tally.lost += 1
+                tally.failed(type(exc).__name__)
 
 
 async def load(base: str, tokens: list[str], seconds: float, clients: int, tally: Tally) -> None:
@@ -297,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         sandbox_app = create_sandbox_app(Sandbox(patients + ([] if args.calm else list(hostile_patients()))))
         upstream_port = upstream.serve(sandbox_app)
         config = Config().replace(
-            upstream={"url": f"http://127.0.0.1:{upstream_port}", "call_timeout": 1.0, "max_body_bytes": 100_000},
+            upstream={"url": f"http://127.0.0.1:{upstream_port}", "call_timeout": 1.0, "max_body_bytes": MAX_BODY},
             session={"deadline": DEADLINE, "ttl": TTL},
         )
         app = create_app(config)
@@ -333,11 +356,19 @@ def main(argv: list[str] | None = None) -> int:
             )
 
         samples: list[int] = []
+        began = time.monotonic()
+        attack_started: list[float] = []
 
         async def run_all() -> None:
             loader = asyncio.create_task(load(base, [p.token for p in patients], seconds, args.clients, tally))
-            attack = asyncio.create_task(hostile_load(base, port, seconds, creators, idle, hostile))
-            await asyncio.sleep(warm_up)
+            attack = None
+            if not args.calm:
+                # The first half is calm, the second hostile: the neighbours' figures of both, one run.
+                await asyncio.sleep(seconds / 2)
+                attack_started.append(time.monotonic())
+                print(f"soak: hostile mix starts, {tally.created} sessions so far", flush=True)
+                attack = asyncio.create_task(hostile_load(base, port, seconds / 2, creators, idle, hostile))
+            await asyncio.sleep(max(0.0, warm_up - (time.monotonic() - began)))
             print(f"soak: warm-up done, {tally.created} sessions so far", flush=True)
             while not loader.done():
                 upstream.run(clear_call_log())
@@ -346,7 +377,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"soak: {tally.created} sessions, RSS {samples[-1] / 2**20:.1f} MiB", flush=True)
                 await asyncio.wait({loader}, timeout=5)
             await loader
-            await attack
+            if attack is not None:
+                await attack
 
         asyncio.run(run_all())
         fanout = app[keys.SESSIONS].fanout
@@ -388,10 +420,12 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print(
         f"soak: sessions completed {tally.completed}; LPU states {dict(tally.lpu_states)}; "
-        f"time to final p95 {p95(tally.to_final):.2f} s (max {max(tally.to_final, default=0):.2f}); "
-        f"request p95 {p95(tally.request_seconds) * 1000:.0f} ms"
+        f"time to final p95 {p95([v for _, v in tally.to_final]):.2f} s; "
+        f"request p95 {p95([v for _, v in tally.request_seconds]) * 1000:.0f} ms"
     )
-    if not args.calm:
+    if attack_started:
+        print(f"soak: neighbours before the hostile mix: {phase_figures(tally, began, attack_started[0])}")
+        print(f"soak: neighbours during the hostile mix: {phase_figures(tally, attack_started[0], float('inf'))}")
         print(
             f"soak: hostile: creates by answer {dict(hostile.creates)}; huge-body patient's LPU states "
             f"{dict(hostile.huge_sessions)}; idle connections opened {hostile.idle_opened}, closed by the "
