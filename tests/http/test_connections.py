@@ -86,18 +86,22 @@ async def started(upstream: Any, gateway: Any, **server: Any) -> tuple[Any, Any,
 
 async def test_idle_keep_alive_connections_are_closed_after_the_keepalive_timeout(upstream: Any, gateway: Any) -> None:
     _, client, port = await started(upstream, gateway, keepalive_timeout=1.0)
-    async with connections(port, 50) as idle:
-        for conn in idle:
-            conn.writer.write(KEEP_ALIVE)
-            assert (await conn.response())[0] == 200
+
+    async def idle_for(conn: Conn) -> tuple[bytes | None, float]:
+        """One request, then idle: what came before the close, and how long after the answer."""
+        conn.writer.write(KEEP_ALIVE)
+        assert (await conn.response())[0] == 200
         answered = time.monotonic()
-        still_open = await asyncio.gather(*(conn.closed_within(0.5) for conn in idle))
-        assert still_open == [None] * 50, "an idle connection was closed before the keep-alive timeout"
-        closed = await asyncio.gather(*(conn.closed_within(1.0 + SLACK) for conn in idle))
-        took = time.monotonic() - answered
-    # Closed without a word: an idle keep-alive connection has nothing to be answered.
-    assert closed == [b""] * 50, closed
-    assert took < 1.0 + SLACK
+        seen = await conn.closed_within(1.0 + SLACK)
+        return seen, time.monotonic() - answered
+
+    async with connections(port, 50) as idle:
+        outcomes = await asyncio.gather(*(idle_for(conn) for conn in idle))
+    # Closed without a word (an idle keep-alive connection has nothing to be answered), not
+    # before the timeout and well within it plus the slack.
+    assert [seen for seen, _ in outcomes] == [b""] * 50, outcomes
+    idle_seconds = sorted(took for _, took in outcomes)
+    assert idle_seconds[0] >= 0.9 and idle_seconds[-1] < 1.0 + SLACK, idle_seconds
     await wait_until(lambda: sample(client, "gateway_client_connections") == 0, what="the gauge back at 0")
 
 

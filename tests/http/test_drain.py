@@ -20,7 +20,7 @@ from tests.support.gateway import TICKETS, bearer, patient, wait_until
 from tests.support.redis_server import RedisServer
 from tests.support.replicas import Replica, ReplicaFactory
 
-DRAIN = 3.0
+DRAIN = 4.0
 ANSWER_LIMIT = aiohttp.ClientTimeout(total=10)
 
 
@@ -65,7 +65,7 @@ async def test_sigterm_says_unready_at_once_serves_through_the_drain_then_exits_
         unready_after = time.monotonic() - signalled
         # Through the drain: still unready, still serving polls (and a new patient's create).
         served: Counter[int] = Counter()
-        while time.monotonic() - signalled < DRAIN - 1.0:
+        while time.monotonic() - signalled < DRAIN - 1.5:
             served[await status_of(http, poll_url, bearer(someone.token))] += 1
             served[await status_of(http, f"{replica.url}/readyz")] += 1
             await asyncio.sleep(0.05)
@@ -77,7 +77,8 @@ async def test_sigterm_says_unready_at_once_serves_through_the_drain_then_exits_
         )
         closed_after = time.monotonic() - signalled
     assert await exit_code(replica, within=15) == 0
-    assert unready_after < 1.0, f"/readyz said 503 only {unready_after:.2f}s after SIGTERM"
+    # "At once", with room for a loaded machine: the flag is set by the signal handler itself.
+    assert unready_after < 1.5, f"/readyz said 503 only {unready_after:.2f}s after SIGTERM"
     assert closed_after >= DRAIN - 0.2, f"the listener closed {closed_after:.2f}s after SIGTERM, before the drain"
     assert [e["seconds"] for e in replica.events("draining")] == [DRAIN]
 
