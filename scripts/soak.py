@@ -283,12 +283,14 @@ async def hold_idle(port: int, kind: str, end: float, hostile: Hostile) -> None:
             writer.close()
 
 
-async def hostile_load(base: str, port: int, seconds: float, creators: int, idle: int, hostile: Hostile) -> None:
+async def hostile_load(
+    base: str, port: int, seconds: float, creators: int, idle: int, huge_body: bool, hostile: Hostile
+) -> None:
     end = time.monotonic() + seconds
     looper, huge = hostile_patients()
     await asyncio.gather(
         *(loop_creates(base, looper.token, end, hostile) for _ in range(creators)),
-        huge_sessions(base, huge.token, end, hostile),
+        *([huge_sessions(base, huge.token, end, hostile)] if huge_body else []),
         *(hold_idle(port, IDLE_KINDS[n % len(IDLE_KINDS)], end, hostile) for n in range(idle)),
     )
 
@@ -304,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calm", action="store_true", help="no hostile mix")
     parser.add_argument("--creators", type=float, default=0.2, help="hostile share of clients looping creates")
     parser.add_argument("--idle", type=int, default=150, help="hostile idle, kept-alive and slowloris connections")
+    parser.add_argument("--no-huge-body", action="store_true", help="the hostile mix without the huge-body LPU")
     args = parser.parse_args(argv)
     if not 0 < args.minutes <= 60:
         parser.error("--minutes must be in (0, 60]")
@@ -340,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         warm_up = max(TTL + DEADLINE + 2, seconds * 0.25)
         tally = Tally()
         hostile = Hostile()
-        creators = 0 if args.calm else max(1, round(args.clients * args.creators))
+        creators = 0 if args.calm else round(args.clients * args.creators)
         idle = 0 if args.calm else args.idle
         print(
             f"soak: {args.minutes:g} min, {args.clients} clients, {args.patients} patients x {args.lpus} LPUs, "
@@ -350,8 +353,12 @@ def main(argv: list[str] | None = None) -> int:
         if not args.calm:
             print(
                 f"soak: hostile mix: {creators} clients looping creates with one token, {idle} idle/slow "
-                f"connections ({', '.join(IDLE_KINDS)}), one patient whose LPU answers "
-                f"3 x {HUGE_RECORDS} empty records",
+                f"connections ({', '.join(IDLE_KINDS)}), "
+                + (
+                    "no huge-body LPU"
+                    if args.no_huge_body
+                    else f"one patient whose LPU answers 3 x {HUGE_RECORDS} empty records"
+                ),
                 flush=True,
             )
 
@@ -367,7 +374,9 @@ def main(argv: list[str] | None = None) -> int:
                 await asyncio.sleep(seconds / 2)
                 attack_started.append(time.monotonic())
                 print(f"soak: hostile mix starts, {tally.created} sessions so far", flush=True)
-                attack = asyncio.create_task(hostile_load(base, port, seconds / 2, creators, idle, hostile))
+                attack = asyncio.create_task(
+                    hostile_load(base, port, seconds / 2, creators, idle, not args.no_huge_body, hostile)
+                )
             await asyncio.sleep(max(0.0, warm_up - (time.monotonic() - began)))
             print(f"soak: warm-up done, {tally.created} sessions so far", flush=True)
             while not loader.done():
