@@ -54,8 +54,11 @@ def error_kind(status: int, exc: BaseException | None) -> ErrorKind:
 FD_RESERVE = 64
 # A refused connection is kept this long after its 503 is written, reading and dropping what the
 # client still sends, so that closing it does not reset the connection before the client has
-# read the answer (a close with unread data sends RST, and the peer may discard the 503).
+# read the answer (a close with unread data sends RST, and the peer may discard the 503)...
 REFUSAL_LINGER = 2.0
+# ...but at most this many at once: beyond, a flood of connections is refused and closed at
+# once, so that lingering refusals cannot use up the descriptors the cap protects.
+MAX_LINGERING_REFUSALS = 32
 
 
 @dataclass(frozen=True)
@@ -127,7 +130,7 @@ class _Protocol(web.RequestHandler):
             self._manager = None
             self._close = True  # data_received drops whatever arrives
             server.count("connections")
-            _refuse(cast(asyncio.Transport, transport))
+            server.refuse(cast(asyncio.Transport, transport))
             return
         super().connection_made(transport)
         server.opened()
@@ -233,15 +236,6 @@ class _Protocol(web.RequestHandler):
         return response
 
 
-def _refuse(transport: asyncio.Transport) -> None:
-    """503 to a connection over the cap: the answer, a half-close, and the close itself once the
-    client has had time to read it."""
-    transport.write(error_bytes(ERRORS["unavailable"], retry_after=1))
-    if transport.can_write_eof():
-        transport.write_eof()
-    asyncio.get_running_loop().call_later(REFUSAL_LINGER, transport.close)
-
-
 class _Server(web.Server):
     """aiohttp's Server, building the protocol above for each connection, and keeping the
     listener-wide counts the protocol's bounds need."""
@@ -252,12 +246,30 @@ class _Server(web.Server):
     edge: EdgeLimits
     # Connections whose head is still arriving, oldest first.
     _unfinished: OrderedDict[_Protocol, None]
+    # Refused connections waiting to be closed.
+    _lingering: int
 
     def __call__(self) -> web.RequestHandler:
         return _Protocol(self, loop=self._loop, **self._kwargs)
 
     def is_full(self) -> bool:
         return len(self._connections) >= self.edge.max_connections
+
+    def refuse(self, transport: asyncio.Transport) -> None:
+        """503 to a connection over the cap: the answer, a half-close, and the close itself once
+        the client has had time to read it (at once when too many refusals linger already)."""
+        transport.write(error_bytes(ERRORS["unavailable"], retry_after=1))
+        if self._lingering >= MAX_LINGERING_REFUSALS or not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        self._lingering += 1
+
+        def close() -> None:
+            self._lingering -= 1
+            transport.close()
+
+        self._loop.call_later(REFUSAL_LINGER, close)
 
     def count(self, limit: str) -> None:
         if self.metrics is not None:
@@ -305,6 +317,7 @@ class GatewayRunner(web.AppRunner):
             served.connections_gauge = served.metrics.client_connections
         served.edge = edge_limits(self._config, current_fd_limit())
         served._unfinished = OrderedDict()
+        served._lingering = 0
         if served.edge.max_connections < self._config.server.max_connections:
             log.warning(
                 "max_connections_lowered",
