@@ -15,7 +15,7 @@ from gateway.config import Config
 from gateway.contract import OTHER, UNKNOWN
 from gateway.http import admin, health, keys, openapi, scrape, tickets
 from gateway.http.brownout import brownouts
-from gateway.http.middleware import errors, request_context, tracing_span
+from gateway.http.middleware import errors, request_context, tracing_span, well_formed
 from gateway.migration.clock import Clock, SystemClock
 from gateway.migration.ledger import Ledger, MemoryLedger, RedisLedger
 from gateway.migration.service import Migration
@@ -160,7 +160,8 @@ def create_app(config: Config, metrics: Metrics | None = None, clock: Clock | No
     # tests') applies them; see gateway/http/runner.py for how their refusals are answered.
     limits = {"max_line_size": config.server.max_line_size, "max_field_size": config.server.max_field_size}
     tracing = Tracing(config.tracing) if config.tracing.opentelemetry else None
-    middlewares = [request_context, errors, brownouts]
+    # well_formed before brownouts: nothing past it sees header bytes that are not UTF-8.
+    middlewares = [request_context, errors, well_formed, brownouts]
     if tracing is not None:
         middlewares.insert(0, tracing_span)
     app = web.Application(middlewares=middlewares, handler_args=limits)
