@@ -1,11 +1,12 @@
 """Measures what a session costs in the in-process store, for docs/sizing.md.
 
-Runs a sandbox upstream and a gateway (in-process store) in this process on loopback; creates
-sessions through the API for patients with 1, 5 and 10 LPUs (the sandbox's demo records), waits
-until every one is final, polls each once, and prints per session: the Python heap it retains
-(tracemalloc, gateway and sandbox together, after a collection) and the resident set growth (RSS,
-which includes the allocator's overhead and fragmentation: the figure a pod's memory limit sees),
-next to the size of the session's poll answer.
+For patients with 1, 5 and 10 LPUs (the sandbox's demo records), each figure in a fresh child
+process (memory an earlier run freed would hide a later run's growth): a sandbox upstream and a
+gateway (in-process store) on loopback; sessions created through the API, each waited for until
+final and polled once (the sandbox's record of calls is dropped as it goes). Prints per session
+the Python heap it retains (tracemalloc, after a collection) and the resident set growth (RSS,
+which includes the allocator's overhead and fragmentation: the figure a pod's memory limit sees;
+measured without tracemalloc), next to the size of the session's poll answer.
 
     .venv/bin/python scripts/memory_sizing.py [--sessions 1000]
 """
@@ -15,7 +16,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import json
 import resource
+import subprocess
+import sys
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -95,45 +99,64 @@ async def grow(
         await runner.cleanup()
 
 
-async def measure(sessions: int) -> None:
-    # One patient per LPU count, each with a store of its own: the figures do not mix.
-    patients = {n: SandboxPatient(f"sizing-{n}", [demo_lpu(i + 1) for i in range(n)]) for n in LPU_COUNTS}
-    sandbox = Sandbox(list(patients.values()))
+async def measure(lpus: int, sessions: int, probe: str) -> tuple[float, int]:
+    """One figure in this process: growth per session by `probe` (rss or heap), and the body size."""
+    patient = SandboxPatient(f"sizing-{lpus}", [demo_lpu(i + 1) for i in range(lpus)])
+    sandbox = Sandbox([patient])
     sandbox_runner, sandbox_url = await serve(create_sandbox_app(sandbox))
+    config = Config().replace(
+        upstream={"url": sandbox_url},
+        session={"max_sessions": sessions + WARMUP + 1, "memory_budget_mb": 0},
+        limits={"sessions_per_token": 1000, "poll_rate": 1000.0, "poll_burst": 1000},
+    )
     end = time.monotonic() + TIME_LIMIT
-    print(f"{sessions} sessions per LPU count, in-process store\n")
-    print("LPUs  poll body  heap (tracemalloc)/session  RSS growth/session  RSS ÷ body")
+    if probe == "heap":
+        tracemalloc.start()
     try:
         async with aiohttp.ClientSession() as http:
-            for n, p in patients.items():
-                config = Config().replace(
-                    upstream={"url": sandbox_url},
-                    session={"max_sessions": sessions + WARMUP + 1},
-                    limits={"sessions_per_token": 1000, "poll_rate": 1000.0, "poll_burst": 1000},
-                )
-                # Two fresh gateways: RSS without tracemalloc (its own bookkeeping would count), then the heap.
-                rss_per, body = await grow(http, sandbox, config, p.token, sessions, end, rss_bytes)
-                tracemalloc.start()
-                try:
-                    heap_per, _ = await grow(http, sandbox, config, p.token, sessions, end, traced_bytes)
-                finally:
-                    tracemalloc.stop()
-                print(
-                    f"{n:>4}  {body / 1024:>7.1f} KiB  {heap_per / 1024:>22.1f} KiB  "
-                    f"{rss_per / 1024:>14.1f} KiB  {rss_per / body:>10.2f}"
-                )
+            return await grow(
+                http, sandbox, config, patient.token, sessions, end, traced_bytes if probe == "heap" else rss_bytes
+            )
     finally:
+        tracemalloc.stop()
         await sandbox_runner.cleanup()
+
+
+def child(lpus: int, sessions: int, probe: str) -> tuple[float, int]:
+    """Each figure in a fresh process: memory freed by an earlier run would hide a later one's growth."""
+    result = subprocess.run(
+        [sys.executable, __file__, "--sessions", str(sessions), "--one", f"{lpus}:{probe}"],
+        capture_output=True,
+        text=True,
+        timeout=TIME_LIMIT + 60,
+        check=True,
+    )
+    per, body = json.loads(result.stdout)
+    return per, body
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sessions", type=int, default=1000, help="sessions per LPU count (100..20000)")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # LPUS:rss|heap, the child's figure
     args = parser.parse_args()
     if not 100 <= args.sessions <= 20_000:
         parser.error("--sessions must be 100..20000")
     configure_logging(LogConfig(level="warning", format="json"))
-    asyncio.run(measure(args.sessions))
+    if args.one:
+        lpus, probe = args.one.split(":")
+        print(json.dumps(asyncio.run(measure(int(lpus), args.sessions, probe))))
+        return
+    print(f"{args.sessions} sessions per LPU count, in-process store, each figure in a fresh process\n")
+    print("LPUs  poll body  heap (tracemalloc)/session  RSS growth/session  RSS ÷ body")
+    for lpus in LPU_COUNTS:
+        # RSS without tracemalloc (its own bookkeeping would count), the heap in another process.
+        rss_per, body = child(lpus, args.sessions, "rss")
+        heap_per, _ = child(lpus, args.sessions, "heap")
+        print(
+            f"{lpus:>4}  {body / 1024:>7.1f} KiB  {heap_per / 1024:>22.1f} KiB  "
+            f"{rss_per / 1024:>14.1f} KiB  {rss_per / body:>10.2f}"
+        )
 
 
 if __name__ == "__main__":
