@@ -5,7 +5,6 @@ configuration, drain, sizing and alert rules."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -44,9 +43,7 @@ def kubectl() -> str:
 
 
 def render(path: Path) -> list[dict[str, Any]]:
-    result = subprocess.run(
-        [kubectl(), "kustomize", str(path)], capture_output=True, text=True, timeout=60, env=os.environ | {"HOME": "/"}
-    )
+    result = subprocess.run([kubectl(), "kustomize", str(path)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
