@@ -3,7 +3,7 @@
 No registry is reachable here, so the base is a Debian tree made by mmdebstrap (python3 from
 Debian's packages) and imported into podman. Everything lives under .cache/image/ in the repo
 (gitignored): the base tarball, podman's storage and its layer cache, so a rerun only rebuilds
-what changed. Rootless `podman run` cannot set rlimits in this sandbox, so the entrypoint is
+what changed. `podman run` fails here even as root (crun cannot set RLIMIT_NOFILE), so the entrypoint is
 started from the mounted image filesystem with unshare + chroot, as the image's user, with the
 image's environment.
 """
