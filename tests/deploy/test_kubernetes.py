@@ -151,9 +151,8 @@ def test_the_flags_are_mounted_as_a_directory_under_a_fixed_name_and_parse(rende
     assert config.rollout.flags_file == f"{mount['mountPath']}/{name}"
     parse_flags(text.encode(), config.rollout.mode)
     # The configuration, read only at start, rolls the pods when it changes: its name has the hash.
-    volumes = {
-        v["name"]: v["configMap"]["name"] for v in one(rendered, "Deployment")["spec"]["template"]["spec"]["volumes"]
-    }
+    pod = one(rendered, "Deployment")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v["configMap"]["name"] for v in pod["volumes"] if "configMap" in v}
     assert volumes["config"] != "visit-gateway-config" and volumes["config"].startswith("visit-gateway-config-")
     assert volumes["flags"] == "visit-gateway-flags"
 
