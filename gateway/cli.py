@@ -1,21 +1,26 @@
-"""`gateway serve | sandbox | demo`: the console entry point."""
+"""`gateway serve | sandbox | demo | migration-report`: the console entry point."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import signal
 import sys
 from collections.abc import Sequence
 
+import aiohttp
 import structlog
 from aiohttp import web
 
 from gateway.app import create_app
 from gateway.config import Config, ConfigError, load_config
 from gateway.http import keys
-from gateway.http.runner import GatewayRunner
+from gateway.http.admin import ADMIN_HEADER, MIGRATION_PATH
+from gateway.http.health import start_draining
+from gateway.http.runner import GatewayRunner, raise_fd_limit
 from gateway.http.scrape import create_metrics_app
+from gateway.migration.report import render_table
 from gateway.observability.logs import configure_logging
 from gateway.sandbox.app import create_sandbox_app
 from gateway.workers import supervise
@@ -27,7 +32,8 @@ async def run_apps(
     apps: Sequence[tuple[str, web.Application, str, int]], config: Config, reuse_port: bool = False
 ) -> None:
     """Serves each app on its host and port until SIGINT or SIGTERM, then shuts down gracefully:
-    stop listening, answer in-flight requests (up to server.shutdown_timeout), clean up."""
+    drain (server.drain_seconds), stop listening, answer in-flight requests (up to
+    server.shutdown_timeout), clean up."""
     runners: list[web.AppRunner] = []
     try:
         for name, app, host, port in apps:
@@ -42,17 +48,35 @@ async def run_apps(
             runners.append(runner)
             await web.TCPSite(runner, host, port, reuse_port=reuse_port or None).start()
             log.info("listening", app=name, url=f"http://{host}:{port}")
-        stop = asyncio.Event()
+        stop, hurry = asyncio.Event(), asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            # The first signal starts the drain; a second one ends it at once.
+            loop.add_signal_handler(sig, lambda: hurry.set() if stop.is_set() else stop.set())
         loop.add_signal_handler(signal.SIGHUP, _reload_flags, [app for _, app, _, _ in apps])
         await stop.wait()
+        await _drain([app for _, app, _, _ in apps], config.server.drain_seconds, hurry)
     finally:
         # Also when a later listener failed to start: what was opened is closed, in reverse.
         log.info("shutting_down")
         for runner in reversed(runners):
             await runner.cleanup()
+
+
+async def _drain(apps: list[web.Application], seconds: float, hurry: asyncio.Event) -> None:
+    """/readyz answers 503 at once; requests are served for `seconds` more, so that the load
+    balancer sees the replica unready and stops sending before the listener closes
+    (docs/connections.md, "Graceful drain")."""
+    draining = [app for app in apps if keys.DRAINING in app]
+    if not draining or seconds <= 0:
+        return
+    for app in draining:
+        start_draining(app)
+    log.info("draining", seconds=seconds)
+    try:
+        await asyncio.wait_for(hurry.wait(), seconds)
+    except TimeoutError:
+        pass
 
 
 def _reload_flags(apps: list[web.Application]) -> None:
@@ -77,6 +101,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     sandbox.add_argument("--port", type=int, default=8081)
     demo = sub.add_parser("demo", help="run the sandbox and a gateway pointed at it, in one process")
     demo.add_argument("--sandbox-port", type=int, default=8081)
+    report = sub.add_parser(
+        "migration-report",
+        help="who still calls the old path, and which cohorts are safe to retire (docs/migration.md)",
+    )
+    report.add_argument("--url", help="a running gateway (default: http://server.host:server.port of the config)")
+    report.add_argument("--json", action="store_true", help="the report as JSON, as GET /admin/migration gives it")
     args = parser.parse_args(argv)
 
     try:
@@ -86,13 +116,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    if args.command == "migration-report":
+        return migration_report(config, args.url, args.json)
     if args.command == "serve" and args.workers > 1:
         if not config.redis.url:
             print("gateway: --workers needs redis.url (GATEWAY_REDIS_URL): sessions must be shared", file=sys.stderr)
             return 2
-        stop_within = config.server.shutdown_timeout
+        # Each worker drains (server.drain_seconds), then finishes its requests in flight.
+        stop_within = config.server.drain_seconds + config.server.shutdown_timeout
         return supervise(args.workers, ["serve", "--reuse-port"], stop_within)
     configure_logging(config.log)
+    raise_fd_limit()
 
     apps: list[tuple[str, web.Application, str, int]] = []
     if args.command in ("sandbox", "demo"):
@@ -110,3 +144,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gateway: cannot listen: {exc.strerror}", file=sys.stderr)
         return 1
     return 0
+
+
+REPORT_TIMEOUT = 30.0
+
+
+def migration_report(config: Config, url: str | None, as_json: bool) -> int:
+    """Asks a running gateway (GET /admin/migration) rather than reading Redis: the gateway knows
+    its cohort table, its clock and its ledger backend, in-process or Redis alike. The admin
+    token comes from the config or GATEWAY_ROLLOUT_ADMIN_TOKEN, never argv (which `ps` shows)."""
+    base = (url or f"http://{config.server.host}:{config.server.port}").rstrip("/")
+    token = config.rollout.admin_token
+    if not token:
+        print("gateway: migration-report needs rollout.admin_token (or GATEWAY_ROLLOUT_ADMIN_TOKEN)", file=sys.stderr)
+        return 2
+    try:
+        status, body = asyncio.run(_fetch_report(base + MIGRATION_PATH, token))
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        print(f"gateway: cannot reach {base}: {type(exc).__name__}", file=sys.stderr)
+        return 1
+    if status != 200:
+        # A wrong token reads as "no such route" by design (gateway/http/admin.py).
+        print(f"gateway: {base}{MIGRATION_PATH} answered {status} (wrong or no admin token)", file=sys.stderr)
+        return 1
+    print(json.dumps(body, indent=2) if as_json else render_table(body), end="\n" if as_json else "")
+    return 0
+
+
+async def _fetch_report(url: str, token: str) -> tuple[int, object]:
+    timeout = aiohttp.ClientTimeout(total=REPORT_TIMEOUT)
+    async with aiohttp.ClientSession(timeout=timeout) as http, http.get(url, headers={ADMIN_HEADER: token}) as resp:
+        return resp.status, await resp.json() if resp.status == 200 else None

@@ -3,9 +3,13 @@ imports the class it calls and finds its instance here; nothing else is shared."
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from gateway.config import Config
+from gateway.migration.brownout import BrownoutDecision
+from gateway.migration.service import Migration
 from gateway.observability.client_apps import ClientTable
 from gateway.observability.metrics import Metrics
 from gateway.rollout.flags import Rollout
@@ -26,6 +30,9 @@ SESSIONS = web.AppKey("sessions", SessionService)
 ROLLOUT = web.AppKey("rollout", Rollout)
 LEGACY = web.AppKey("legacy", Legacy)
 SHADOW = web.AppKey("shadow", Shadow)
+# Set when the process has been told to stop (SIGTERM): /readyz answers 503 from then on, while
+# requests are still served for server.drain_seconds (gateway/cli.py).
+DRAINING = web.AppKey("draining", asyncio.Event)
 # The configured client apps and versions, for the old-path metrics.
 CLIENTS = web.AppKey("clients", ClientTable)
 # Per request: the id logged on every line and sent upstream as X-Request-Id.
@@ -33,3 +40,7 @@ REQUEST_ID = web.RequestKey("request_id", str)
 # Per request: which side served an old-path request ("gateway", "legacy" or "shadow"); the
 # rollout sets it, the old-path metrics read it.
 SERVED_BY = web.RequestKey("served_by", str)
+# Retiring the old path: the ledger, deprecation signals and brownouts (gateway/migration/).
+MIGRATION = web.AppKey("migration", Migration)
+# Per request: the brownout decision a create met (the old-path hook counts it).
+BROWNOUT = web.RequestKey("brownout", BrownoutDecision)
