@@ -130,9 +130,13 @@ def entrypoint_pid(proc: subprocess.Popen[bytes]) -> int:
     return int(children[0])
 
 
-def stop(proc: subprocess.Popen[bytes], pid: int, timeout: float = 20) -> int:
-    """SIGTERM to the entrypoint, as the kubelet sends it; its exit status."""
-    os.kill(pid, signal.SIGTERM)
+def terminate(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the entrypoint itself, as the kubelet sends it."""
+    os.kill(entrypoint_pid(proc), signal.SIGTERM)
+
+
+def wait(proc: subprocess.Popen[bytes], timeout: float = 30) -> int:
+    """The entrypoint's exit status; killed (and TimeoutExpired) if it outlives `timeout`."""
     try:
         return proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -3,6 +3,7 @@ what an operator's `docker run` would start answers health, readiness and a whol
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 import subprocess
@@ -110,8 +111,19 @@ async def test_entrypoint_serves_health_readiness_and_a_session(
             guid = await create(http, one.token)
             body, _ = await poll_until_final(http, guid)
             assert [entry["state"] for entry in body] == ["Complete", "Complete"]
-        # SIGTERM, as the kubelet stops a pod: a clean exit, not a kill.
-        assert image.stop(proc, image.entrypoint_pid(proc)) == 0, log.read_text()
+
+            # SIGTERM, as the kubelet stops a pod: the drain first (not ready, still alive and
+            # serving, so the endpoints go before the listener), then a clean exit, not a kill.
+            image.terminate(proc)
+
+            async def draining() -> bool:
+                async with http.get("/readyz") as resp:
+                    return resp.status == 503
+
+            await wait_until(draining, within=10, what="/readyz answering 503 after SIGTERM")
+            async with http.get("/healthz") as resp:
+                assert resp.status == 200
+        assert await asyncio.to_thread(image.wait, proc) == 0, log.read_text()
     finally:
         if proc.poll() is None:
             proc.kill()

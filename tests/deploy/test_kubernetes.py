@@ -29,8 +29,7 @@ OVERLAYS = sorted(p.name for p in (KUBERNETES / "overlays").iterdir())
 # The oldest Kubernetes the manifests promise to work on (docs/deployment.md).
 KUBERNETES_VERSION = "1.31.0"
 CRDS = {"monitoring.coreos.com/v1"}
-# server.drain_seconds (the signals work) defaults to 5 s; the grace period must also cover it.
-DRAIN_SECONDS = 5.0
+# Seconds between the gateway's own end (drain + shutdown) and the kubelet's SIGKILL.
 GRACE_MARGIN = 5.0
 # Resident memory of a gateway at rest (docs/sizing.md), below which no pod limit makes sense.
 BASELINE_MIB = 128
@@ -159,9 +158,8 @@ def test_the_flags_are_mounted_as_a_directory_under_a_fixed_name_and_parse(rende
 
 def test_the_grace_period_covers_the_drain_and_the_shutdown(rendered: dict, tmp_path: Path) -> None:
     config = effective_config(rendered, tmp_path)
-    drain = getattr(config.server, "drain_seconds", DRAIN_SECONDS)
     grace = one(rendered, "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-    assert grace >= drain + config.server.shutdown_timeout + GRACE_MARGIN
+    assert grace >= config.server.drain_seconds + config.server.shutdown_timeout + GRACE_MARGIN
 
 
 def mebibytes(quantity: str) -> float:
