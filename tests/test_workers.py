@@ -27,10 +27,6 @@ async def _answers(http: aiohttp.ClientSession, url: str) -> bool:
         return False
 
 
-def _pids(metrics_dir: Path) -> set[str]:
-    return {f.stem.rsplit("_", 1)[1] for f in metrics_dir.glob("counter_*.db")}
-
-
 def _requests_counted(text: str, route: str) -> float:
     return sum(
         s.value
@@ -63,18 +59,22 @@ async def test_two_workers_share_the_port_and_one_scrape_counts_both(
     try:
         # A new connection per request, so the kernel spreads them over both workers.
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
-            # Each worker writes its metric files as it starts (before it listens): on a loaded
-            # machine the second may start seconds after the first answers.
-            await wait_until(lambda: len(_pids(metrics_dir)) == 2, within=30, what="both workers started")
             await wait_until(lambda: _answers(http, f"{base}/healthz"), within=20, what="both workers listening")
             await wait_until(lambda: _answers(http, f"http://127.0.0.1:{metrics_port}/metrics"), within=20)
-            sent = 40
-            for _ in range(sent):
-                async with http.get(base + TICKETS, headers=bearer(p.token)) as resp:
-                    assert resp.status == 200
-            # Each worker writes its samples to files of its own pid.
-            pids = _pids(metrics_dir)
-            assert len(pids) == 2, f"requests reached {len(pids)} worker(s)"
+            sent = 0
+
+            async def both_workers_answered() -> bool:
+                # Workers start side by side; until the second binds, the first takes every
+                # connection. Each request's samples go to files of the answering worker's pid.
+                nonlocal sent
+                for _ in range(10):
+                    async with http.get(base + TICKETS, headers=bearer(p.token)) as resp:
+                        assert resp.status == 200
+                    sent += 1
+                pids = {f.stem.rsplit("_", 1)[1] for f in metrics_dir.glob("counter_*.db")}
+                return len(pids) == 2
+
+            await wait_until(both_workers_answered, within=30, what="requests answered by both workers")
             async with http.get(f"http://127.0.0.1:{metrics_port}/metrics") as resp:
                 text = await resp.text()
             assert _requests_counted(text, TICKETS) == sent
