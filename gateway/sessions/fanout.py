@@ -10,6 +10,7 @@ sessions of the same token share (gateway/sessions/reuse.py) are written to them
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -31,6 +32,10 @@ from gateway.upstream.mapping import MappingError, map_calls, map_disps, map_vis
 log = structlog.get_logger("gateway.fanout")
 
 GROUP = "fanout"
+# Seconds between retries of a result write the store refused as unavailable: the first wait,
+# and the most it doubles to.
+WRITE_RETRY_FIRST = 0.05
+WRITE_RETRY_MAX = 1.0
 # The mapper of each per-LPU method, in the contract's order (visits, calls, disps).
 MAPPERS = dict(zip(LPU_METHODS, (map_visits, map_calls, map_disps), strict=True))
 
@@ -96,13 +101,29 @@ class Fanout:
 
     async def _finish(self, session: Session, index: int, entry: bytes, shared: SharedFanout | None) -> bool:
         """Writes LPU `index`'s terminal entry; returns whether this write won."""
-        won = await self._store.finish_lpu(session.guid, index, entry)
+        won = await self._write(session, session.guid, index, entry)
         if won and shared is not None:
             if entry_state(entry) == FAILED:
                 shared.failed = True
             for guid in list(shared.subscribers):
-                await self._store.finish_lpu(guid, index, entry)
+                await self._write(session, guid, index, entry)
         return won
+
+    async def _write(self, session: Session, guid: str, index: int, entry: bytes) -> bool:
+        """finish_lpu, retried while the store is unavailable until the session's deadline (the
+        run's own timeout cancels the wait then): a result the upstream gave is worth keeping
+        through a short store outage. Full-jitter backoff, doubled up to WRITE_RETRY_MAX, so
+        the fan-outs of a replica do not retry in step against a store coming back."""
+        backoff = WRITE_RETRY_FIRST
+        while True:
+            try:
+                return await self._store.finish_lpu(guid, index, entry)
+            except StoreUnavailable:
+                if time.time() >= session.deadline:
+                    raise
+            self._metrics.store_write_retries.inc()
+            await asyncio.sleep(random.uniform(0, backoff))
+            backoff = min(backoff * 2, WRITE_RETRY_MAX)
 
     async def _run(self, session: Session, caller: Caller, indices: list[int], shared: SharedFanout | None) -> None:
         loop = asyncio.get_running_loop()
@@ -153,6 +174,12 @@ class Fanout:
         entry = entry_bytes(COMPLETE, session.lpus[index], visits, lpu_calls, disps)
         if await self._finish(session, index, entry, shared):
             self._lpu_complete.inc()
+        elif await self._finish(session, index, failed_entry(session.lpus[index]), shared):
+            # The store refused the Complete as late (past the deadline by its clock): it may
+            # already have been read as Failed, so Failed it stays.
+            self.record_failure(
+                session, index, LpuFailed("session", "deadline", "late", time.time() - session.created_at)
+            )
 
     async def _fetch(self, method: str, lpu_guid: str, caller: Caller) -> bytes:
         started = time.perf_counter()

@@ -195,7 +195,8 @@ class SessionService:
         if session.orphaned:
             # The replica that ran this session is gone: finish it here (README, "Replicas and Redis").
             await self.take_over(session, caller)
-        now = time.time()
+        # The store's clock at the read, which is the one it refuses late Completes by.
+        now = session.read_at
         final = session.is_final(now)
         self._metrics.polls.labels("true" if final else "false").inc()
         return Poll(session.body(now), final)

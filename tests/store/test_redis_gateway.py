@@ -57,12 +57,16 @@ async def test_redis_down_answers_503_at_once_and_service_resumes_when_it_is_bac
     await assert_unavailable_at_once(client, TICKETS, p.token)
     assert sandbox.count("mkab") == mkab_calls, "no upstream call for a session that cannot be kept"
     await assert_unavailable_at_once(client, f"{TICKETS}/{done}", p.token)
-    # The fan-out that was running when Redis went away ends (its result cannot be written).
-    await wait_until(lambda: _true(client.app[keys.SESSIONS].fanout.running == 0))
+    # The fan-out that was running when Redis went away keeps retrying its result write (until
+    # the session's deadline)...
+    await wait_until(lambda: sample(client, "gateway_store_write_retries_total") > 0)
+    assert client.app[keys.SESSIONS].fanout.running == 1
     assert sample(client, "gateway_store_up") == 0
 
     await asyncio.to_thread(redis_server.start)  # empty: Redis keeps no data across restarts here
     await wait_until(lambda: _is(status_of(client, "/readyz"), 200))
+    # ...and ends once the store answers that the session is gone.
+    await wait_until(lambda: _true(client.app[keys.SESSIONS].fanout.running == 0))
     body, _ = await poll_until_final(client, await create(client, p.token), bearer(p.token))
     assert [e["state"] for e in body] == ["Complete"]
     assert await status_of(client, f"{TICKETS}/{in_flight}", slow.token) == 404, "sessions did not survive Redis"
