@@ -13,6 +13,7 @@ import asyncio
 import random
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
@@ -26,12 +27,16 @@ from gateway.sessions.reuse import SharedFanout
 from gateway.store.base import SessionStore, StoreUnavailable
 from gateway.store.session import Session, entry_bytes, entry_state, failed_entry
 from gateway.tasks import Tasks
+from gateway.upstream.answers import AnswerCaps, decode_answer
 from gateway.upstream.client import Caller, CallFailure, Upstream
 from gateway.upstream.mapping import MappingError, map_calls, map_disps, map_visits
 
 log = structlog.get_logger("gateway.fanout")
 
 GROUP = "fanout"
+# Answers up to this many bytes are parsed and mapped on the loop (well under a millisecond);
+# larger ones in the mapping thread, where the loop can preempt them.
+INLINE_BYTES = 64 * 1024
 # Seconds between retries of a result write the store refused as unavailable: the first wait,
 # and the most it doubles to.
 WRITE_RETRY_FIRST = 0.05
@@ -40,15 +45,9 @@ WRITE_RETRY_MAX = 1.0
 MAPPERS = dict(zip(LPU_METHODS, (map_visits, map_calls, map_disps), strict=True))
 
 
-def dumps(value: Any) -> bytes:
-    """Compact UTF-8 JSON. orjson: a tenth of the stdlib's time on the fan-out's records
-    (docs/benchmarks.md). Its result holds a buffer of at least 4 KiB whatever its length:
-    fine for what is joined into an entry and dropped, not for what a session keeps."""
-    return orjson.dumps(value)
-
-
 def dumps_kept(value: Any) -> bytes:
-    """`dumps` for bytes a session keeps for its lifetime: an exact-size copy."""
+    """Compact UTF-8 JSON for bytes a session keeps for its lifetime: an exact-size copy, since
+    orjson's own result holds a buffer of at least 4 KiB whatever its length."""
     return bytes(memoryview(orjson.dumps(value)))
 
 
@@ -61,6 +60,15 @@ class LpuFailed(Exception):
         self.duration = duration  # of the failed call, retries included
 
 
+class _Run:
+    """What one run shares among its LPUs: the per-session bound on upstream calls in flight,
+    and the mapped bytes its entries hold so far (`session.max_session_bytes`)."""
+
+    def __init__(self, session: Session, calls_in_flight: int) -> None:
+        self.calls = asyncio.Semaphore(calls_in_flight)
+        self.entry_bytes = sum(len(entry) for entry in session.results.values())
+
+
 class Fanout:
     def __init__(
         self,
@@ -70,6 +78,8 @@ class Fanout:
         metrics: Metrics,
         tasks: Tasks,
         leases: Leases,
+        caps: AnswerCaps | None = None,
+        calls_per_session: int = 24,
     ) -> None:
         self._config = config
         self._store = store
@@ -77,6 +87,13 @@ class Fanout:
         self._metrics = metrics
         self._tasks = tasks
         self.leases = leases
+        self._caps = caps or AnswerCaps(100_000, 1000, config.max_entry_bytes)
+        self._calls_per_session = calls_per_session
+        # Large answers are parsed and mapped here, off the event loop: mapping is Python code,
+        # so the loop gets the interpreter back at least every switch interval (5 ms) instead
+        # of waiting for a whole answer (docs/reliability.md, "Upstream answers"). One thread:
+        # mapping is CPU-bound, more threads would only contend for the interpreter lock.
+        self._mapper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-map")
         self._lpu_complete = metrics.lpu_outcomes.labels("complete", "ok")
 
     @property
@@ -129,13 +146,14 @@ class Fanout:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (session.deadline - time.time())
         pending = set(indices)
+        run = _Run(session, self._calls_per_session)
         self._metrics.sessions_in_flight.inc()
         try:
             try:
                 async with asyncio.timeout_at(deadline):
                     async with asyncio.TaskGroup() as group:
                         for index in indices:
-                            group.create_task(self._lpu(session, index, caller, pending, shared))
+                            group.create_task(self._lpu(session, index, caller, pending, shared, run))
             except TimeoutError:
                 self._metrics.sessions_deadline.inc()
                 waited = time.time() - session.created_at
@@ -143,8 +161,8 @@ class Fanout:
                     if await self._finish(session, index, failed_entry(session.lpus[index]), shared):
                         self.record_failure(session, index, LpuFailed("session", "deadline", "", waited))
         except* StoreUnavailable:
-            # The unwritten LPUs read as Failed at the deadline; the lease lapses, so a poll with
-            # the token may re-run them once the store is back (take_over).
+            # Only once the deadline has passed (writes are retried until then): the unwritten
+            # LPUs read as Failed.
             log.warning("fanout_store_unavailable", session=session.guid, unfinished=len(pending))
         finally:
             self._metrics.sessions_in_flight.dec()
@@ -154,24 +172,33 @@ class Fanout:
         self._metrics.session_complete.observe(time.time() - session.created_at)
 
     async def _lpu(
-        self, session: Session, index: int, caller: Caller, pending: set[int], shared: SharedFanout | None
+        self,
+        session: Session,
+        index: int,
+        caller: Caller,
+        pending: set[int],
+        shared: SharedFanout | None,
+        run: _Run,
     ) -> None:
         lpu_guid = session.lpu_guids[index]
+        started = time.perf_counter()
         try:
             # The first failed call fails the LPU and cancels its two siblings.
             async with asyncio.TaskGroup() as group:
-                calls = [group.create_task(self._fetch(method, lpu_guid, caller)) for method in LPU_METHODS]
+                calls = [group.create_task(self._fetch(method, lpu_guid, caller, run)) for method in LPU_METHODS]
+            visits, lpu_calls, disps = (task.result() for task in calls)
+            entry = entry_bytes(COMPLETE, session.lpus[index], visits, lpu_calls, disps)
+            self._check_size(entry, run, time.perf_counter() - started)
         except ExceptionGroup as group_error:
             first = group_error.exceptions[0]
             if not isinstance(first, LpuFailed):
                 raise
-            pending.discard(index)
-            if await self._finish(session, index, failed_entry(session.lpus[index]), shared):
-                self.record_failure(session, index, first)
+            await self._fail(session, index, first, pending, shared)
             return
-        visits, lpu_calls, disps = (task.result() for task in calls)
+        except LpuFailed as failure:
+            await self._fail(session, index, failure, pending, shared)
+            return
         pending.discard(index)
-        entry = entry_bytes(COMPLETE, session.lpus[index], visits, lpu_calls, disps)
         if await self._finish(session, index, entry, shared):
             self._lpu_complete.inc()
         elif await self._finish(session, index, failed_entry(session.lpus[index]), shared):
@@ -181,10 +208,30 @@ class Fanout:
                 session, index, LpuFailed("session", "deadline", "late", time.time() - session.created_at)
             )
 
-    async def _fetch(self, method: str, lpu_guid: str, caller: Caller) -> bytes:
+    async def _fail(
+        self, session: Session, index: int, failure: LpuFailed, pending: set[int], shared: SharedFanout | None
+    ) -> None:
+        pending.discard(index)
+        if await self._finish(session, index, failed_entry(session.lpus[index]), shared):
+            self.record_failure(session, index, failure)
+
+    def _check_size(self, entry: bytes, run: _Run, duration: float) -> None:
+        """Counts a Complete entry against its session's bytes, or fails it (`too_large`)."""
+        if len(entry) > self._config.max_entry_bytes:
+            raise LpuFailed("session", "too_large", "entry bytes", duration)
+        if run.entry_bytes + len(entry) > self._config.max_session_bytes:
+            raise LpuFailed("session", "too_large", "session bytes", duration)
+        run.entry_bytes += len(entry)
+
+    async def _fetch(self, method: str, lpu_guid: str, caller: Caller, run: _Run) -> bytes:
         started = time.perf_counter()
         try:
-            return dumps(MAPPERS[method](await self._upstream.for_lpu(method, lpu_guid, caller)))
+            async with run.calls:
+                body = await self._upstream.for_lpu(method, lpu_guid, caller)
+            if len(body) <= INLINE_BYTES:
+                return decode_answer(body, MAPPERS[method], self._caps)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._mapper, decode_answer, body, MAPPERS[method], self._caps)
         except CallFailure as failure:
             detail = f"status {failure.status}" if failure.status else failure.detail
             raise LpuFailed(method, failure.reason, detail, time.perf_counter() - started) from None
@@ -216,4 +263,5 @@ class Fanout:
         cancelled = await self._tasks.cancel(GROUP)
         if cancelled:
             log.info("fanout_cancelled", sessions=cancelled)
+        self._mapper.shutdown(wait=False, cancel_futures=True)
         await self.leases.release(held)
