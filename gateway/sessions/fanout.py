@@ -13,7 +13,6 @@ import asyncio
 import random
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
@@ -27,16 +26,13 @@ from gateway.sessions.reuse import SharedFanout
 from gateway.store.base import SessionStore, StoreUnavailable
 from gateway.store.session import Session, entry_bytes, entry_state, failed_entry
 from gateway.tasks import Tasks
-from gateway.upstream.answers import AnswerCaps, decode_answer
+from gateway.upstream.answers import AnswerCaps, map_answer, parse_answer
 from gateway.upstream.client import Caller, CallFailure, Upstream
 from gateway.upstream.mapping import MappingError, map_calls, map_disps, map_visits
 
 log = structlog.get_logger("gateway.fanout")
 
 GROUP = "fanout"
-# Answers up to this many bytes are parsed and mapped on the loop (well under a millisecond);
-# larger ones in the mapping thread, where the loop can preempt them.
-INLINE_BYTES = 64 * 1024
 # Seconds between retries of a result write the store refused as unavailable: the first wait,
 # and the most it doubles to.
 WRITE_RETRY_FIRST = 0.05
@@ -89,11 +85,6 @@ class Fanout:
         self.leases = leases
         self._caps = caps or AnswerCaps(100_000, 1000, config.max_entry_bytes)
         self._calls_per_session = calls_per_session
-        # Large answers are parsed and mapped here, off the event loop: mapping is Python code,
-        # so the loop gets the interpreter back at least every switch interval (5 ms) instead
-        # of waiting for a whole answer (docs/reliability.md, "Upstream answers"). One thread:
-        # mapping is CPU-bound, more threads would only contend for the interpreter lock.
-        self._mapper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-map")
         self._lpu_complete = metrics.lpu_outcomes.labels("complete", "ok")
 
     @property
@@ -228,16 +219,13 @@ class Fanout:
         try:
             async with run.calls:
                 body = await self._upstream.for_lpu(method, lpu_guid, caller)
-            if len(body) <= INLINE_BYTES:
-                return decode_answer(body, MAPPERS[method], self._caps)
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._mapper, decode_answer, body, MAPPERS[method], self._caps)
+            return await map_answer(parse_answer(body, self._caps), MAPPERS[method], self._caps)
         except CallFailure as failure:
             detail = f"status {failure.status}" if failure.status else failure.detail
             raise LpuFailed(method, failure.reason, detail, time.perf_counter() - started) from None
         except MappingError as exc:
             detail = f"{exc.path}: {exc.problem}"
-            raise LpuFailed(method, "invalid_body", detail, time.perf_counter() - started) from None
+            raise LpuFailed(method, exc.reason, detail, time.perf_counter() - started) from None
         except Exception as exc:  # a bug must fail one LPU, not every LPU of the session
             log.exception("lpu_internal_error", method=method, lpu=lpu_guid)
             raise LpuFailed(method, "internal", type(exc).__name__, time.perf_counter() - started) from None
@@ -263,5 +251,4 @@ class Fanout:
         cancelled = await self._tasks.cancel(GROUP)
         if cancelled:
             log.info("fanout_cancelled", sessions=cancelled)
-        self._mapper.shutdown(wait=False, cancel_futures=True)
         await self.leases.release(held)

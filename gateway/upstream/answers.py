@@ -1,11 +1,15 @@
 """One per-LPU answer from decoded body to the finished JSON of its part of an entry, within
-caps (issue 11, row 1): JSON values counted before parsing, records after, mapped bytes after
-mapping. Pure: the fan-out runs it on the event loop for small bodies and in a worker thread
-for large ones (docs/reliability.md, "Upstream answers").
+caps (issue 11, row 1), without holding the event loop: JSON values are counted before parsing
+(parsing is C code that runs to its end), records before mapping, mapped bytes after; records
+are mapped in slices of at most SLICE_SECONDS, yielding to the loop between them, and one
+record's own size is bounded by the mapper (MAX_NESTED_ITEMS). docs/reliability.md, "Upstream
+answers", has the measurements that chose slices over a worker thread.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -14,28 +18,49 @@ import orjson
 
 from gateway.upstream.client import CallFailure, parse_body
 
+# Work done between two yields to the loop while mapping one answer.
+SLICE_SECONDS = 0.002
+
 
 @dataclass(frozen=True)
 class AnswerCaps:
     """`max_values`: JSON values per answer, bounded before parsing by its commas + 1 (an upper
-    bound: a comma inside a string counts too), because parsing is C code that holds the loop
-    for as long as it runs (2 MiB of `[{},{},…]` is 700 000 objects, ~75 ms). `max_records`:
-    top-level records, checked before mapping. `max_bytes`: the mapped JSON of one answer."""
+    bound: a comma inside a string counts too); 2 MiB of `[{},{},…]` is 700 000 objects and
+    ~75 ms of parsing. `max_records`: top-level records. `max_bytes`: the mapped JSON."""
 
     max_values: int
     max_records: int
     max_bytes: int
 
 
-def decode_answer(body: bytes, mapper: Callable[[Any], Any], caps: AnswerCaps) -> bytes:
-    """The mapped, serialized answer; CallFailure("too_large") past a cap, CallFailure
-    ("invalid_body") for a body that is not JSON, MappingError for JSON of the wrong shape."""
+def parse_answer(body: bytes, caps: AnswerCaps) -> Any:
+    """The parsed answer; CallFailure too_large past the value or record cap, invalid_body for
+    a body that is not JSON."""
     if body.count(b",") >= caps.max_values:
         raise CallFailure("too_large", detail="json values")
     raw = parse_body(body)
     if isinstance(raw, list) and len(raw) > caps.max_records:
         raise CallFailure("too_large", detail="records")
-    mapped = orjson.dumps(mapper(raw))
-    if len(mapped) > caps.max_bytes:
+    return raw
+
+
+async def map_answer(raw: Any, mapper: Callable[[Any, int], list[Any]], caps: AnswerCaps) -> bytes:
+    """`mapper(items, start)` over `raw` in time-bounded slices, serialized; CallFailure
+    too_large past `max_bytes`, MappingError from the mapper."""
+    if not isinstance(raw, list):
+        return _serialized(mapper(raw, 0), caps)
+    mapped: list[Any] = []
+    started = time.perf_counter()
+    for index in range(len(raw)):
+        mapped += mapper(raw[index : index + 1], index)
+        if time.perf_counter() - started > SLICE_SECONDS:
+            await asyncio.sleep(0)
+            started = time.perf_counter()
+    return _serialized(mapped, caps)
+
+
+def _serialized(mapped: list[Any], caps: AnswerCaps) -> bytes:
+    body = orjson.dumps(mapped)
+    if len(body) > caps.max_bytes:
         raise CallFailure("too_large", detail="mapped bytes")
-    return mapped
+    return body

@@ -36,7 +36,7 @@ def session(guid: str, lpus: int = 2, deadline: float = 60.0) -> Session:
 
 @pytest.fixture(params=["memory", "redis"])
 async def make_store(request: pytest.FixtureRequest) -> AsyncIterator[StoreFactory]:
-    """make_store(max_sessions=, ttl=, lease_ttl=, metrics=, timeout=) → a store of the parametrized kind.
+    """make_store(max_sessions=, ttl=, lease_ttl=, metrics=, redis_timeout=) → a store of the parametrized kind.
     Redis stores made in one test share one server: each is another replica."""
     stores: list[Any] = []
     url = request.getfixturevalue("redis_server").url if request.param == "redis" else ""
@@ -46,13 +46,13 @@ async def make_store(request: pytest.FixtureRequest) -> AsyncIterator[StoreFacto
         ttl: float = 60.0,
         lease_ttl: float = 3.0,
         metrics: Metrics | None = None,
-        timeout: float = 0.5,
+        redis_timeout: float = 0.5,
     ) -> SessionStore:
         metrics = metrics or Metrics()
         store: Any
         if url:
             store = RedisStore(
-                RedisConfig(url=url, lease_ttl=lease_ttl, timeout=timeout),
+                RedisConfig(url=url, lease_ttl=lease_ttl, timeout=redis_timeout),
                 SessionConfig(ttl=ttl, max_sessions=max_sessions),
                 metrics,
             )
@@ -129,7 +129,7 @@ async def test_no_reader_sees_failed_then_complete_when_lpus_finish_around_the_d
     Once any reader saw an LPU Failed, no reader may see it Complete; and a Complete may win
     only if it was sent before the deadline."""
     # A generous Redis timeout: the test is about ordering, and the machine is shared.
-    store = await make_store(max_sessions=RACE_SESSIONS, timeout=5.0)
+    store = await make_store(max_sessions=RACE_SESSIONS, redis_timeout=5.0)
     sessions = [session(f"race-{n}", lpus=RACE_LPUS, deadline=RACE_DEADLINE) for n in range(RACE_SESSIONS)]
     for s in sessions:
         await store.create(s)
