@@ -270,6 +270,8 @@ class Upstream:
             return result
 
     async def _attempt(self, method: str, caller: Caller, params: dict[str, str] | None) -> bytes:
+        if self._pool.locked():
+            self._metrics.upstream_pool_waits.inc()
         try:
             async with asyncio.timeout(self._config.pool_wait):
                 await self._pool.acquire()
