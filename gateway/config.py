@@ -182,7 +182,7 @@ class UpstreamConfig:
     max_json_values: int = _opt(_positive, default=100_000)
     max_records: int = _opt(_positive, default=1000)
     # Connections shared by every fan-out; size it as peak concurrent sessions ×
-    # limits.upstream_per_session (docs/reliability.md, "Upstream pool").
+    # limits.upstream_per_session (docs/upstream-isolation.md, "Upstream pool").
     max_connections: int = _opt(_positive, default=1024)
     # Seconds a call waits for one of them; then its LPU fails (`pool_wait`). Not part of
     # call_timeout, which starts once the call has its connection.

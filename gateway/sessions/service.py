@@ -90,7 +90,7 @@ class SessionService:
         lpus = await self._patient_lpus(caller)
         if len(lpus) > self._config.max_lpus:
             # A list no patient has: refused whole rather than cut, so that no patient is shown
-            # a part of their tickets as if it were all (docs/reliability.md, "Upstream pool").
+            # a part of their tickets as if it were all (docs/upstream-isolation.md, "Upstream pool").
             self._metrics.rejected.labels("max_lpus").inc()
             log.warning("mkab_failed", method="mkab", reason="too_large", detail="lpus", lpus=len(lpus))
             raise GatewayError("upstream_failed")

@@ -59,7 +59,7 @@ class Session:
     `read_at` is set by `load`: the store's clock (unix seconds) when it read the session. It is
     the `now` a poll renders with, because it is the clock `finish_lpu` judges lateness by: a
     reader that rendered an LPU Failed (read_at >= deadline) can never see a Complete written
-    after it (docs/reliability.md, "Terminal states").
+    after it (docs/upstream-isolation.md, "Terminal states").
     """
 
     guid: str

@@ -216,6 +216,7 @@ async def test_a_gzip_bomb_costs_the_gateway_a_bounded_amount_of_memory(upstream
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
+    print(f"\ngzip bomb (64 MiB inflated): peak traced memory {peak / MIB:.1f} MiB")
     assert [e["state"] for e in body] == ["Failed"]
     # The body cap is 2 MiB: inflating stops there (before, the whole 64 MiB was inflated).
     assert peak < 16 * MIB, f"peak {peak / MIB:.1f} MiB while the bomb was read"
