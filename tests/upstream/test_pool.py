@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from gateway.contract import LPU_FAILURE_REASONS
-from gateway.sandbox.app import Sandbox, create_sandbox_app
+from gateway.sandbox.app import Sandbox
 from gateway.sandbox.data import LpuKnobs, SandboxPatient, demo_lpu
+from tests.support.burst_upstream import burst_upstream
 from tests.support.gateway import bearer, create, new_token, patient, poll_until_final, sample, wait_until
 
 
@@ -71,21 +69,6 @@ async def test_a_victim_completes_beside_five_sessions_of_many_lpus(
     assert sum(sandbox.in_flight.values()) <= 5 * per_session
 
 
-@asynccontextmanager
-async def sandbox_with_backlog(sandbox: Sandbox, backlog: int) -> AsyncIterator[str]:
-    """The sandbox on 127.0.0.1 with a listen backlog for a burst of new connections (the test
-    server's is 128: a burst of ~1,000 connects would see SYNs dropped and retried after 1 s,
-    which a real upstream, sized for its clients, does not do)."""
-    runner = web.AppRunner(create_sandbox_app(sandbox))
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=backlog)
-        await site.start()
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
-
-
 @pytest.mark.parametrize(("sessions", "lpus"), [(40, 8), (20, 10)])
 async def test_an_ordinary_burst_under_the_default_config_never_waits_for_a_connection(
     sessions: int, lpus: int, gateway: Any
@@ -94,7 +77,7 @@ async def test_an_ordinary_burst_under_the_default_config_never_waits_for_a_conn
     # not about many patients of one hospital sharing its per-LPU slots.
     patients = [many_lpus(lpus, 1 + n * lpus, LpuKnobs(delay=0.5)) for n in range(sessions)]
     sandbox = Sandbox(patients)
-    async with sandbox_with_backlog(sandbox, 2048) as url:
+    async with burst_upstream(sandbox) as url:
         client = await gateway(url)  # the defaults, bar the test upstream's URL
         guids = await asyncio.gather(*(create(client, p.token) for p in patients))
         bodies = await asyncio.gather(
