@@ -22,6 +22,7 @@ from gateway.sessions.leases import Leases
 from gateway.sessions.limits import SessionLimits
 from gateway.sessions.service import SessionService
 from gateway.store.base import SessionStore
+from gateway.store.finished import FinishedCache
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore
 from gateway.tasks import Tasks
@@ -43,6 +44,9 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
         redis_store = RedisStore(config.redis, config.session, app[keys.METRICS], app[keys.TASKS])
         await redis_store.start()
         store = redis_store
+        if config.redis.finished_cache_sessions:
+            hits = app[keys.METRICS].store_finished_cache_hits.inc
+            store = FinishedCache(redis_store, config.redis.finished_cache_sessions, config.session.ttl, hits)
     else:
         store = MemoryStore(
             config.session.max_sessions, config.session.ttl, app[keys.METRICS], lease_ttl=config.redis.lease_ttl

@@ -226,6 +226,9 @@ class RedisConfig:
     lease_ttl: float = _opt(_positive, default=3.0)
     # How often reachability is checked, and so how soon a recovered Redis is used again.
     probe_interval: float = _opt(_positive, default=1.0)
+    # Finished sessions each replica answers from memory instead of Redis (a finished session
+    # never changes); 0 turns the copy off. About 20 KiB per 5-LPU session (docs/sizing.md).
+    finished_cache_sessions: int = _opt(_non_negative, default=2000)
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,8 @@ async def read_session(request: web.Request) -> web.Response:
     if not has_auth and request.app[keys.CONFIG].session.require_token_on_poll:
         raise GatewayError("unauthorized")
     token = bearer_token(request.headers.get("Authorization"))
-    poll = await request.app[keys.SESSIONS].poll(guid, token, caller_of(request) if has_auth else None)
+    caller = (lambda: caller_of(request)) if has_auth else None
+    poll = await request.app[keys.SESSIONS].poll(guid, token, caller)
     if poll is None:
         if keys.LEGACY in request.app:
             # Not one of the gateway's sessions: the legacy service made it, before the gateway

@@ -185,13 +185,13 @@ class SessionService:
             )
             raise GatewayError("upstream_failed") from None
 
-    async def poll(self, guid: str, token: str | None, caller: Caller | None) -> Poll | None:
+    async def poll(self, guid: str, token: str | None, caller: Callable[[], Caller] | None) -> Poll | None:
         """The session's current answer, or None when this gateway holds no such session.
 
-        `token` is the poll's bearer token, None for a poll without one (served by the GUID
-        alone, as the legacy service did); `caller` carries the poll's credentials upstream
-        for a takeover, None without them. A token that is not the session's gets the same
-        404 as an unknown GUID: never reveal that a session exists."""
+        `token` is the poll's bearer token; `caller` builds the poll's credentials for upstream
+        calls (a takeover), None for a poll without an Authorization header (served by the GUID
+        alone, as the legacy service did). A token that is not the session's gets the same 404
+        as an unknown GUID: never reveal that a session exists."""
         session = await self.store.load(guid.lower())
         if session is None:
             return None
@@ -200,11 +200,12 @@ class SessionService:
         self.limits.check_poll(session.guid)
         if session.orphaned:
             # The replica that ran this session is gone: finish it here (README, "Replicas and Redis").
-            await self.take_over(session, caller)
-        # The store's clock at the read, which is the one it refuses late Completes by.
+            await self.take_over(session, caller() if caller is not None else None)
+        # The store's clock at the read, which is the one it refuses late Completes by (a
+        # finished copy's is older, and harmless: nothing in it depends on the clock).
         now = session.read_at
         final = session.is_final(now)
-        self._metrics.polls.labels("true" if final else "false").inc()
+        self._metrics.child(self._metrics.polls, "true" if final else "false").inc()
         return Poll(session.body(now), final)
 
     async def take_over(self, session: Session, caller: Caller | None) -> None:
