@@ -25,10 +25,11 @@ from tests.support.gateway import TICKETS, bearer, create, new_token, sample
 
 SESSIONS = 8
 LPUS = 25  # 200 LPUs, answering within EARLY s before the deadline to LATE s after it
-DEADLINE = 2.0
-# Wide and skewed early: the 600 calls of the burst reach the upstream 0.3-0.5 s after the
-# sessions are created on a loaded machine, which moves every answer that much later.
-EARLY, LATE = 1.0, 0.3
+DEADLINE = 4.0
+# Wide and skewed early: the 600 calls of the burst reach the upstream 0.3 s (idle machine) to
+# over 1 s (the full suite on a shared one) after the sessions are created, which moves every
+# answer that much later.
+EARLY, LATE = 2.0, 0.3
 
 
 async def watch(client: TestClient, guid: str, token: str, until: float) -> list[list[str]]:

@@ -117,8 +117,8 @@ async def test_a_complete_written_after_the_deadline_is_refused(make_store: Stor
 
 RACE_SESSIONS = 20
 RACE_LPUS = 30  # 600 LPUs finishing within ±RACE_SPREAD of their session's deadline
-RACE_DEADLINE = 0.6
-RACE_SPREAD = 0.12
+RACE_DEADLINE = 1.0
+RACE_SPREAD = 0.3
 
 
 async def test_no_reader_sees_failed_then_complete_when_lpus_finish_around_the_deadline(
@@ -156,7 +156,7 @@ async def test_no_reader_sees_failed_then_complete_when_lpus_finish_around_the_d
                     states = seen.setdefault((s.guid, index), [])
                     if not states or states[-1] != state:
                         states.append(state)
-            await asyncio.sleep(0)
+            await asyncio.sleep(0.005)  # leave the store's connections to the writers too
 
     async with asyncio.timeout(20):
         await asyncio.gather(
