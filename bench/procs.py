@@ -114,6 +114,22 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _until_answers(popen: subprocess.Popen[bytes], port: int, ask: bytes, expect: bytes, what: str) -> None:
+    """Waits (bounded) until the server on `port` answers `ask` with a reply starting `expect`."""
+    deadline = time.monotonic() + START_LIMIT
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                sock.sendall(ask)
+                if sock.recv(64).startswith(expect):
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline or popen.poll() is not None:
+            raise RuntimeError(f"{what} did not start")
+        time.sleep(0.05)
+
+
 @contextmanager
 def started_redis(directory: str) -> Iterator[Proc]:
     """A redis-server of its own on 127.0.0.1 (no persistence), stopped when the block ends."""
@@ -136,18 +152,7 @@ def started_redis(directory: str) -> Iterator[Proc]:
         stdout=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + START_LIMIT
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or popen.poll() is not None:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.05)
+        _until_answers(popen, port, b"PING\r\n", b"+PONG", "redis-server")
         yield Proc("redis", popen, port)
     finally:
         _stop(popen)
@@ -173,18 +178,8 @@ def started_serve(workers: int, env: dict[str, str]) -> Iterator[Proc]:
         stdout=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + START_LIMIT
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-                    sock.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
-                    if sock.recv(64).startswith(b"HTTP/1.1 200"):
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or popen.poll() is not None:
-                raise RuntimeError(f"gateway serve --workers {workers} did not start")
-            time.sleep(0.1)
+        ready = b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n"
+        _until_answers(popen, port, ready, b"HTTP/1.1 200", f"gateway serve --workers {workers}")
         # Every worker is listening once each answered; give the others the same start time.
         time.sleep(1.0)
         yield Proc("serve", popen, port)

@@ -32,6 +32,10 @@ def _non_negative(v: float) -> str | None:
     return None if v >= 0 else "must be >= 0"
 
 
+def _fraction(v: float) -> str | None:
+    return None if 0 <= v <= 1 else "must be from 0 to 1"
+
+
 def _port(v: int) -> str | None:
     return None if 0 <= v <= 65535 else "must be a port number 0..65535"
 
@@ -301,6 +305,15 @@ class RolloutConfig:
     shadow_poll_interval: float = _opt(_positive, default=1.0)
     shadow_ignore_fields: tuple[str, ...] = ()
     shadow_max_samples: int = _opt(_non_negative, default=50)
+    # docs/rollout-guardrails.md: the per-field counters, timing, noise calibration, guardrails.
+    shadow_window: float = _opt(_positive, default=600.0)
+    shadow_timing_margin: float = _opt(_non_negative, default=5.0)
+    shadow_timing_ratio: float = _opt(_non_negative, default=1.0)
+    shadow_noise_sample: float = _opt(_fraction, default=0.0)
+    shadow_noise_per_minute: float = _opt(_non_negative, default=6.0)
+    shadow_noise_relative: float = _opt(_non_negative, default=0.2)
+    shadow_noise_absolute: float = _opt(_fraction, default=0.03)
+    guardrail_interval: float = _opt(_positive, default=1.0)
     admin_token: str = _opt(_admin_token, default="")
 
 

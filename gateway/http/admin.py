@@ -1,7 +1,10 @@
-"""Read-only inspection of the rollout, off the public route: `GET /admin/rollout` (effective flags
-and the flags file's version) and `GET /admin/rollout/shadow` (latest shadow mismatches).
+"""Inspection of the rollout, off the public route: `GET /admin/rollout` (effective flags, the
+flags file's version, the guardrails and each cohort's state, why and since when),
+`GET /admin/rollout/shadow` (latest shadow mismatches, and regression against noise per field),
+and the one action, `POST /admin/rollout/guardrails/<cohort>/rearm` (a tripped cohort back to
+what the flags say; docs/rollout-guardrails.md).
 
-Both need `X-Admin-Token: <rollout.admin_token>`. Without a configured token the routes do not
+All need `X-Admin-Token: <rollout.admin_token>`. Without a configured token the routes do not
 exist; with a wrong or missing token they answer exactly like a route that does not exist.
 """
 
@@ -17,16 +20,17 @@ from gateway.http import keys
 ADMIN_HEADER = "X-Admin-Token"
 ROLLOUT_PATH = "/admin/rollout"
 SHADOW_PATH = "/admin/rollout/shadow"
+REARM_PATH = "/admin/rollout/guardrails/{cohort}/rearm"
 
 
-def _authorize(request: web.Request) -> None:
+def _authorize(request: web.Request, method: str = "GET") -> None:
     """The token first, then the method: without the token not even a 405 tells the route exists."""
     expected = request.app[keys.CONFIG].rollout.admin_token
     given = request.headers.get(ADMIN_HEADER, "")
     if not hmac.compare_digest(given.encode(), expected.encode()):
         raise GatewayError("route_not_found")
-    if request.method != "GET":
-        raise web.HTTPMethodNotAllowed(request.method, ["GET"])
+    if request.method != method:
+        raise web.HTTPMethodNotAllowed(request.method, [method])
 
 
 async def rollout_state(request: web.Request) -> web.Response:
@@ -40,7 +44,19 @@ async def rollout_state(request: web.Request) -> web.Response:
 async def shadow_samples(request: web.Request) -> web.Response:
     _authorize(request)
     shadow = request.app.get(keys.SHADOW)
-    return web.json_response({"mismatches": shadow.samples() if shadow is not None else []})
+    if shadow is None:
+        return web.json_response({"mismatches": [], "fields": None})
+    return web.json_response({"mismatches": shadow.samples(), "fields": shadow.report()})
+
+
+async def rearm(request: web.Request) -> web.Response:
+    _authorize(request, "POST")
+    rails = request.app[keys.ROLLOUT].guardrails
+    cohort = request.match_info["cohort"]
+    if rails is None or not await rails.rearm(cohort):
+        # Not tripped (or no such cohort): nothing to do, and the answer says so.
+        return web.json_response({"cohort": cohort, "rearmed": False}, status=409)
+    return web.json_response({"cohort": cohort, "rearmed": True})
 
 
 def add_routes(app: web.Application) -> None:
@@ -48,3 +64,4 @@ def add_routes(app: web.Application) -> None:
         return
     app.router.add_route("*", ROLLOUT_PATH, rollout_state)
     app.router.add_route("*", SHADOW_PATH, shadow_samples)
+    app.router.add_route("*", REARM_PATH, rearm)

@@ -16,6 +16,7 @@ from gateway.contract import ERRORS, OLD_ROUTES, GatewayError
 from gateway.http import keys
 from gateway.http.errors import error_response, kind_for_status
 from gateway.observability.logs import access_line, begin_request
+from gateway.rollout.guardrails import cohort_of
 from gateway.store.base import StoreFull, StoreUnavailable
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -52,12 +53,12 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     metrics.child(metrics.http_duration, route).observe(duration)
     old_route = OLD_ROUTES.get(route)
     if old_route is not None:
-        record_old_request(request, old_route, status_class)
+        record_old_request(request, old_route, response.status, status_class)
     access_line(log, method=request.method, route=route, status=response.status, duration_ms=round(duration * 1000, 2))
     return response
 
 
-def record_old_request(request: web.Request, route: str, status_class: str) -> None:
+def record_old_request(request: web.Request, route: str, status: int, status_class: str) -> None:
     """Who still calls the old path: by route, serving side, client app, app version and status
     class, and the app's last-seen time. The dashboards' "apps still calling" and the
     retirement alert read these."""
@@ -67,6 +68,10 @@ def record_old_request(request: web.Request, route: str, status_class: str) -> N
     side = request.get(keys.SERVED_BY, "gateway")
     metrics = request.app[keys.METRICS]
     metrics.child(metrics.old_requests, route, side, app, version, status_class).inc()
+    rollout = request.app.get(keys.ROLLOUT)
+    rails = rollout.guardrails if rollout is not None else None
+    if side == "gateway" and rails is not None:
+        rails.record_answer(cohort_of(app, version), route, status)
     metrics.child(metrics.client_last_seen, app).set(time.time())
 
 

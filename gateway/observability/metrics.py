@@ -143,6 +143,62 @@ class Metrics:
             ("result", "reason"),
             registry=r,
         )
+        self.shadow_differences = Counter(
+            "gateway_shadow_differences_total",
+            "Compared shadow sessions in which a field differed, by difference class and field "
+            "(positions left out; keys of pass-through objects as *).",
+            ("class", "field"),
+            registry=r,
+        )
+        self.shadow_verdicts = Counter(
+            "gateway_shadow_verdicts_total",
+            "Compared shadow sessions by verdict: match, noise (every difference within the noise "
+            "margin) or regression.",
+            ("verdict",),
+            registry=r,
+        )
+        self.shadow_calibrations = Counter(
+            "gateway_shadow_calibrations_total",
+            "Second legacy reads of a shadow session's patient for noise calibration, by result.",
+            ("result",),
+            registry=r,
+        )
+        self.shadow_noise = Counter(
+            "gateway_shadow_noise_differences_total",
+            "Calibrations in which a field differed between two legacy reads of the same patient.",
+            ("field",),
+            registry=r,
+        )
+        self.guardrail_tripped = Gauge(
+            "gateway_guardrail_tripped",
+            "1 while a cohort's guardrail is tripped (its new sessions go to the legacy service).",
+            ("cohort",),
+            registry=r,
+        )
+        self.guardrail_trips = Counter(
+            "gateway_guardrail_trips_total",
+            "Guardrail trips decided by this replica, by cohort and signal.",
+            ("cohort", "signal"),
+            registry=r,
+        )
+        self.guardrail_rearms = Counter(
+            "gateway_guardrail_rearms_total",
+            "Tripped cohorts re-armed, by cohort and how (admin, flags).",
+            ("cohort", "how"),
+            registry=r,
+        )
+        self.guardrail_signal = Gauge(
+            "gateway_guardrail_signal_ratio",
+            "The latest value of each guardrail signal per cohort on this replica (NaN: too few sessions).",
+            ("cohort", "signal"),
+            registry=r,
+        )
+        self.guardrail_steps = Counter(
+            "gateway_guardrail_steps_total",
+            "Step-ups of a cohort's gateway percentage by a healthy guardrail window, by cohort.",
+            ("cohort",),
+            registry=r,
+        )
         self.legacy_duration = Histogram(
             "gateway_legacy_request_duration_seconds",
             "Calls forwarded to the legacy service, by route and outcome.",

@@ -26,6 +26,7 @@ import structlog
 from gateway.config import RolloutConfig
 from gateway.contract import GATEWAY, LEGACY, SHADOW
 from gateway.observability.metrics import Metrics
+from gateway.rollout.guardrails import GuardrailRules, Guardrails, GuardrailsError, parse_guardrails
 from gateway.tasks import Tasks
 
 log = structlog.get_logger("gateway.rollout")
@@ -38,6 +39,7 @@ DECISIONS = (
     (GATEWAY, "no_legacy"),
     (LEGACY, "kill_switch"),
     (LEGACY, "deny_list"),
+    (LEGACY, "guardrail"),
     (GATEWAY, "allow_list"),
     (GATEWAY, "percentage"),
     (LEGACY, "default"),
@@ -66,6 +68,7 @@ class Flags:
     deny_apps: frozenset[str] = frozenset()
     salt: str = ""
     version: str = ""
+    guardrails: GuardrailRules = field(default_factory=GuardrailRules)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -77,6 +80,7 @@ class Flags:
             "deny_apps": sorted(self.deny_apps),
             "salt": self.salt,
             "version": self.version,
+            "guardrails": self.guardrails.as_json(),
         }
 
 
@@ -99,10 +103,22 @@ def in_percentage(bucket: int, percent: float) -> bool:
     return bucket < round(percent * BUCKETS / 100)
 
 
-def decide(flags: Flags, client_app: str | None, bucket: int | None) -> Decision:
-    """The side for a new session. Precedence: kill switch, deny list, allow list, percentage,
-    default mode. Deny wins over allow, so an app listed in both stays on the legacy service.
-    `bucket` is None when the request has no usable token: only the lists and the mode apply."""
+def decide(
+    flags: Flags, client_app: str | None, bucket: int | None, tripped: bool = False, percent: float | None = None
+) -> Decision:
+    """The side for a new session. Precedence: kill switch, deny list, guardrail, allow list,
+    percentage, default mode. Deny wins over allow, so an app listed in both stays on the legacy
+    service; a tripped guardrail of the request's cohort (`tripped`) sends to the legacy service
+    what would otherwise go to the gateway or to shadow. `percent` is the cohort's own gateway
+    percentage when a step-up raised it. `bucket` is None when the request has no usable token:
+    only the lists and the mode apply."""
+    decision = _decide(flags, client_app, bucket, flags.gateway_percent if percent is None else percent)
+    if tripped and decision.side != LEGACY:
+        return Decision(LEGACY, "guardrail")
+    return decision
+
+
+def _decide(flags: Flags, client_app: str | None, bucket: int | None, percent: float) -> Decision:
     if flags.kill_switch:
         return Decision(LEGACY, "kill_switch")
     app = client_app.strip().lower() if client_app else None
@@ -110,12 +126,12 @@ def decide(flags: Flags, client_app: str | None, bucket: int | None) -> Decision
         return Decision(LEGACY, "deny_list")
     if app is not None and app in flags.allow_apps:
         return Decision(GATEWAY, "allow_list")
-    if bucket is not None and in_percentage(bucket, flags.gateway_percent):
+    if bucket is not None and in_percentage(bucket, percent):
         return Decision(GATEWAY, "percentage")
     return Decision(flags.mode, "default")
 
 
-_FILE_KEYS = ("version", "kill_switch", "mode", "gateway_percent", "allow_apps", "deny_apps", "salt")
+_FILE_KEYS = ("version", "kill_switch", "mode", "gateway_percent", "allow_apps", "deny_apps", "salt", "guardrails")
 
 
 def _apps(data: dict[str, Any], key: str) -> frozenset[str]:
@@ -157,6 +173,10 @@ def parse_flags(raw: bytes, default_mode: str) -> Flags:
     salt = data.get("salt", "")
     if not isinstance(salt, str) or len(salt) > 100:
         raise FlagsError("salt must be a string of at most 100 characters")
+    try:
+        guardrails = parse_guardrails(data["guardrails"]) if "guardrails" in data else GuardrailRules()
+    except GuardrailsError as exc:
+        raise FlagsError(str(exc)) from None
     return Flags(
         mode=mode or default_mode,
         mode_source="file" if mode else "config",
@@ -166,6 +186,7 @@ def parse_flags(raw: bytes, default_mode: str) -> Flags:
         deny_apps=_apps(data, "deny_apps"),
         salt=salt,
         version=str(version),
+        guardrails=guardrails,
     )
 
 
@@ -213,8 +234,12 @@ class Rollout:
     """The current flags of one app. `decide()` is what the create route calls; the watcher
     task (owned by the app, cancelled by `close()`) swaps in a new file's flags when it changes."""
 
-    def __init__(self, config: RolloutConfig, metrics: Metrics, tasks: Tasks | None = None) -> None:
+    def __init__(
+        self, config: RolloutConfig, metrics: Metrics, tasks: Tasks | None = None, guardrails: Guardrails | None = None
+    ) -> None:
         self._config = config
+        # Per-cohort fallback to legacy (gateway/rollout/guardrails.py); None without a legacy service.
+        self.guardrails = guardrails
         self._metrics = metrics
         self.enabled = bool(config.legacy_url)
         self.flags = Flags(mode=config.mode)
@@ -228,16 +253,24 @@ class Rollout:
             metrics.rollout_flags_reloads.labels(result)
         metrics.rollout_flags_valid.set(1)
 
-    def decide(self, token: str | None, client_app: str | None) -> Decision:
+    def decide(self, token: str | None, client_app: str | None, cohort: str | None = None) -> Decision:
+        """`cohort` is the request's client cohort (guardrails.cohort_of), for the guardrails."""
         if not self.enabled:
             decision = Decision(GATEWAY, "no_legacy")
         else:
-            flags = self.flags
-            decision = decide(flags, client_app, rollout_bucket(token, flags.salt) if token else None)
+            flags, rails = self.flags, self.guardrails
+            bucket = rollout_bucket(token, flags.salt) if token else None
+            if rails is None or not rails.active:
+                decision = decide(flags, client_app, bucket)
+            else:
+                percent = rails.percent(cohort, flags.gateway_percent)
+                decision = decide(flags, client_app, bucket, tripped=rails.tripped(cohort), percent=percent)
         self._metrics.rollout_decisions.labels(decision.side, decision.reason).inc()
         return decision
 
     async def start(self) -> None:
+        if self.guardrails is not None:
+            await self.guardrails.start()
         if self.file is None:
             return
         await self.reload(force=True)
@@ -295,6 +328,8 @@ class Rollout:
         state.valid, state.error = True, None
         state.reloads += 1
         self.flags = flags
+        if self.guardrails is not None:
+            self.guardrails.update(flags.guardrails, digest, flags.gateway_percent)
         self._metrics.rollout_flags_valid.set(1)
         self._metrics.rollout_flags_reloads.labels("ok").inc()
         log.info(
@@ -314,7 +349,10 @@ class Rollout:
             "enabled": self.enabled,
             "flags": self.flags.as_json(),
             "file": self.file.as_json() if self.file else None,
+            "guardrails": self.guardrails.describe() if self.guardrails is not None else None,
         }
 
     async def close(self) -> None:
         await self._tasks.cancel("flags_watcher")
+        if self.guardrails is not None:
+            await self.guardrails.close()

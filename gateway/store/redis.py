@@ -299,6 +299,12 @@ class RedisStore:
         await self._redis.aclose()
 
 
+def redis_client(config: RedisConfig) -> Redis:
+    """A client as the store's own, for the few other keys replicas share (the rollout's
+    guardrail board)."""
+    return _client(config)
+
+
 def _client(config: RedisConfig) -> Redis:
     """A client with every wait bounded by `config.timeout` and no retries of its own (the caller
     decides what a failure means). A redis+sentinel:// URL asks the sentinels for the primary,
