@@ -74,8 +74,8 @@ class Fanout:
         metrics: Metrics,
         tasks: Tasks,
         leases: Leases,
-        caps: AnswerCaps | None = None,
-        calls_per_session: int = 24,
+        caps: AnswerCaps,
+        calls_per_session: int,
     ) -> None:
         self._config = config
         self._store = store
@@ -83,7 +83,7 @@ class Fanout:
         self._metrics = metrics
         self._tasks = tasks
         self.leases = leases
-        self._caps = caps or AnswerCaps(100_000, 1000, config.max_entry_bytes)
+        self._caps = caps
         self._calls_per_session = calls_per_session
         self._lpu_complete = metrics.lpu_outcomes.labels("complete", "ok")
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from gateway.upstream.client import CallFailure, parse_body
+from gateway.upstream.client import CallFailure, parse_capped
 
 # Work done between two yields to the loop while mapping one answer.
 SLICE_SECONDS = 0.002
@@ -24,9 +24,8 @@ SLICE_SECONDS = 0.002
 
 @dataclass(frozen=True)
 class AnswerCaps:
-    """`max_values`: JSON values per answer, bounded before parsing by its commas + 1 (an upper
-    bound: a comma inside a string counts too); 2 MiB of `[{},{},…]` is 700 000 objects and
-    ~75 ms of parsing. `max_records`: top-level records. `max_bytes`: the mapped JSON."""
+    """`max_values` (`upstream.max_json_values`) and `max_records` (`upstream.max_records`): see
+    client.parse_capped; `max_bytes` (`session.max_entry_bytes`): the mapped JSON."""
 
     max_values: int
     max_records: int
@@ -34,14 +33,8 @@ class AnswerCaps:
 
 
 def parse_answer(body: bytes, caps: AnswerCaps) -> Any:
-    """The parsed answer; CallFailure too_large past the value or record cap, invalid_body for
-    a body that is not JSON."""
-    if body.count(b",") >= caps.max_values:
-        raise CallFailure("too_large", detail="json values")
-    raw = parse_body(body)
-    if isinstance(raw, list) and len(raw) > caps.max_records:
-        raise CallFailure("too_large", detail="records")
-    return raw
+    """The parsed answer within the value and record caps (see client.parse_capped)."""
+    return parse_capped(body, caps.max_values, caps.max_records)
 
 
 async def map_answer(raw: Any, mapper: Callable[[Any, int], list[Any]], caps: AnswerCaps) -> bytes:

@@ -99,6 +99,19 @@ def parse_body(body: bytes) -> Any:
         raise CallFailure("invalid_body", detail="not JSON") from None
 
 
+def parse_capped(body: bytes, max_values: int, max_records: int) -> Any:
+    """`parse_body` within caps (CallFailure too_large beyond): JSON values counted before
+    parsing, as the body's commas + 1 (an upper bound: a comma inside a string counts too),
+    because parsing is C code that holds the loop until it ends (2 MiB of `[{},{},…]` is
+    700 000 objects, ~75 ms); then top-level records, before anything maps them."""
+    if body.count(b",") >= max_values:
+        raise CallFailure("too_large", detail="json values")
+    raw = parse_body(body)
+    if isinstance(raw, list) and len(raw) > max_records:
+        raise CallFailure("too_large", detail="records")
+    return raw
+
+
 def breaks_circuit(failure: CallFailure) -> bool:
     """Failures that say the target is unreachable. Only these count: they are what holds a
     connection (a 5xx comes back at once), and an error status may be about one patient's
@@ -203,7 +216,9 @@ class Upstream:
 
     async def mkab(self, caller: Caller) -> Any:
         # The MKAB list has one target, the host: its circuit fails creation fast when it is down.
-        return await self._guarded(MKAB, lambda: self.get_json(MKAB, caller))
+        body = await self._guarded(MKAB, lambda: self.get_body(MKAB, caller))
+        # Within the same caps as a per-LPU answer, before map_mkab_list looks at it.
+        return parse_capped(body, self._config.max_json_values, self._config.max_records)
 
     async def for_lpu(self, method: str, lpu_guid: str, caller: Caller) -> bytes:
         """The decoded body of one LPU's answer (parsing and mapping it is the caller's: see
@@ -240,10 +255,6 @@ class Upstream:
                 return await self.get_body(method, caller, params)
         except NoSlot:
             raise CallFailure("limited") from None
-
-    async def get_json(self, method: str, caller: Caller, params: dict[str, str] | None = None) -> Any:
-        """The parsed JSON of a 200 answer, or CallFailure."""
-        return parse_body(await self.get_body(method, caller, params))
 
     async def get_body(self, method: str, caller: Caller, params: dict[str, str] | None = None) -> bytes:
         """The decoded body of a 200 answer, or CallFailure. Retries connect errors and
