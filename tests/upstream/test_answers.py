@@ -209,6 +209,9 @@ async def test_a_hostile_answer_fails_its_lpu_and_neighbours_do_not_notice(
     for body in bodies:
         assert [e["state"] for e in body] == ["Failed", "Complete"]
         assert body[0]["visits"] == [] and body[1]["visits"]
+        # What the attacker's session holds (and each of its polls answers): a few KiB, not the
+        # 340 MiB the 700 000 default-filled records once made.
+        assert len(orjson.dumps(body)) < 16 * 1024
     assert sample(client, "gateway_lpu_outcomes_total", outcome="failed", reason="too_large") == len(bodies)
     assert quiet_failed == loud_failed == 0, "a neighbour's LPU failed"
     assert sample(client, "gateway_store_state_changes_total", state="down") == 0
