@@ -189,8 +189,10 @@ class UpstreamConfig:
     # limits.upstream_per_session (docs/upstream-isolation.md, "Upstream pool").
     max_connections: int = _opt(_positive, default=1024)
     # Seconds a call waits for one of them; then its LPU fails (`pool_wait`). Not part of
-    # call_timeout, which starts once the call has its connection.
-    pool_wait: float = _opt(_positive, default=1.0)
+    # call_timeout, which starts once the call has its connection. As long as the call timeout:
+    # a burst that fills the pool drains at the upstream's pace, and the session's deadline
+    # bounds the whole anyway; any wait at all is counted (gateway_upstream_pool_waits_total).
+    pool_wait: float = _opt(_positive, default=5.0)
     retries: int = _opt(_non_negative, default=2)
     retry_backoff: float = _opt(_non_negative, default=0.05)
     # Retries may add at most this fraction of first attempts (plus a small floor), so that an
