@@ -5,7 +5,7 @@ store together.
 
 At this size the fan-out's own deadline timer leaves the race a window of a few ms, so this
 test alone rarely catches a store that accepts late Completes; the store-level race
-(tests/store/test_store_contract.py, 600 writes around the deadline) does: 329 of 600 LPUs
+(tests/store/test_store_contract.py, 400 writes around the deadline) does: about half of them
 moved with the memory store's check removed."""
 
 from __future__ import annotations

@@ -115,10 +115,11 @@ async def test_a_complete_written_after_the_deadline_is_refused(make_store: Stor
     assert loaded.states(loaded.read_at) == ["Complete", "Failed"]
 
 
-RACE_SESSIONS = 20
-RACE_LPUS = 30  # 600 LPUs finishing within ±RACE_SPREAD of their session's deadline
+RACE_SESSIONS = 10
+RACE_LPUS = 40  # 400 LPUs finishing within ±RACE_SPREAD of their session's deadline
 RACE_DEADLINE = 1.0
 RACE_SPREAD = 0.3
+RACE_READERS = 3
 
 
 async def test_no_reader_sees_failed_then_complete_when_lpus_finish_around_the_deadline(
@@ -148,6 +149,8 @@ async def test_no_reader_sees_failed_then_complete_when_lpus_finish_around_the_d
             await store.finish_lpu(s.guid, index, failed_entry(s.lpus[index]))  # what the fan-out does
 
     async def read() -> None:
+        # From just before the first write: the readers' CPU must not make the writers late.
+        await asyncio.sleep(max(0.0, min(s.deadline for s in sessions) - RACE_SPREAD - 0.05 - time.time()))
         while time.time() < end:
             for s in sessions:
                 loaded = await store.load(s.guid)
@@ -156,7 +159,7 @@ async def test_no_reader_sees_failed_then_complete_when_lpus_finish_around_the_d
                     states = seen.setdefault((s.guid, index), [])
                     if not states or states[-1] != state:
                         states.append(state)
-            await asyncio.sleep(0.005)  # leave the store's connections to the writers too
+            await asyncio.sleep(0.01)  # leave the loop and the store's connections to the writers too
 
     async with asyncio.timeout(20):
         await asyncio.gather(
@@ -165,14 +168,14 @@ async def test_no_reader_sees_failed_then_complete_when_lpus_finish_around_the_d
                 for s in sessions
                 for i in range(RACE_LPUS)
             ),
-            *(read() for _ in range(4)),
+            *(read() for _ in range(RACE_READERS)),
         )
     moved = {key: states for key, states in seen.items() if "Failed" in states and states[-1] == "Complete"}
     assert not moved, f"{len(moved)} LPUs read Failed and then Complete, e.g. {next(iter(moved.items()))}"
     assert not won_late, f"{len(won_late)} Completes sent after the deadline were written"
     finals = [states[-1] for states in seen.values()]
     # The race was real: both outcomes occurred, and readers watched LPUs change state.
-    assert finals.count("Complete") > 50 and finals.count("Failed") > 50, (finals.count("Complete"), len(finals))
+    assert finals.count("Complete") > 40 and finals.count("Failed") > 40, (finals.count("Complete"), len(finals))
     assert sum(len(states) > 1 for states in seen.values()) > 100
 
 
