@@ -227,13 +227,17 @@ def camel_key(key: str) -> str:
 
 
 def camelize(value: Any, path: str = "", depth: int = 0) -> Any:
-    """Keys of any JSON value camelCased, values untouched (for pass-through disp items)."""
+    """Keys of any JSON value camelCased, values untouched (for pass-through disp items).
+
+    An error's path names a pass-through key by its position (`disps[0].{2}`: the third key),
+    never by its text: the keys are the upstream's, may carry personal data, and the path is
+    logged with the LPU's failure."""
     if depth > MAX_DEPTH:
         raise MappingError(path, "nested too deep")
     if isinstance(value, (dict, list)) and len(value) > MAX_NESTED_ITEMS:
         raise TooManyItems(path, f"more than {MAX_NESTED_ITEMS} items")
     if isinstance(value, dict):
-        return {camel_key(k): camelize(v, f"{path}.{k}", depth + 1) for k, v in value.items()}
+        return {camel_key(k): camelize(v, f"{path}.{{{n}}}", depth + 1) for n, (k, v) in enumerate(value.items())}
     if isinstance(value, list):
         return [camelize(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value)]
     return value

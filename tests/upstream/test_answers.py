@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestClient
 from gateway.sandbox.data import SEED_VISIT, LpuKnobs
 from gateway.upstream.answers import AnswerCaps, map_answer, parse_answer
 from gateway.upstream.client import BoundedDecoder, CallFailure
-from gateway.upstream.mapping import MAX_NESTED_ITEMS, TooManyItems, map_visits
+from gateway.upstream.mapping import MAX_NESTED_ITEMS, TooManyItems, map_disps, map_visits
 from tests.support.gateway import TICKETS, bearer, create, patient, poll_until_final, sample
 
 MIB = 1024 * 1024
@@ -98,6 +98,14 @@ async def test_mapped_bytes_are_capped_and_a_record_cannot_hold_a_huge_list() ->
     with pytest.raises(TooManyItems) as too_many:
         await map_answer([visit], map_visits, AnswerCaps(10**6, 10, 10**9))
     assert too_many.value.reason == "too_large" and too_many.value.path == "visits[0].history"
+
+
+async def test_a_pass_through_key_is_never_named_in_an_error_path() -> None:
+    secret = "Ivanov Ivan 1980-01-01"
+    disp = {"stage": 1, secret: {"list": list(range(MAX_NESTED_ITEMS + 1))}}
+    with pytest.raises(TooManyItems) as too_many:
+        await map_answer([disp], map_disps, AnswerCaps(10**6, 10, 10**9))
+    assert too_many.value.path == "disps[0].{1}.{0}" and secret not in str(too_many.value)
 
 
 async def test_mapping_yields_to_the_loop_between_slices() -> None:
