@@ -1,8 +1,9 @@
 """Inspection of the rollout, off the public route: `GET /admin/rollout` (effective flags, the
 flags file's version, the guardrails and each cohort's state, why and since when),
 `GET /admin/rollout/shadow` (latest shadow mismatches, and regression against noise per field),
-and the one action, `POST /admin/rollout/guardrails/<cohort>/rearm` (a tripped cohort back to
-what the flags say; docs/rollout-guardrails.md).
+`GET /admin/migration` (the "safe to retire" report: docs/migration.md), and the one action,
+`POST /admin/rollout/guardrails/<cohort>/rearm` (a tripped cohort back to what the flags say;
+docs/rollout-guardrails.md).
 
 All need `X-Admin-Token: <rollout.admin_token>`. Without a configured token the routes do not
 exist; with a wrong or missing token they answer exactly like a route that does not exist.
@@ -21,6 +22,7 @@ ADMIN_HEADER = "X-Admin-Token"
 ROLLOUT_PATH = "/admin/rollout"
 SHADOW_PATH = "/admin/rollout/shadow"
 REARM_PATH = "/admin/rollout/guardrails/{cohort}/rearm"
+MIGRATION_PATH = "/admin/migration"
 
 
 def _authorize(request: web.Request, method: str = "GET") -> None:
@@ -59,9 +61,15 @@ async def rearm(request: web.Request) -> web.Response:
     return web.json_response({"cohort": cohort, "rearmed": True})
 
 
+async def migration_report(request: web.Request) -> web.Response:
+    _authorize(request)
+    return web.json_response(await request.app[keys.MIGRATION].report())
+
+
 def add_routes(app: web.Application) -> None:
     if not app[keys.CONFIG].rollout.admin_token:
         return
     app.router.add_route("*", ROLLOUT_PATH, rollout_state)
     app.router.add_route("*", SHADOW_PATH, shadow_samples)
     app.router.add_route("*", REARM_PATH, rearm)
+    app.router.add_route("*", MIGRATION_PATH, migration_report)
