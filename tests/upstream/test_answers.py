@@ -149,7 +149,7 @@ async def neighbour_polls(client: TestClient, tokens: list[str], seconds: float)
             if loop.time() >= end:
                 return
             guid = await create(client, token)
-            while True:
+            for _ in range(400):  # 20 s of polls at most: the session's deadline ends it before
                 started = time.perf_counter()
                 resp = await client.get(f"{TICKETS}/{guid}", headers=bearer(token))
                 body = await resp.json()
@@ -160,6 +160,8 @@ async def neighbour_polls(client: TestClient, tokens: list[str], seconds: float)
                     not_complete += sum(s != "Complete" for s in states)
                     break
                 await asyncio.sleep(0.05)
+            else:
+                raise AssertionError(f"a neighbour's session was still InProgress: {states}")
 
     await asyncio.gather(*(one(t) for t in tokens))
     return latencies, not_complete
