@@ -7,6 +7,7 @@ import asyncio
 import random
 import socket
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,12 +23,15 @@ from gateway.upstream.breaker import Breakers
 from gateway.upstream.slots import LpuSlots, NoSlot
 
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
+# What BoundedDecoder undoes; asked for explicitly (aiohttp would add "br" if brotli were installed).
+ACCEPT_ENCODING = "gzip, deflate"
 
 
 class CallFailure(Exception):
     """An upstream call that failed for good. `reason` is one of the metric reasons:
     timeout, status, invalid_body, connection, too_large, circuit_open (failed fast by the
-    target's circuit breaker), limited (no per-LPU slot freed up within the call timeout)."""
+    target's circuit breaker), limited (no per-LPU slot freed up within the call timeout),
+    pool_wait (no pooled connection freed up within `upstream.pool_wait`)."""
 
     def __init__(self, reason: str, status: int | None = None, detail: str = "") -> None:
         super().__init__(f"{reason}{f' {status}' if status else ''}{f': {detail}' if detail else ''}")
@@ -95,6 +99,19 @@ def parse_body(body: bytes) -> Any:
         raise CallFailure("invalid_body", detail="not JSON") from None
 
 
+def parse_capped(body: bytes, max_values: int, max_records: int) -> Any:
+    """`parse_body` within caps (CallFailure too_large beyond): JSON values counted before
+    parsing, as the body's commas + 1 (an upper bound: a comma inside a string counts too),
+    because parsing is C code that holds the loop until it ends (2 MiB of `[{},{},…]` is
+    700 000 objects, ~75 ms); then top-level records, before anything maps them."""
+    if body.count(b",") >= max_values:
+        raise CallFailure("too_large", detail="json values")
+    raw = parse_body(body)
+    if isinstance(raw, list) and len(raw) > max_records:
+        raise CallFailure("too_large", detail="records")
+    return raw
+
+
 def breaks_circuit(failure: CallFailure) -> bool:
     """Failures that say the target is unreachable. Only these count: they are what holds a
     connection (a 5xx comes back at once), and an error status may be about one patient's
@@ -104,11 +121,66 @@ def breaks_circuit(failure: CallFailure) -> bool:
 
 def new_client_session(config: UpstreamConfig) -> aiohttp.ClientSession:
     # One connector for the whole app, sized for fan-out: every LPU call of every session
-    # shares it, and keep-alive makes the 3×LPU calls of a session cheap.
+    # shares it, and keep-alive makes the 3×LPU calls of a session cheap. Its limit equals the
+    # pool gate's (Upstream), which is where calls wait, so the connector itself never queues.
     connector = aiohttp.TCPConnector(
         limit=config.max_connections, limit_per_host=0, ttl_dns_cache=300, resolver=SpecialUseResolver()
     )
-    return aiohttp.ClientSession(connector=connector, trust_env=False, raise_for_status=False)
+    # Bodies are decoded here, not by aiohttp: its decoder inflates a whole received chunk at
+    # once, so a small gzip bomb becomes hundreds of MB before any cap could look at it.
+    return aiohttp.ClientSession(
+        connector=connector,
+        trust_env=False,
+        raise_for_status=False,
+        auto_decompress=False,
+        headers={"Accept-Encoding": ACCEPT_ENCODING},
+    )
+
+
+class BoundedDecoder:
+    """A body's Content-Encoding undone chunk by chunk, never producing more than `cap` bytes:
+    zlib's `max_length` stops inflating at the cap, so a bomb costs at most `cap` of memory and
+    the CPU to inflate `cap` bytes. Identity, gzip and deflate (zlib or raw); anything else is
+    an invalid body (brotli is not advertised: no decoder is installed)."""
+
+    def __init__(self, encoding: str, cap: int) -> None:
+        self._cap = cap
+        self._size = 0
+        self._encoding = encoding.strip().lower() or "identity"
+        if self._encoding not in ("identity", "gzip", "x-gzip", "deflate"):
+            raise CallFailure("invalid_body", detail=f"content-encoding {self._encoding[:20]}")
+        self._inflater: Any = None
+        if self._encoding in ("gzip", "x-gzip"):
+            self._inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self._encoding == "identity":
+            return self._count(chunk)
+        if self._inflater is None:  # deflate: RFC 9110 says zlib; some servers send raw deflate
+            zlib_header = len(chunk) >= 2 and chunk[0] & 0x0F == 8 and (chunk[0] << 8 | chunk[1]) % 31 == 0
+            self._inflater = zlib.decompressobj(zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS)
+        parts = []
+        data = chunk
+        try:
+            while data:
+                parts.append(self._count(self._inflater.decompress(data, self._cap - self._size + 1)))
+                data = self._inflater.unconsumed_tail
+        except zlib.error:
+            raise CallFailure("invalid_body", detail="bad compressed body") from None
+        return b"".join(parts)
+
+    def end(self) -> bytes:
+        if self._inflater is None:
+            return b""
+        if not self._inflater.eof:
+            raise CallFailure("invalid_body", detail="truncated compressed body")
+        return self._count(self._inflater.flush())
+
+    def _count(self, data: bytes) -> bytes:
+        self._size += len(data)
+        if self._size > self._cap:
+            raise CallFailure("too_large", detail="decoded body")
+        return data
 
 
 class Upstream:
@@ -127,6 +199,9 @@ class Upstream:
             Breakers(limits.breaker_failures, limits.breaker_cooldown, limits.tracked_keys) if limits else None
         )
         self._slots = LpuSlots(limits.upstream_per_lpu, metrics) if limits else None
+        # The wait for a pooled connection, bounded on its own: a call that never got one fails
+        # `pool_wait` after `upstream.pool_wait`, and the call timeout starts only once it has.
+        self._pool = asyncio.Semaphore(config.max_connections)
         self._budget = RetryBudget(config.retry_budget_ratio, config.retry_budget_floor)
         base = config.url.rstrip("/")
         # Each method's path is the config key `upstream.<method>_path`.
@@ -141,9 +216,13 @@ class Upstream:
 
     async def mkab(self, caller: Caller) -> Any:
         # The MKAB list has one target, the host: its circuit fails creation fast when it is down.
-        return await self._guarded(MKAB, lambda: self.get_json(MKAB, caller))
+        body = await self._guarded(MKAB, lambda: self.get_body(MKAB, caller))
+        # Within the same caps as a per-LPU answer, before map_mkab_list looks at it.
+        return parse_capped(body, self._config.max_json_values, self._config.max_records)
 
-    async def for_lpu(self, method: str, lpu_guid: str, caller: Caller) -> Any:
+    async def for_lpu(self, method: str, lpu_guid: str, caller: Caller) -> bytes:
+        """The decoded body of one LPU's answer (parsing and mapping it is the caller's: see
+        gateway/upstream/answers.py)."""
         params = {self._config.lpu_query_param: lpu_guid}
         # A circuit per LPU and method: after the cooldown each of the three calls has its own
         # probe, so the probe is one whole LPU fetch, which can complete the LPU.
@@ -162,23 +241,23 @@ class Upstream:
             ok = True
             return result
         except CallFailure as failure:
-            # Waiting for our own slot says nothing about the target.
-            ok = None if failure.reason == "limited" else not breaks_circuit(failure)
+            # Waiting for our own slot or connection says nothing about the target.
+            ok = None if failure.reason in ("limited", "pool_wait") else not breaks_circuit(failure)
             raise
         finally:
             self._breakers.record(target, ok)
 
-    async def _in_slot(self, lpu_guid: str, method: str, caller: Caller, params: dict[str, str]) -> Any:
+    async def _in_slot(self, lpu_guid: str, method: str, caller: Caller, params: dict[str, str]) -> bytes:
         if self._slots is None:
-            return await self.get_json(method, caller, params)
+            return await self.get_body(method, caller, params)
         try:
             async with self._slots.hold(lpu_guid, self._config.call_timeout):
-                return await self.get_json(method, caller, params)
+                return await self.get_body(method, caller, params)
         except NoSlot:
             raise CallFailure("limited") from None
 
-    async def get_json(self, method: str, caller: Caller, params: dict[str, str] | None = None) -> Any:
-        """The parsed JSON of a 200 answer, or CallFailure. Retries connect errors and
+    async def get_body(self, method: str, caller: Caller, params: dict[str, str] | None = None) -> bytes:
+        """The decoded body of a 200 answer, or CallFailure. Retries connect errors and
         502/503/504 only: those are the failures where the upstream did no work."""
         attempt = 0
         self._budget.record_attempt()
@@ -201,7 +280,21 @@ class Upstream:
             self._ok_duration[method].observe(time.perf_counter() - started)
             return result
 
-    async def _attempt(self, method: str, caller: Caller, params: dict[str, str] | None) -> Any:
+    async def _attempt(self, method: str, caller: Caller, params: dict[str, str] | None) -> bytes:
+        if self._pool.locked():
+            self._metrics.upstream_pool_waits.inc()
+        try:
+            async with asyncio.timeout(self._config.pool_wait):
+                await self._pool.acquire()
+        except TimeoutError:
+            self._metrics.rejected.labels("upstream_pool").inc()
+            raise CallFailure("pool_wait", detail="no pooled connection within upstream.pool_wait") from None
+        try:
+            return await self._call(method, caller, params)
+        finally:
+            self._pool.release()
+
+    async def _call(self, method: str, caller: Caller, params: dict[str, str] | None) -> bytes:
         try:
             async with self._session.get(
                 self._urls[method],
@@ -223,19 +316,18 @@ class Upstream:
             raise CallFailure("connection", detail="connect") from None
         except (aiohttp.ClientError, OSError) as exc:
             raise CallFailure("connection", detail=type(exc).__name__) from None
-        return parse_body(body)
+        return body
 
     async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes:
+        """The body, decoded, at most `max_body_bytes` of it after decoding; a Content-Length
+        above the cap is refused before reading (a compressed body that large would inflate to
+        more anyway)."""
         cap = self._config.max_body_bytes
-        if resp.content_length is not None:
-            if resp.content_length > cap:
-                raise CallFailure("too_large")
-            return await resp.read()  # the parser stops at Content-Length: the cap holds
+        decoder = BoundedDecoder(resp.headers.get("Content-Encoding", ""), cap)
+        if resp.content_length is not None and resp.content_length > cap:
+            raise CallFailure("too_large", detail="content-length")
         chunks = []
-        size = 0
         async for chunk in resp.content.iter_chunked(64 * 1024):
-            size += len(chunk)
-            if size > cap:
-                raise CallFailure("too_large")
-            chunks.append(chunk)
+            chunks.append(decoder.feed(chunk))
+        chunks.append(decoder.end())
         return b"".join(chunks)
