@@ -18,8 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import orjson
 
 from gateway.sandbox.data import SEED_VISIT
-from gateway.upstream.answers import AnswerCaps, map_answer, parse_answer
-from gateway.upstream.client import parse_body
+from gateway.upstream.answers import AnswerCaps, map_answer, parse_answer, parse_body
 from gateway.upstream.mapping import map_visits
 
 RECORDS = 1000

@@ -26,8 +26,8 @@ from gateway.sessions.reuse import SharedFanout
 from gateway.store.base import SessionStore, StoreUnavailable
 from gateway.store.session import Session, entry_bytes, entry_state, failed_entry
 from gateway.tasks import Tasks
-from gateway.upstream.answers import AnswerCaps, map_answer, parse_answer
-from gateway.upstream.client import Caller, CallFailure, Upstream
+from gateway.upstream.answers import AnswerCaps, CallFailure, map_answer, parse_answer
+from gateway.upstream.client import Caller, Upstream
 from gateway.upstream.mapping import MappingError, map_calls, map_disps, map_visits
 
 log = structlog.get_logger("gateway.fanout")

@@ -29,7 +29,8 @@ from gateway.sessions.reuse import ReuseIndex, SharedFanout
 from gateway.sessions.tokens import same_token, token_hash
 from gateway.store.base import SessionStore, StoreUnavailable
 from gateway.store.session import Session, failed_entry
-from gateway.upstream.client import Caller, CallFailure, Upstream
+from gateway.upstream.answers import CallFailure
+from gateway.upstream.client import Caller, Upstream
 from gateway.upstream.mapping import MappingError, map_mkab_list
 
 log = structlog.get_logger("gateway.sessions")

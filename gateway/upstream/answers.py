@@ -1,5 +1,5 @@
-"""One per-LPU answer from decoded body to the finished JSON of its part of an entry, within
-caps (issue 11, row 1), without holding the event loop: JSON values are counted before parsing
+"""How an upstream call fails (CallFailure), and one per-LPU answer from decoded body to the
+finished JSON of its part of an entry, within caps (issue 11, row 1), without holding the event loop: JSON values are counted before parsing
 (parsing is C code that runs to its end), records before mapping, mapped bytes after; records
 are mapped in slices of at most SLICE_SECONDS, yielding to the loop between them, and one
 record's own size is bounded by the mapper (MAX_NESTED_ITEMS). docs/upstream-isolation.md,
@@ -16,7 +16,43 @@ from typing import Any
 
 import orjson
 
-from gateway.upstream.client import CallFailure, parse_capped
+
+class CallFailure(Exception):
+    """An upstream call that failed for good. `reason` is one of the metric reasons:
+    timeout, status, invalid_body, connection, too_large, circuit_open (failed fast by the
+    target's circuit breaker), limited (no per-LPU slot freed up within the call timeout),
+    pool_wait (no pooled connection freed up within `upstream.pool_wait`)."""
+
+    def __init__(self, reason: str, status: int | None = None, detail: str = "") -> None:
+        super().__init__(f"{reason}{f' {status}' if status else ''}{f': {detail}' if detail else ''}")
+        self.reason = reason
+        self.status = status
+        self.detail = detail
+
+
+def parse_body(body: bytes) -> Any:
+    """An upstream body as JSON, strictly: NaN and Infinity (which Python's parser accepts) would
+    pass through the mapper into answers that the apps' JSON parsers reject. orjson refuses them
+    (and numbers that overflow to infinity), and parses in a third of the stdlib's time
+    (docs/benchmarks.md)."""
+    try:
+        return orjson.loads(body)
+    except (ValueError, RecursionError):
+        raise CallFailure("invalid_body", detail="not JSON") from None
+
+
+def parse_capped(body: bytes, max_values: int, max_records: int) -> Any:
+    """`parse_body` within caps (CallFailure too_large beyond): JSON values counted before
+    parsing, as the body's commas + 1 (an upper bound: a comma inside a string counts too),
+    because parsing is C code that holds the loop until it ends (2 MiB of `[{},{},…]` is
+    700 000 objects, ~75 ms); then top-level records, before anything maps them."""
+    if body.count(b",") >= max_values:
+        raise CallFailure("too_large", detail="json values")
+    raw = parse_body(body)
+    if isinstance(raw, list) and len(raw) > max_records:
+        raise CallFailure("too_large", detail="records")
+    return raw
+
 
 # Work done between two yields to the loop while mapping one answer.
 SLICE_SECONDS = 0.002
@@ -25,7 +61,7 @@ SLICE_SECONDS = 0.002
 @dataclass(frozen=True)
 class AnswerCaps:
     """`max_values` (`upstream.max_json_values`) and `max_records` (`upstream.max_records`): see
-    client.parse_capped; `max_bytes` (`session.max_entry_bytes`): the mapped JSON."""
+    parse_capped; `max_bytes` (`session.max_entry_bytes`): the mapped JSON."""
 
     max_values: int
     max_records: int

@@ -13,31 +13,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import orjson
 from yarl import URL
 
 from gateway.config import LimitsConfig, UpstreamConfig
 from gateway.contract import MKAB, UPSTREAM_METHODS
 from gateway.observability.metrics import Metrics
+from gateway.upstream.answers import CallFailure, parse_capped
 from gateway.upstream.breaker import Breakers
 from gateway.upstream.slots import LpuSlots, NoSlot
 
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
 # What BoundedDecoder undoes; asked for explicitly (aiohttp would add "br" if brotli were installed).
 ACCEPT_ENCODING = "gzip, deflate"
-
-
-class CallFailure(Exception):
-    """An upstream call that failed for good. `reason` is one of the metric reasons:
-    timeout, status, invalid_body, connection, too_large, circuit_open (failed fast by the
-    target's circuit breaker), limited (no per-LPU slot freed up within the call timeout),
-    pool_wait (no pooled connection freed up within `upstream.pool_wait`)."""
-
-    def __init__(self, reason: str, status: int | None = None, detail: str = "") -> None:
-        super().__init__(f"{reason}{f' {status}' if status else ''}{f': {detail}' if detail else ''}")
-        self.reason = reason
-        self.status = status
-        self.detail = detail
 
 
 @dataclass(frozen=True)
@@ -86,30 +73,6 @@ class SpecialUseResolver(aiohttp.ThreadedResolver):
         if host.lower().rstrip(".").endswith(".invalid"):
             raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
         return await super().resolve(host, port, family)
-
-
-def parse_body(body: bytes) -> Any:
-    """An upstream body as JSON, strictly: NaN and Infinity (which Python's parser accepts) would
-    pass through the mapper into answers that the apps' JSON parsers reject. orjson refuses them
-    (and numbers that overflow to infinity), and parses in a third of the stdlib's time
-    (docs/benchmarks.md)."""
-    try:
-        return orjson.loads(body)
-    except (ValueError, RecursionError):
-        raise CallFailure("invalid_body", detail="not JSON") from None
-
-
-def parse_capped(body: bytes, max_values: int, max_records: int) -> Any:
-    """`parse_body` within caps (CallFailure too_large beyond): JSON values counted before
-    parsing, as the body's commas + 1 (an upper bound: a comma inside a string counts too),
-    because parsing is C code that holds the loop until it ends (2 MiB of `[{},{},…]` is
-    700 000 objects, ~75 ms); then top-level records, before anything maps them."""
-    if body.count(b",") >= max_values:
-        raise CallFailure("too_large", detail="json values")
-    raw = parse_body(body)
-    if isinstance(raw, list) and len(raw) > max_records:
-        raise CallFailure("too_large", detail="records")
-    return raw
 
 
 def breaks_circuit(failure: CallFailure) -> bool:

@@ -17,8 +17,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from gateway.sandbox.data import SEED_VISIT, LpuKnobs
-from gateway.upstream.answers import AnswerCaps, map_answer, parse_answer
-from gateway.upstream.client import BoundedDecoder, CallFailure
+from gateway.upstream.answers import AnswerCaps, CallFailure, map_answer, parse_answer
+from gateway.upstream.client import BoundedDecoder
 from gateway.upstream.mapping import MAX_NESTED_ITEMS, TooManyItems, map_disps, map_visits
 from tests.support.gateway import TICKETS, bearer, create, patient, poll_until_final, sample
 
