@@ -288,7 +288,7 @@ class LimitsConfig:
     upstream_per_lpu: int = _opt(_positive, default=32)
     # Upstream calls in flight for one session (its LPUs' calls wait their turn, within the
     # deadline), so one patient with a long LPU list cannot take the whole pool.
-    upstream_per_session: int = _opt(_positive, default=24)
+    upstream_per_session: int = _opt(_positive, default=48)
     # Consecutive failed calls (timeout, connection error) that open an LPU's circuit, and how long
     # it stays open before one probe call is let through.
     breaker_failures: int = _opt(_positive, default=5)
