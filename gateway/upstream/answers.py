@@ -1,9 +1,10 @@
 """How an upstream call fails (CallFailure), and one per-LPU answer from decoded body to the
-finished JSON of its part of an entry, within caps (issue 11, row 1), without holding the event loop: JSON values are counted before parsing
-(parsing is C code that runs to its end), records before mapping, mapped bytes after; records
-are mapped in slices of at most SLICE_SECONDS, yielding to the loop between them, and one
-record's own size is bounded by the mapper (MAX_NESTED_ITEMS). docs/upstream-isolation.md,
-"Upstream answers", has the measurements that chose slices over a worker thread.
+finished JSON of its part of an entry, within caps (issue 11, row 1), without holding the event
+loop: JSON values are counted before parsing (parsing is C code that runs to its end), records
+before mapping, mapped bytes after; records are mapped in slices of at most SLICE_SECONDS,
+yielding to the loop between them, and one record's own size is bounded by the mapper
+(MAX_NESTED_ITEMS). docs/upstream-isolation.md, "Upstream answers", has the measurements that
+chose slices over a worker thread.
 """
 
 from __future__ import annotations
