@@ -35,6 +35,7 @@ from gateway.store.finished import FinishedCache
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore, redis_client
 from gateway.tasks import Tasks
+from gateway.upstream.answers import AnswerCaps
 from gateway.upstream.client import Upstream, new_client_session
 
 
@@ -70,7 +71,9 @@ async def _sessions(app: web.Application) -> AsyncIterator[None]:
     tracing = app.get(keys.TRACING)
     client = new_client_session(config.upstream, tracing.trace_configs() if tracing else [])
     upstream = Upstream(config.upstream, client, metrics, config.limits)
-    fanout = Fanout(config.session, store, upstream, metrics, tasks, Leases(store, tasks, config.redis.lease_ttl))
+    caps = AnswerCaps(config.upstream.max_json_values, config.upstream.max_records, config.session.max_entry_bytes)
+    leases = Leases(store, tasks, config.redis.lease_ttl)
+    fanout = Fanout(config.session, store, upstream, metrics, tasks, leases, caps, config.limits.upstream_per_session)
     limits = SessionLimits(config.limits, metrics, config.session.ttl)
     app[keys.SESSIONS] = SessionService(config.session, store, upstream, fanout, limits, metrics)
     yield
