@@ -4,6 +4,7 @@ dependency order (closed in reverse: what a component uses is still open while i
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Callable
 from functools import partial
@@ -14,12 +15,13 @@ from gateway.config import Config
 from gateway.contract import OTHER, UNKNOWN
 from gateway.http import admin, health, keys, openapi, scrape, tickets
 from gateway.http.brownout import brownouts
-from gateway.http.middleware import errors, request_context, well_formed
+from gateway.http.middleware import errors, request_context, tracing_span, well_formed
 from gateway.migration.clock import Clock, SystemClock
 from gateway.migration.ledger import Ledger, MemoryLedger, RedisLedger
 from gateway.migration.service import Migration
 from gateway.observability.client_apps import client_table
 from gateway.observability.metrics import Metrics
+from gateway.observability.otel import Tracing
 from gateway.rollout.flags import Rollout
 from gateway.rollout.guardrails import Board, Guardrails, LocalBoard, RedisBoard, cohort_of
 from gateway.rollout.legacy import Legacy
@@ -66,7 +68,8 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
 
 async def _sessions(app: web.Application) -> AsyncIterator[None]:
     config, metrics, store, tasks = app[keys.CONFIG], app[keys.METRICS], app[keys.STORE], app[keys.TASKS]
-    client = new_client_session(config.upstream)
+    tracing = app.get(keys.TRACING)
+    client = new_client_session(config.upstream, tracing.trace_configs() if tracing else [])
     upstream = Upstream(config.upstream, client, metrics, config.limits)
     caps = AnswerCaps(config.upstream.max_json_values, config.upstream.max_records, config.session.max_entry_bytes)
     leases = Leases(store, tasks, config.redis.lease_ttl)
@@ -100,7 +103,8 @@ async def _rollout(app: web.Application) -> AsyncIterator[None]:
     app[keys.ROLLOUT] = rollout
     await rollout.start()
     if rollout.enabled:
-        legacy = Legacy(config, metrics)
+        tracing = app.get(keys.TRACING)
+        legacy = Legacy(config, metrics, tracing.trace_configs() if tracing else [])
         sessions = app[keys.SESSIONS]
         shadow = Shadow(
             config,
@@ -118,6 +122,12 @@ async def _rollout(app: web.Application) -> AsyncIterator[None]:
         await shadow.close()
         await legacy.close()
     await rollout.close()
+
+
+async def _tracing(app: web.Application) -> AsyncIterator[None]:
+    yield
+    # Last: the spans of the final requests and calls are exported (the SDK blocks while it does).
+    await asyncio.to_thread(app[keys.TRACING].close)
 
 
 def _migration(clock: Clock) -> Callable[[web.Application], AsyncIterator[None]]:
@@ -153,9 +163,16 @@ def create_app(config: Config, metrics: Metrics | None = None, clock: Clock | No
     # The parser's limits go with the app, so that every runner serving it (the CLI's, the
     # tests') applies them; see gateway/http/runner.py for how their refusals are answered.
     limits = {"max_line_size": config.server.max_line_size, "max_field_size": config.server.max_field_size}
+    tracing = Tracing(config.tracing) if config.tracing.opentelemetry else None
     # well_formed before brownouts: nothing past it sees header bytes that are not UTF-8.
-    app = web.Application(middlewares=[request_context, errors, well_formed, brownouts], handler_args=limits)
+    middlewares = [request_context, errors, well_formed, brownouts]
+    if tracing is not None:
+        middlewares.insert(0, tracing_span)
+    app = web.Application(middlewares=middlewares, handler_args=limits)
     app[keys.CONFIG] = config
+    if tracing is not None:
+        app[keys.TRACING] = tracing
+        app.cleanup_ctx.append(_tracing)
     app[keys.METRICS] = metrics = metrics or Metrics()
     app[keys.TASKS] = Tasks(on_crash=lambda group: metrics.task_failures.labels(group).inc())
     app[keys.CLIENTS] = client_table(config.clients)

@@ -1,4 +1,5 @@
-"""`gateway serve | sandbox | demo | migration-report`: the console entry point."""
+"""`gateway serve | sandbox | demo | check-config | migration-report`, `gateway --version`: the console
+entry point."""
 
 from __future__ import annotations
 
@@ -13,14 +14,16 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from gateway import __version__
 from gateway.app import create_app
-from gateway.config import Config, ConfigError, load_config
+from gateway.config import Config, ConfigError, load_config_with_sources, render_toml
 from gateway.http import keys
 from gateway.http.admin import ADMIN_HEADER, MIGRATION_PATH
 from gateway.http.health import start_draining
 from gateway.http.runner import GatewayRunner, raise_fd_limit
 from gateway.http.scrape import create_metrics_app
 from gateway.migration.report import render_table
+from gateway.observability import otel
 from gateway.observability.logs import configure_logging
 from gateway.sandbox.app import create_sandbox_app
 from gateway.workers import supervise
@@ -80,7 +83,7 @@ async def _drain(apps: list[web.Application], seconds: float, hurry: asyncio.Eve
 
 
 def _reload_flags(apps: list[web.Application]) -> None:
-    """SIGHUP: re-read the rollout flags file now (README "Rollout")."""
+    """SIGHUP: re-read the rollout flags file now (docs/rollout.md)."""
     for app in apps:
         rollout = app.get(keys.ROLLOUT)
         if rollout is not None:
@@ -89,6 +92,7 @@ def _reload_flags(apps: list[web.Application]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"visit-gateway {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the gateway (config: GATEWAY_CONFIG and GATEWAY_* variables)")
     serve.add_argument(
@@ -96,6 +100,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # Set by the supervisor of --workers for each worker it starts: bind with SO_REUSEPORT.
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    sub.add_parser(
+        "check-config",
+        help="print the effective configuration (file, then GATEWAY_* variables) with secrets masked; "
+        "exit 2 naming the offending key or variable",
+    )
     sandbox = sub.add_parser("sandbox", help="run the simulated new API")
     sandbox.add_argument("--host", default="127.0.0.1")
     sandbox.add_argument("--port", type=int, default=8081)
@@ -110,12 +119,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     try:
-        config = load_config()
+        config, sources = load_config_with_sources()
         if args.command == "demo":
             config = config.replace(upstream={"url": f"http://127.0.0.1:{args.sandbox_port}"})
+        otel.require(config.tracing)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    if args.command == "check-config":
+        # The same load as `serve`, so what it prints is what a start with this environment runs.
+        sys.stdout.write(render_toml(config, sources))
+        return 0
     if args.command == "migration-report":
         return migration_report(config, args.url, args.json)
     if args.command == "serve" and args.workers > 1:

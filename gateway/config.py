@@ -7,6 +7,7 @@ that names the key and where the value came from, so an operator can fix it with
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import tomllib
@@ -30,6 +31,10 @@ def _positive(v: float) -> str | None:
 
 def _non_negative(v: float) -> str | None:
     return None if v >= 0 else "must be >= 0"
+
+
+def _non_empty(v: str) -> str | None:
+    return None if v.strip() else "must not be empty"
 
 
 def _fraction(v: float) -> str | None:
@@ -110,6 +115,8 @@ def _one_of(*allowed: str) -> Callable[[str], str | None]:
     def check(v: str) -> str | None:
         return None if v in allowed else f"must be one of {', '.join(allowed)}"
 
+    # An enum's values are lower case; "INFO" or "Gateway" (an environment habit) means the same.
+    check.choices = allowed  # type: ignore[attr-defined]
     return check
 
 
@@ -326,7 +333,7 @@ class ClientsConfig:
 
 @dataclass(frozen=True)
 class RolloutConfig:
-    """Putting the gateway in front of the legacy service (README "Rollout"). Without a
+    """Putting the gateway in front of the legacy service (docs/rollout.md). Without a
     legacy_url every session is the gateway's, exactly as if this section did not exist."""
 
     legacy_url: str = _opt(_http_url, default="")
@@ -352,7 +359,18 @@ class RolloutConfig:
     shadow_noise_relative: float = _opt(_non_negative, default=0.2)
     shadow_noise_absolute: float = _opt(_fraction, default=0.03)
     guardrail_interval: float = _opt(_positive, default=1.0)
-    admin_token: str = _opt(_admin_token, default="")
+    admin_token: str = _opt(_admin_token, default="", secret=True)
+
+
+@dataclass(frozen=True)
+class TracingConfig:
+    """OpenTelemetry spans (docs/metrics.md, "Tracing"), off by default and only with the `otel`
+    extra installed. Without them the gateway still passes W3C trace context on."""
+
+    opentelemetry: bool = False
+    # OTLP/HTTP traces URL; empty: the SDK's OTEL_EXPORTER_OTLP_* variables (or http://localhost:4318).
+    otlp_endpoint: str = _opt(_http_url, default="")
+    service_name: str = _opt(_non_empty, default="visit-gateway")
 
 
 def _flush_interval(v: float) -> str | None:
@@ -417,6 +435,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     clients: ClientsConfig = field(default_factory=ClientsConfig)
     migration: MigrationConfig = field(default_factory=MigrationConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
 
     def replace(self, **sections: Mapping[str, Any]) -> Config:
         """A copy with some keys changed, validated like a file: replace(session={"ttl": 5})."""
@@ -429,7 +448,8 @@ class Config:
 # A section is a frozen dataclass and a field of Config; nothing else needs to know about it.
 _SECTION_CLASSES: dict[str, type] = typing.get_type_hints(Config)
 
-# Names operators already use; each maps to one (section, key).
+# Names operators already used before every key had one; each maps to one (section, key) and stays
+# valid next to the derived name (docs/configuration.md, "Environment").
 ENV_NAMES: dict[str, tuple[str, str]] = {
     "GATEWAY_HOST": ("server", "host"),
     "GATEWAY_PORT": ("server", "port"),
@@ -446,6 +466,40 @@ ENV_NAMES: dict[str, tuple[str, str]] = {
     "GATEWAY_REDIS_URL": ("redis", "url"),
     "GATEWAY_METRICS_PORT": ("metrics", "port"),
 }
+# The file to read; the one GATEWAY_* variable that is not a key.
+CONFIG_FILE_ENV = "GATEWAY_CONFIG"
+ENV_PREFIX = "GATEWAY_"
+# What Kubernetes injects for a Service named "gateway" (service links): GATEWAY_SERVICE_HOST,
+# GATEWAY_PORT=tcp://..., GATEWAY_PORT_8080_TCP_ADDR... Told apart so that the error says why.
+SERVICE_LINK = re.compile(r"GATEWAY_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT_\d+_(TCP|UDP|SCTP)(_\w+)?)")
+_SERVICE_LINK_VALUE = re.compile(r"(tcp|udp|sctp)://")
+_SERVICE_LINK_HINT = (
+    "; a Kubernetes service link of a Service named 'gateway'? set enableServiceLinks: false in the pod spec"
+)
+
+
+def env_name(section: str, key: str) -> str:
+    """The derived environment name of a key: server.shutdown_timeout → GATEWAY_SERVER_SHUTDOWN_TIMEOUT."""
+    return f"{ENV_PREFIX}{section}_{key}".upper()
+
+
+def config_keys() -> list[tuple[str, dataclasses.Field[Any]]]:
+    """Every (section, field) of the configuration, in declaration order."""
+    return [
+        (section.name, key)
+        for section in dataclasses.fields(Config)
+        for key in dataclasses.fields(_SECTION_CLASSES[section.name])
+    ]
+
+
+def env_names() -> dict[str, tuple[str, str]]:
+    """Every environment name (derived ones and the older aliases) → (section, key). Derived
+    from the dataclasses, so a key added to a section has its name without further work."""
+    names = {env_name(section, f.name): (section, f.name) for section, f in config_keys()}
+    for alias, target in ENV_NAMES.items():
+        if names.setdefault(alias, target) != target:
+            raise AssertionError(f"{alias} names two keys")  # a programming error, caught by the tests
+    return names
 
 
 def as_dict(config: Config) -> dict[str, dict[str, Any]]:
@@ -484,15 +538,34 @@ def _coerce(raw: Any, typ: type, from_env: bool) -> Any:
         raise ValueError("must be a string")
     if typ is tuple:
         if from_env and isinstance(raw, str):
-            raw = [item.strip() for item in raw.split(",") if item.strip()]
+            raw = _env_list(raw)
         if isinstance(raw, (list, tuple)) and all(isinstance(item, str) for item in raw):
             return tuple(raw)
         raise ValueError("must be a list of strings")
     if typ is dict:
+        if from_env and isinstance(raw, str):
+            raw = _env_json(raw, "a JSON object")
         if isinstance(raw, Mapping) and all(isinstance(v, str) for v in raw.values()):
             return dict(raw)
         raise ValueError("must be a table of strings")
     raise ValueError(f"unsupported type {typ}")
+
+
+def _env_list(raw: str) -> Any:
+    """A list by environment: a JSON array (`["a", "b,c"]`) when it starts with '[', else a comma
+    list (`a, b`) whose items are stripped and whose empty items are dropped ("" is the empty list)."""
+    if raw.lstrip().startswith("["):
+        return _env_json(raw, "a JSON array")
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def _env_json(raw: str, what: str) -> Any:
+    if not raw.strip():
+        return {} if "object" in what else []
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise ValueError(f"must be {what}") from None
 
 
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool, "tuple[str, ...]": tuple, "dict[str, str]": dict}
@@ -521,8 +594,10 @@ def build_config(
             where = env_sources.get((sec_field.name, key), source)
             fdef = known[key]
             try:
-                value = _coerce(raw, _TYPES[str(fdef.type)], from_env=where.startswith("GATEWAY_"))
+                value = _coerce(raw, _TYPES[str(fdef.type)], from_env=where.startswith(ENV_PREFIX))
                 check = fdef.metadata.get("check")
+                if isinstance(value, str) and getattr(check, "choices", None):
+                    value = value.lower()
                 problem = check(value) if check else None
                 if problem:
                     raise ValueError(problem)
@@ -551,11 +626,24 @@ def _check_memory_budget(config: Config, source: str, env_sources: Mapping[tuple
 
 
 def load_config(env: Mapping[str, str] | None = None, path: str | Path | None = None) -> Config:
-    """Defaults, then the TOML file (path, or GATEWAY_CONFIG), then environment names."""
+    """Defaults, then the TOML file (path, or GATEWAY_CONFIG), then environment names: every key has
+    its derived GATEWAY_<SECTION>_<KEY> name (and some an older alias). An unknown GATEWAY_*
+    variable is an error, as an unknown key in the file is: a typo must not start a default."""
+    return load_config_with_sources(env, path)[0]
+
+
+Sources = dict[tuple[str, str], str]
+
+
+def load_config_with_sources(
+    env: Mapping[str, str] | None = None, path: str | Path | None = None
+) -> tuple[Config, Sources]:
+    """load_config, and where each key that is not a default came from: the file's path or the
+    environment name (for `gateway check-config`)."""
     env = os.environ if env is None else env
     data: dict[str, dict[str, Any]] = {}
     source = "defaults"
-    path = path or env.get("GATEWAY_CONFIG")
+    path = path or env.get(CONFIG_FILE_ENV)
     if path:
         try:
             with open(path, "rb") as fh:
@@ -565,9 +653,84 @@ def load_config(env: Mapping[str, str] | None = None, path: str | Path | None = 
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config error: {path} is not valid TOML: {exc}") from None
         source = str(path)
+    sources: Sources = {
+        (section, key): source for section, table in data.items() if isinstance(table, Mapping) for key in table
+    }
+    names = env_names()
     env_sources: dict[tuple[str, str], str] = {}
-    for name, (section, key) in ENV_NAMES.items():
-        if name in env:
-            data.setdefault(section, {})[key] = env[name]
-            env_sources[(section, key)] = name
-    return build_config(data, source=source, env_sources=env_sources)
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_FILE_ENV:
+            continue
+        target = names.get(name)
+        if target is None:
+            hint = _SERVICE_LINK_HINT if SERVICE_LINK.fullmatch(name) else ""
+            raise ConfigError(f"config error: unknown environment variable {name} (docs/configuration.md{hint})")
+        if _SERVICE_LINK_VALUE.match(env[name]):
+            where = f"docs/configuration.md{_SERVICE_LINK_HINT}"
+            raise ConfigError(f"config error: {name} looks like a service link, not a value ({where})")
+        section, key = target
+        if target in env_sources and env[env_sources[target]] != env[name]:
+            raise ConfigError(f"config error: {env_sources[target]} and {name} both set {section}.{key}, differently")
+        data.setdefault(section, {})[key] = env[name]
+        env_sources[target] = name
+    return build_config(data, source=source, env_sources=env_sources), sources | env_sources
+
+
+SECRET_MASK = "***"
+
+
+def masked(value: str) -> str:
+    """A secret as check-config shows it: a URL keeps its scheme, user, host and path, but not its
+    password; anything else non-empty is the mask."""
+    if not value:
+        return value
+    scheme, sep, rest = value.partition("://")
+    if not sep:
+        return SECRET_MASK
+    netloc, slash, tail = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    if not at:
+        return value
+    user, colon, _ = userinfo.partition(":")
+    shown = f"{user}:{SECRET_MASK}" if colon else SECRET_MASK
+    return f"{scheme}://{shown}@{hosts}{slash}{tail}"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        # A JSON string is a valid TOML basic string.
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(type(value))
+
+
+def render_toml(config: Config, sources: Sources | None = None) -> str:
+    """The effective configuration as a TOML file that loads back to the same Config, secrets
+    masked (so it loads back only when no secret is set); a key that is not a default says where
+    it came from in a comment."""
+    sources = sources or {}
+
+    def origin(section: str, key: str) -> str:
+        return f"  # from {sources[(section, key)]}" if (section, key) in sources else ""
+
+    blocks: list[str] = []
+    for section in dataclasses.fields(Config):
+        values = getattr(config, section.name)
+        lines, tables = [f"[{section.name}]"], []
+        for fdef in dataclasses.fields(values):
+            value = getattr(values, fdef.name)
+            if fdef.metadata.get("secret") and isinstance(value, str):
+                value = masked(value)
+            if isinstance(value, dict):
+                # A table must follow its section's plain keys.
+                rows = [f"{_toml_value(k)} = {_toml_value(v)}" for k, v in value.items()]
+                tables.append("\n".join([f"[{section.name}.{fdef.name}]{origin(section.name, fdef.name)}", *rows]))
+            else:
+                lines.append(f"{fdef.name} = {_toml_value(value)}{origin(section.name, fdef.name)}")
+        blocks.append("\n\n".join(["\n".join(lines), *tables]))
+    return "\n\n".join(blocks) + "\n"

@@ -17,6 +17,7 @@ from gateway.observability.logs import configure_logging
 from gateway.sandbox.app import Sandbox, create_sandbox_app
 from gateway.sandbox.data import SandboxPatient
 from tests.support.gateway import LOG, TOKENS, GatewayTestServer
+from tests.support.netutil import default_ports, hold_ports
 
 # Real servers on loopback, each a fixture in its own module: redis-server, Prometheus, and
 # gateway replicas as processes.
@@ -34,6 +35,14 @@ def no_token_in_logs() -> Any:
     assert text or not TOKENS, "tokens were used but nothing was logged: the log capture is broken"
     leaked = [t for t in TOKENS if t in text]
     assert not leaked, f"{len(leaked)} tokens appear in the captured logs"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def demo_ports_taken() -> Any:
+    """The run holds the ports `make run` uses (those still free), so a test that listens on a
+    default port fails here as it would next to a running demo, not only on a developer's machine."""
+    with hold_ports(default_ports()) as held:
+        yield held
 
 
 UpstreamFactory = Callable[..., Awaitable[tuple[Sandbox, str]]]

@@ -82,8 +82,13 @@ async def test_two_workers_share_the_port_and_one_scrape_counts_both(
         assert await asyncio.to_thread(proc.wait, 30) == 0
     finally:
         if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+            # SIGTERM first: the supervisor passes it on, where a SIGKILL would orphan the workers.
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def test_more_than_one_worker_needs_redis() -> None:

@@ -12,6 +12,8 @@ from gateway.migration.brownout import BrownoutDecision
 from gateway.migration.service import Migration
 from gateway.observability.client_apps import ClientTable
 from gateway.observability.metrics import Metrics
+from gateway.observability.otel import Tracing
+from gateway.observability.trace import TraceContext
 from gateway.rollout.flags import Rollout
 from gateway.rollout.legacy import Legacy
 from gateway.rollout.shadow import Shadow
@@ -35,8 +37,13 @@ SHADOW = web.AppKey("shadow", Shadow)
 DRAINING = web.AppKey("draining", asyncio.Event)
 # The configured client apps and versions, for the old-path metrics.
 CLIENTS = web.AppKey("clients", ClientTable)
+# Only with tracing.opentelemetry = true: the app's OpenTelemetry tracing.
+TRACING = web.AppKey("tracing", Tracing)
 # Per request: the id logged on every line and sent upstream as X-Request-Id.
 REQUEST_ID = web.RequestKey("request_id", str)
+# Per request: the gateway's hop of the caller's W3C trace (or a new trace), sent to the new API
+# and the legacy service; its trace id is on every log line.
+TRACE = web.RequestKey("trace", TraceContext)
 # Per request: which side served an old-path request ("gateway", "legacy" or "shadow"); the
 # rollout sets it, the old-path metrics read it.
 SERVED_BY = web.RequestKey("served_by", str)

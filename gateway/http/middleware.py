@@ -17,6 +17,7 @@ from gateway.http import keys
 from gateway.http.errors import error_response, kind_for_status
 from gateway.http.routes import Handler, route_template
 from gateway.observability.logs import access_line, begin_request
+from gateway.observability.trace import TRACEPARENT, TRACESTATE, continue_trace
 from gateway.rollout.guardrails import cohort_of
 from gateway.store.base import StoreFull, StoreUnavailable
 
@@ -28,11 +29,28 @@ STATUS_CLASSES = {status: f"{status // 100}xx" for status in (200, 400, 401, 404
 
 
 @web.middleware
+async def tracing_span(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Only with tracing.opentelemetry = true, outermost: the request's server span, current while
+    the request context and the handler run (and in the tasks they start)."""
+    with request.app[keys.TRACING].server_span(request.method, route_template(request), request.headers) as answered:
+        response = await handler(request)
+        answered(response.status)
+        return response
+
+
+@web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     incoming = request.headers.get("X-Request-Id", "")
     request_id = incoming if _REQUEST_ID.fullmatch(incoming) else os.urandom(16).hex()
     request[keys.REQUEST_ID] = request_id
-    begin_request(request.headers.get("Authorization"), request_id=request_id)
+    # With OpenTelemetry on, its server span (outside this middleware) is the gateway's hop.
+    tracing = request.app.get(keys.TRACING)
+    trace = (tracing.current() if tracing is not None else None) or continue_trace(
+        request.headers.getall(TRACEPARENT, []), request.headers.getall(TRACESTATE, [])
+    )
+    request[keys.TRACE] = trace
+    # The tasks a request starts (its fan-out) copy this context: their lines carry both ids too.
+    begin_request(request.headers.get("Authorization"), request_id=request_id, trace_id=trace.trace_id)
     started = time.perf_counter()
     # The error middleware sits inside: error answers are counted and logged with their status.
     response = await handler(request)

@@ -22,6 +22,7 @@ def caller_of(request: web.Request) -> Caller:
         authorization=request.headers["Authorization"],
         request_id=request[keys.REQUEST_ID],
         client_app=request.headers.get("ClientApplication"),
+        trace=request[keys.TRACE],
     )
 
 
@@ -75,7 +76,7 @@ def origin_form(raw_target: str, relative: str) -> str:
 
 
 async def _forward(request: web.Request, route: str) -> LegacyAnswer:
-    headers = forwarded_headers(request.headers, request[keys.REQUEST_ID])
+    headers = forwarded_headers(request.headers, request[keys.REQUEST_ID], request[keys.TRACE])
     target = origin_form(request.raw_path, str(request.rel_url))
     return await request.app[keys.LEGACY].forward(request.method, target, headers, route)
 
@@ -91,7 +92,7 @@ async def _create_on_legacy(request: web.Request, token: str | None, shadow: boo
             compare.not_compared("legacy_unavailable")
         raise
     if compare is not None and token is not None:
-        headers = forwarded_headers(request.headers, request[keys.REQUEST_ID])
+        headers = forwarded_headers(request.headers, request[keys.REQUEST_ID], request[keys.TRACE])
         compare.begin(created, token, caller_of(request), headers, cohort(request))
     return as_response(created)
 

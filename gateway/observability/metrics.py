@@ -11,7 +11,15 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway import __version__
@@ -29,8 +37,24 @@ class Metrics:
         # files there, and a scrape of any worker shows them all.
         self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
-        self.build_info = Info("gateway_build", "Build of the running gateway.", registry=r)
-        self.build_info.info({"version": __version__})
+        # The process's memory, CPU and file descriptors (process_*) and the interpreter's version
+        # and collections (python_*), on this registry rather than the library's global one: what a
+        # pod's memory limit is watched with. Each reads the process when scraped. With several
+        # workers a scrape shows the merged files only, without these: one worker's figures would
+        # pass for the pod's (docs/metrics.md).
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        # A gauge at 1 with the version as a label: `count by (version)` shows a rollout's
+        # progress. (An Info metric would not work with several workers.)
+        self.build_info = Gauge(
+            "gateway_build_info",
+            "Build of the running gateway (always 1).",
+            ("version",),
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.build_info.labels(__version__).set(1)
 
         self.old_requests = Counter(
             "gateway_old_requests_total",

@@ -5,7 +5,7 @@ The rule runs once per session creation. A poll never consults it: a session is 
 side that created it (the gateway's own sessions are in its store, every other GUID belongs to
 the legacy service), so changing the flags never moves a session that already exists.
 
-The percentage key is a hash of the bearer token (README "Rollout", "Who lands where"): it is
+The percentage key is a hash of the bearer token (docs/rollout.md, "Who lands where"): it is
 the only thing the create request carries that names the patient, and it is the same on every
 replica and after every restart. Tokens are reissued from time to time, so a patient may change
 sides between sessions, never inside one.

@@ -16,9 +16,11 @@ import aiohttp
 import structlog
 from yarl import URL
 
+from gateway import USER_AGENT
 from gateway.config import RolloutConfig
 from gateway.contract import GatewayError
 from gateway.observability.metrics import Metrics
+from gateway.observability.trace import TraceContext
 
 log = structlog.get_logger("gateway.legacy")
 
@@ -44,10 +46,16 @@ class LegacyAnswer:
     headers: dict[str, str]
 
 
-def forwarded_headers(incoming: Mapping[str, str], request_id: str) -> dict[str, str]:
-    """The headers of an app's request that go on to the legacy service, and the request id."""
+def forwarded_headers(
+    incoming: Mapping[str, str], request_id: str, trace: TraceContext | None = None
+) -> dict[str, str]:
+    """The headers of an app's request that go on to the legacy service, the request id and the
+    gateway's hop of the trace (never the app's own traceparent: the legacy service's parent is
+    the gateway)."""
     headers = {name: incoming[name] for name in FORWARDED_HEADERS if name in incoming}
     headers["X-Request-Id"] = request_id
+    if trace is not None:
+        headers |= trace.headers()
     return headers
 
 
@@ -59,13 +67,22 @@ class Legacy:
     """The client for the legacy service, with its own small connection pool: the legacy
     service is one replica, and its slowness must not use up the new API's connections."""
 
-    def __init__(self, config: RolloutConfig, metrics: Metrics) -> None:
+    def __init__(
+        self, config: RolloutConfig, metrics: Metrics, trace_configs: list[aiohttp.TraceConfig] | None = None
+    ) -> None:
         self._base = config.legacy_url.rstrip("/")
         self._metrics = metrics
         self._max_body = config.legacy_max_body_bytes
         self._timeout = aiohttp.ClientTimeout(total=config.legacy_timeout, sock_connect=config.legacy_connect_timeout)
         connector = aiohttp.TCPConnector(limit=config.legacy_max_connections, ttl_dns_cache=300)
-        self._session = aiohttp.ClientSession(connector=connector, trust_env=False, raise_for_status=False)
+        # The app's own User-Agent is forwarded when it sent one (FORWARDED_HEADERS); the gateway's otherwise.
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            trust_env=False,
+            raise_for_status=False,
+            headers={"User-Agent": USER_AGENT},
+            trace_configs=trace_configs or None,
+        )
 
     async def call(self, method: str, path_qs: str, headers: dict[str, str], route: str) -> LegacyAnswer:
         """One call; LegacyFailure when there is no complete answer. `path_qs` is the raw path and

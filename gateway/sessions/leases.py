@@ -1,9 +1,9 @@
 """This replica's session leases: which sessions it runs (or feeds from a shared fan-out), and
 the one task that renews their leases in the store several times per `lease_ttl`.
 
-Another replica tells a running session from an orphaned one by its lease (README, "Replicas
-and Redis"). The keeper exists only while there is a lease to renew, so an idle replica keeps
-no task at rest.
+Another replica tells a running session from an orphaned one by its lease (docs/replicas.md,
+"Ownership and takeover"). The keeper exists only while there is a lease to renew, so an idle
+replica keeps no task at rest.
 """
 
 from __future__ import annotations

@@ -200,7 +200,7 @@ class SessionService:
             raise GatewayError("session_not_found")
         self.limits.check_poll(session.guid)
         if session.orphaned:
-            # The replica that ran this session is gone: finish it here (README, "Replicas and Redis").
+            # The replica that ran this session is gone: finish it here (docs/replicas.md).
             await self.take_over(session, caller() if caller is not None else None)
         # The store's clock at the read, which is the one it refuses late Completes by (a
         # finished copy's is older, and harmless: nothing in it depends on the clock).

@@ -54,7 +54,7 @@ class Session:
     """A session as a store holds it. `results` maps LPU index → terminal entry bytes.
 
     `orphaned` is set by `load`: no replica held the session's lease when it was read, so no
-    fan-out is running for it (see the README, "Replicas and Redis").
+    fan-out is running for it (see docs/replicas.md).
 
     `read_at` is set by `load`: the store's clock (unix seconds) when it read the session. It is
     the `now` a poll renders with, because it is the clock `finish_lpu` judges lateness by: a

@@ -17,9 +17,11 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
+from gateway import USER_AGENT
 from gateway.config import LimitsConfig, UpstreamConfig
 from gateway.contract import MKAB, UPSTREAM_METHODS
 from gateway.observability.metrics import Metrics
+from gateway.observability.trace import TraceContext
 from gateway.upstream.answers import CallFailure, parse_capped
 from gateway.upstream.breaker import Breakers
 from gateway.upstream.slots import LpuSlots, NoSlot
@@ -36,6 +38,8 @@ class Caller:
     authorization: str
     request_id: str
     client_app: str | None = None
+    # The gateway's hop of the app's trace; a caller with none (a tool) sends no traceparent.
+    trace: TraceContext | None = None
 
     @functools.cached_property
     def _headers(self) -> dict[str, str]:
@@ -46,6 +50,8 @@ class Caller:
         }
         if self.client_app is not None:
             headers["ClientApplication"] = self.client_app
+        if self.trace is not None:
+            headers |= self.trace.headers()
         return headers
 
     def headers(self) -> dict[str, str]:
@@ -90,7 +96,9 @@ def breaks_circuit(failure: CallFailure) -> bool:
     return failure.reason in ("timeout", "connection")
 
 
-def new_client_session(config: UpstreamConfig) -> aiohttp.ClientSession:
+def new_client_session(
+    config: UpstreamConfig, trace_configs: list[aiohttp.TraceConfig] | None = None
+) -> aiohttp.ClientSession:
     # One connector for the whole app, sized for fan-out: every LPU call of every session
     # shares it, and keep-alive makes the 3×LPU calls of a session cheap. Its limit equals the
     # pool gate's (Upstream), which is where calls wait, so the connector itself never queues.
@@ -104,7 +112,8 @@ def new_client_session(config: UpstreamConfig) -> aiohttp.ClientSession:
         trust_env=False,
         raise_for_status=False,
         auto_decompress=False,
-        headers={"Accept-Encoding": ACCEPT_ENCODING},
+        headers={"Accept-Encoding": ACCEPT_ENCODING, "User-Agent": USER_AGENT},
+        trace_configs=trace_configs or None,
     )
 
 

@@ -1,6 +1,6 @@
 """Pure functions from the new API's JSON to the old contract's JSON (old-api.md §2).
 
-Rules, also in the README:
+Rules, also in docs/sessions.md:
 - Keys are matched ignoring case and underscores, so `ticketGuid`, `TicketGuid` and
   `ticket_guid` are the same field; output keys are exactly the seed's (`vote_count`, `cityId`).
 - A field the upstream omits gets the legacy default of the seed's examples: null for strings,

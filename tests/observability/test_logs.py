@@ -5,7 +5,6 @@ level from the config, and never a token or anything from a record body."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from typing import Any
 
 from gateway.sandbox.data import LpuKnobs
 from tests.support.gateway import LOG, TICKETS, bearer, patient, poll_until_final
-from tests.support.netutil import free_port
+from tests.support.netutil import free_port, serve_env
 
 
 def lines_since(mark: int) -> list[dict[str, Any]]:
@@ -87,14 +86,13 @@ def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
 
 def test_gateway_serve_takes_log_format_level_and_metrics_port_from_the_environment(tmp_path: Any) -> None:
     port, metrics_port, dead_port = free_port(), free_port(), free_port()
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "GATEWAY_PORT": str(port),
-        "GATEWAY_METRICS_PORT": str(metrics_port),
-        "GATEWAY_UPSTREAM_URL": f"http://127.0.0.1:{dead_port}",  # nothing listens: the MKAB call fails
-        "GATEWAY_LOG_FORMAT": "console",
-        "GATEWAY_LOG_LEVEL": "warning",
-    }
+    env = serve_env(
+        port,
+        metrics_port,
+        GATEWAY_UPSTREAM_URL=f"http://127.0.0.1:{dead_port}",  # nothing listens: the MKAB call fails
+        GATEWAY_LOG_FORMAT="console",
+        GATEWAY_LOG_LEVEL="warning",
+    )
     token = f"tok-{uuid.uuid4().hex}"
     out = tmp_path / "gateway.log"
     with open(out, "wb") as log:

@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway import __version__
 from gateway.http import keys
 from gateway.sandbox.data import SandboxPatient, demo_lpu
 from tests.support.dashboards import used_metric_names
@@ -172,3 +173,17 @@ async def test_a_flood_of_distinct_clients_tokens_and_guids_adds_no_series(upstr
     assert total(found, "gateway_old_requests_total", app="unknown") == rounds + 1
     assert not [t for t in TOKENS if t in after]
     assert "app-" not in after, "a User-Agent reached a label"
+
+
+async def test_process_python_and_build_series_are_on_metrics(upstream: Any, gateway: Any) -> None:
+    """What a pod's memory limit and a rollout's progress are watched with."""
+    _, url = await upstream()
+    client = await gateway(url, metrics={"port": 0})
+    found = samples(await (await client.get("/metrics")).text())
+    resident = total(found, "process_resident_memory_bytes")
+    assert 1024 * 1024 < resident < 64 * 1024**3, resident
+    assert total(found, "process_cpu_seconds_total") > 0
+    assert total(found, "process_open_fds") > 0
+    assert {dict(ls)["generation"] for n, ls in found if n == "python_gc_collections_total"} == {"0", "1", "2"}
+    assert next(dict(ls) for n, ls in found if n == "python_info")["major"] == "3"
+    assert found[("gateway_build_info", frozenset({("version", __version__)}))] == 1.0

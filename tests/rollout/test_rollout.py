@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from gateway.config import Config, ConfigError, load_config
 from gateway.http import keys
 from tests.support.fake_legacy import GOLDEN, start_legacy, write_flags
 from tests.support.gateway import LOG, TICKETS, bearer, create, new_token, patient, poll_until_final, sample, wait_until
-from tests.support.netutil import free_port
+from tests.support.netutil import free_port, serve_env
 
 ADMIN = {"X-Admin-Token": "admin-token-for-tests-0123456789"}
 APP_A = "aaaaaaaa-1b8f-4c5b-8d1e-1c0f3b0e5a11"
@@ -331,15 +330,13 @@ async def test_sighup_reloads_the_flags_of_a_running_gateway(tmp_path: Path) -> 
     flags = tmp_path / "flags.toml"
     write_flags(flags, 'version = "before"\n')
     port = free_port()
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "GATEWAY_PORT": str(port),
-        "GATEWAY_METRICS_PORT": "0",
-        "GATEWAY_LEGACY_URL": "http://127.0.0.1:9",
-        "GATEWAY_ROLLOUT_FLAGS_FILE": str(flags),
-        "GATEWAY_ROLLOUT_ADMIN_TOKEN": ADMIN["X-Admin-Token"],
-        "GATEWAY_LOG_LEVEL": "error",
-    }
+    env = serve_env(
+        port,
+        GATEWAY_LEGACY_URL="http://127.0.0.1:9",
+        GATEWAY_ROLLOUT_FLAGS_FILE=str(flags),
+        GATEWAY_ROLLOUT_ADMIN_TOKEN=ADMIN["X-Admin-Token"],
+        GATEWAY_LOG_LEVEL="error",
+    )
     # A poll interval of an hour: only the signal can make it re-read the file.
     config = tmp_path / "gateway.toml"
     config.write_text("[rollout]\nflags_poll_interval = 3600.0\n")

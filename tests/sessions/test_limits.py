@@ -4,7 +4,6 @@ only bounded state."""
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from gateway.upstream.breaker import Breakers
 from gateway.upstream.slots import LpuSlots, NoSlot
 from tests.support import ROOT
 from tests.support.gateway import TICKETS, bearer, create, new_token, patient, poll_until_final, sample, wait_until
-from tests.support.netutil import free_port
+from tests.support.netutil import free_port, serve_env
 from tests.support.rawhttp import get, send
 
 
@@ -286,8 +285,7 @@ def test_gateway_serve_applies_the_configured_header_limit(tmp_path: Path) -> No
     port = free_port()
     config = tmp_path / "gateway.toml"
     config.write_text('[server]\nmax_field_size = 512\n[log]\nlevel = "warning"\n')
-    # /metrics on the main port: the default metrics port (9102) is fixed, and may be taken.
-    env = {**os.environ, "GATEWAY_CONFIG": str(config), "GATEWAY_PORT": str(port), "GATEWAY_METRICS_PORT": "0"}
+    env = serve_env(port, GATEWAY_CONFIG=str(config))
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway", "serve"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )

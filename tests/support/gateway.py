@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import io
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable
 from typing import Any
 
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from multidict import CIMultiDict
 
 from gateway.http import keys
 from gateway.http.runner import GatewayRunner
+from gateway.sandbox.app import Sandbox, create_sandbox_app
 from gateway.sandbox.data import LpuKnobs, SandboxLpu, SandboxPatient, demo_lpu
 from tests.support import golden
 
@@ -106,3 +111,31 @@ async def wait_until(condition: Callable[[], Any], within: float = 10.0, what: s
             return
         assert loop.time() < end, f"{what} not reached within {within}s"
         await asyncio.sleep(0.02)
+
+
+async def recording_upstream(aiohttp_server: Any, *patients: SandboxPatient) -> tuple[list[CIMultiDict[str]], str]:
+    """(headers of every request received, base URL): the sandbox new API on 127.0.0.1, recording."""
+    received: list[CIMultiDict[str]] = []
+
+    @web.middleware
+    async def record(request: web.Request, handler: Any) -> web.StreamResponse:
+        received.append(CIMultiDict(request.headers))
+        return await handler(request)
+
+    app = create_sandbox_app(Sandbox(list(patients)))
+    app.middlewares.append(record)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    return received, str(server.make_url("")).rstrip("/")
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, prelude: str = "") -> subprocess.CompletedProcess[str]:
+    """`gateway ARGS` in a fresh interpreter with only PATH and `env`; `prelude` runs first (a test
+    hides an installed package with it)."""
+    code = f"{prelude}\nimport sys\nfrom gateway.cli import main\nsys.exit(main(sys.argv[1:]))"
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        env={"PATH": "/usr/bin:/bin"} | (env or {}),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import aiohttp
 import pytest
 
 from tests.support.gateway import LOG
-from tests.support.netutil import free_port
+from tests.support.netutil import free_port, serve_env
 
 START_LIMIT = 20.0
 
@@ -142,13 +141,8 @@ def _problem_lines(log_path: Path) -> list[str]:
 def _spawn(name: str, directory: Path, env: dict[str, str]) -> Replica:
     port = free_port()
     log_path = directory / f"replica-{name}.log"
-    env = env | {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "GATEWAY_HOST": "127.0.0.1",
-        "GATEWAY_PORT": str(port),
-        "GATEWAY_METRICS_PORT": "0",  # /metrics on the main port: replicas must not share one
-        "GATEWAY_LOG_LEVEL": "info",
-    }
+    # /metrics on the main port: replicas must not share one.
+    env = env | serve_env(port, GATEWAY_LOG_LEVEL="info")
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
