@@ -21,7 +21,7 @@ from gateway.sessions.fanout import Fanout
 from gateway.sessions.leases import Leases
 from gateway.sessions.limits import SessionLimits
 from gateway.sessions.service import SessionService
-from gateway.store.base import SessionStore
+from gateway.store.base import SessionStore, TokenQuota
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore
 from gateway.tasks import Tasks
@@ -39,12 +39,16 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
     store: SessionStore
     if config.redis.url:
-        redis_store = RedisStore(config.redis, config.session, app[keys.METRICS], app[keys.TASKS])
+        redis_store = RedisStore(config.redis, config.session, app[keys.METRICS], app[keys.TASKS], limits=config.limits)
         await redis_store.start()
         store = redis_store
     else:
         store = MemoryStore(
-            config.session.max_sessions, config.session.ttl, app[keys.METRICS], lease_ttl=config.redis.lease_ttl
+            config.session.max_sessions,
+            config.session.ttl,
+            app[keys.METRICS],
+            lease_ttl=config.redis.lease_ttl,
+            quota=TokenQuota.of(config.session, config.limits),
         )
     app[keys.STORE] = store
     yield
