@@ -19,8 +19,8 @@ Keys (`prefix` is `redis.prefix`, "vg" by default):
 
 A session is created (bound check, hash, TTL, lease) by one Lua script, so no replica ever sees a
 session without its lease or its TTL; a create that Redis out of memory refuses writes nothing
-(503 store_full). A poll is one round trip (one script: HGETALL of the hash, EXISTS of the lease
-and the poll count) and joins the stored bytes.
+(503 store_full). A poll is one round trip (HGETALL of the hash, EXISTS of the lease and the
+poll count script, pipelined) and joins the stored bytes.
 
 Every call is bounded by `redis.timeout` (socket timeouts and an asyncio timeout around it).
 While Redis is unreachable, request-path calls fail at once with StoreUnavailable instead of
@@ -141,33 +141,32 @@ redis.call('PEXPIRE', KEYS[2], math.min(math.ceil(burst / rate), tonumber(ARGV[4
 return {0, 0}
 """
 
-# KEYS: session, lease, the session's poll window. ARGV: "1" when the poll has credentials,
-# then the hash they must match to be counted; limit per window; window ms. Returns {hash
-# fields, lease held, ms until the window ends when this poll is over the limit, else 0}.
-# The count is a fixed window per session shared by every replica, in the poll's one round
-# trip. Its write is a pcall: Redis out of memory refuses the count, not the read (the poll is
-# then not counted), and a missing session or another token's poll counts nothing.
-_POLL = """
-local raw = redis.call('HGETALL', KEYS[1])
-if #raw == 0 then
-  return {raw, 0, 0}
+# KEYS: session, the session's poll window. ARGV: "1" when the poll has credentials, then the
+# hash they must match to be counted; limit per window; window ms. Returns the ms until the
+# window ends when this poll is over the limit, else 0. A fixed window per session shared by
+# every replica, pipelined with the poll's read (one round trip; the read itself stays outside
+# the script, so a big session is not copied through Lua). The count is a pcall: Redis out of
+# memory refuses the count, not the poll, and a missing session or another token counts nothing.
+_COUNT_POLL = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
 end
-local leased = redis.call('EXISTS', KEYS[2])
-local over = 0
-if ARGV[1] == '0' or redis.call('HGET', KEYS[1], 'h') == ARGV[2] then
-  local n = redis.pcall('INCR', KEYS[3])
-  if type(n) == 'number' then
-    local left = redis.call('PTTL', KEYS[3])
-    if left < 0 then
-      redis.call('PEXPIRE', KEYS[3], ARGV[4])
-      left = tonumber(ARGV[4])
-    end
-    if n > tonumber(ARGV[3]) then
-      over = left
-    end
-  end
+if ARGV[1] == '1' and redis.call('HGET', KEYS[1], 'h') ~= ARGV[2] then
+  return 0
 end
-return {raw, leased, over}
+local n = redis.pcall('INCR', KEYS[2])
+if type(n) ~= 'number' then
+  return 0
+end
+local left = redis.call('PTTL', KEYS[2])
+if left < 0 then
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+  left = tonumber(ARGV[4])
+end
+if n > tonumber(ARGV[3]) then
+  return left
+end
+return 0
 """
 
 # KEYS: session. ARGV: field, entry. HSETNX on a missing key would create a hash with no TTL.
@@ -312,7 +311,7 @@ class RedisStore:
         self._redis = _client(config)
         self._create = self._redis.register_script(_CREATE)
         self._admit = self._redis.register_script(_ADMIT)
-        self._poll = self._redis.register_script(_POLL)
+        self._count_poll = self._redis.register_script(_COUNT_POLL)
         self._finish = self._redis.register_script(_FINISH)
         self._acquire = self._redis.register_script(_ACQUIRE)
         self._renew = self._redis.register_script(_RENEW)
@@ -480,10 +479,17 @@ class RedisStore:
     async def read_poll(self, guid: str, binding: str | None) -> PollRead:
         if not self._poll_limit:
             return PollRead(await self.load(guid))
-        keys = [self.session_key(guid), self.lease_key(guid), self.poll_key(guid)]
+        keys = [self.session_key(guid), self.poll_key(guid)]
         args = ["0" if binding is None else "1", binding or "", self._poll_limit, self._poll_window_ms]
-        flat, leased, over_ms = await self._call(lambda: self._poll(keys=keys, args=args), fail_fast=True)
-        raw = dict(zip(flat[::2], flat[1::2], strict=True))
+
+        async def read() -> list[Any]:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hgetall(self.session_key(guid))
+                pipe.exists(self.lease_key(guid))
+                await self._count_poll(keys=keys, args=args, client=pipe)
+                return await pipe.execute()
+
+        raw, leased, over_ms = await self._call(read, fail_fast=True)
         retry_after = _seconds(over_ms) if over_ms else None
         return PollRead(self._loaded(guid, raw, leased), counted=True, retry_after=retry_after)
 
