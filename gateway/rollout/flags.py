@@ -132,7 +132,14 @@ def _apps(data: dict[str, Any], key: str) -> frozenset[str]:
 
 def parse_flags(raw: bytes, default_mode: str) -> Flags:
     """The flags of a TOML flags file, or FlagsError. Unknown keys are errors: a misspelt
-    `kill_swich = true` must not be silently ignored."""
+    `kill_swich = true` must not be silently ignored.
+
+    A truncated file is refused (docs/rollout-flags.md): the file must end with its required
+    `version` key, after every other key, and with a newline. A file rewritten in place is read
+    empty, or cut anywhere, for a moment; every such prefix is empty, does not parse, lacks the
+    version or its final newline. Replacing the file by a rename never shows a prefix at all."""
+    if not raw.strip():
+        raise FlagsError("empty file (truncated, or being rewritten in place?)")
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
@@ -157,6 +164,9 @@ def parse_flags(raw: bytes, default_mode: str) -> Flags:
     salt = data.get("salt", "")
     if not isinstance(salt, str) or len(salt) > 100:
         raise FlagsError("salt must be a string of at most 100 characters")
+    # Checked last, so that a complete file's own mistake is the one reported.
+    if str(version) == "" or list(data)[-1] != "version" or not raw.endswith(b"\n"):
+        raise FlagsError("truncated: the file must end with its `version` line (after every other key, then a newline)")
     return Flags(
         mode=mode or default_mode,
         mode_source="file" if mode else "config",

@@ -48,10 +48,10 @@ APPS: dict[str, tuple[dict[str, str], str]] = {
 # gateway, web is denied (legacy), every other app is shadowed (legacy answers, the gateway
 # compares its own answer in the background).
 ROLLOUT_FLAGS = f"""
-version = "metrics-workload"
 mode = "shadow"
 allow_apps = ["{ANDROID_GUID}"]
 deny_apps = ["{WEB_GUID}"]
+version = "metrics-workload"
 """
 
 
