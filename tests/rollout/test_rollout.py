@@ -409,7 +409,9 @@ async def test_a_flags_file_truncated_and_rewritten_in_place_keeps_the_kill_swit
         for _ in range(25):  # the watcher reads the file every 50 ms meanwhile
             assert await side_of(client, fake, p.token) == "legacy"
 
-    with open(flags, "r+b") as fh:  # in place: same inode, as `>` in a shell or an editor's save
+    # In place: same inode, as `>` in a shell or an editor saving over the file does (a local
+    # file, written between the gateway's reads: blocking is the point).
+    with open(flags, "r+b") as fh:  # noqa: ASYNC230
         fh.truncate(0)
         fh.flush()
         await rollout.reload()
