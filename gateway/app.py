@@ -101,7 +101,8 @@ def create_app(config: Config, metrics: Metrics | None = None) -> web.Applicatio
     app.cleanup_ctx.extend([_tasks, _store, _sessions, _rollout])
     tickets.add_routes(app)
     health.add_routes(app)
-    admin.add_routes(app)
+    if not admin.admin_listener(app):
+        admin.add_routes(app, app)
     if config.metrics.port == 0:
         scrape.add_routes(app)
     openapi.add_routes(app)
