@@ -3,7 +3,9 @@
 A forwarded request keeps its method, path and query, and the headers listed in
 FORWARDED_HEADERS; the request id goes as X-Request-Id. The legacy status and body come back
 unchanged. Only `rollout.legacy_url`'s host is ever called, with a total timeout, so a slow or
-dead legacy service is a 504 or a 502 in the standard error shape, never a hang.
+dead legacy service is a 504 or a 502 in the standard error shape, never a hang. Polls of GUIDs
+the gateway does not hold are forwarded within an allowance per client address and in total
+(`rollout.legacy_poll_*`), so that guessing GUIDs cannot load the legacy service.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import aiohttp
 import structlog
 from yarl import URL
 
+from gateway.buckets import KeyedBuckets
 from gateway.config import RolloutConfig
 from gateway.contract import GatewayError
 from gateway.observability.metrics import Metrics
@@ -27,6 +30,10 @@ log = structlog.get_logger("gateway.legacy")
 FORWARDED_HEADERS = ("Authorization", "ClientApplication", "User-Agent", "Accept", "Accept-Language")
 # Response headers passed back besides the body: its type, and when to retry a 429/503.
 RETURNED_HEADERS = ("Content-Type", "Retry-After")
+# The unknown-GUID poll allowance: client addresses remembered (LRU beyond), and the key of the
+# all-clients one.
+_TRACKED_CLIENTS = 100_000
+_ALL = ""
 
 
 class LegacyFailure(Exception):
@@ -66,6 +73,26 @@ class Legacy:
         self._timeout = aiohttp.ClientTimeout(total=config.legacy_timeout, sock_connect=config.legacy_connect_timeout)
         connector = aiohttp.TCPConnector(limit=config.legacy_max_connections, ttl_dns_cache=300)
         self._session = aiohttp.ClientSession(connector=connector, trust_env=False, raise_for_status=False)
+        # Polls of GUIDs the gateway does not hold: per client address and in total (one key).
+        self._per_client = KeyedBuckets(
+            config.legacy_poll_rate_per_client, config.legacy_poll_burst_per_client, _TRACKED_CLIENTS
+        )
+        self._total = KeyedBuckets(config.legacy_poll_rate, config.legacy_poll_burst, 1)
+
+    def admit_unknown_poll(self, client: str) -> None:
+        """Spends one forwarded poll of an unknown GUID for this client address and for all, or
+        raises 429 with the seconds until one is allowed: guessing GUIDs must not become load on
+        the one-replica legacy service. Only forwarded polls count (the gateway's own sessions
+        never reach here)."""
+        wait = self._per_client.wait(client)
+        limit = "legacy_polls_per_client"
+        if not wait:
+            wait, limit = self._total.wait(_ALL), "legacy_polls"
+        if wait:
+            self._metrics.rejected.labels(limit).inc()
+            raise GatewayError("too_many_requests", retry_after=wait)
+        self._per_client.spend(client)
+        self._total.spend(_ALL)
 
     async def call(self, method: str, path_qs: str, headers: dict[str, str], route: str) -> LegacyAnswer:
         """One call; LegacyFailure when there is no complete answer. `path_qs` is the raw path and

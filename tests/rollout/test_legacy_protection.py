@@ -1,0 +1,109 @@
+"""Protecting the one-replica legacy service and the poll limit (issue 11, row 13): polls of GUIDs
+the gateway does not hold are forwarded within an allowance per client address and in total
+(429 beyond, in the standard shape), and on Redis the per-session poll limit holds across
+replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import aiohttp
+
+from tests.support.fake_legacy import start_legacy
+from tests.support.gateway import TICKETS, bearer, create, patient, poll_until_final, sample
+
+STANDARD_429 = {"code": 429, "message": "Too many requests, retry later", "message_code": "4429"}
+
+
+async def poll_from(base: str, guid: str, local: str = "127.0.0.1", token: str | None = None) -> tuple[int, Any, Any]:
+    """GET the poll path from the loopback address `local`: (status, body, Retry-After)."""
+    connector = aiohttp.TCPConnector(local_addr=(local, 0))
+    async with aiohttp.ClientSession(connector=connector) as http:
+        async with http.get(f"{base}{TICKETS}/{guid}", headers=bearer(token) if token else None) as resp:
+            return resp.status, await resp.json(), resp.headers.get("Retry-After")
+
+
+async def test_guessed_guids_reach_legacy_only_within_the_clients_allowance(
+    aiohttp_server: Any, upstream: Any, gateway: Any
+) -> None:
+    p = patient(None)
+    _, url = await upstream(p)
+    fake, legacy_url = await start_legacy(aiohttp_server)
+    existing = fake.existing(p.token)
+    rate, burst = 5.0, 10
+    rollout = {"legacy_url": legacy_url, "legacy_poll_rate_per_client": rate, "legacy_poll_burst_per_client": burst}
+    client = await gateway(url, rollout=rollout)
+    base = str(client.make_url("")).rstrip("/")
+    connector = aiohttp.TCPConnector(local_addr=("127.0.0.1", 0))
+    statuses: list[int] = []
+    started = time.monotonic()
+    async with aiohttp.ClientSession(connector=connector) as http:
+        for _ in range(500):  # bounded in count and in time
+            if time.monotonic() - started > 3.0:
+                break
+            async with http.get(f"{base}{TICKETS}/{uuid.uuid4()}") as resp:
+                statuses.append(resp.status)
+                if resp.status == 429:
+                    assert await resp.json() == STANDARD_429 and int(resp.headers["Retry-After"]) >= 1
+    elapsed = time.monotonic() - started
+    forwarded = len(fake.polls())
+    assert statuses.count(404) == forwarded, "every forwarded guess got legacy's 404"
+    assert forwarded <= burst + rate * elapsed + 1, f"{forwarded} guesses reached legacy in {elapsed:.1f}s"
+    assert statuses.count(429) == len(statuses) - forwarded > 0
+    assert sample(client, "gateway_rejected_requests_total", limit="legacy_polls_per_client") == statuses.count(429)
+    # Another client polling its real legacy session meanwhile is served.
+    status, body, _ = await poll_from(base, existing, local="127.0.0.2", token=p.token)
+    assert status == 200 and body
+
+
+async def test_guessed_guids_reach_legacy_only_within_the_total_allowance(
+    aiohttp_server: Any, upstream: Any, gateway: Any
+) -> None:
+    _, url = await upstream()
+    fake, legacy_url = await start_legacy(aiohttp_server)
+    rollout = {"legacy_url": legacy_url, "legacy_poll_rate": 0.1, "legacy_poll_burst": 8}
+    client = await gateway(url, rollout=rollout)
+    base = str(client.make_url("")).rstrip("/")
+    statuses = [(await poll_from(base, str(uuid.uuid4()), local=f"127.0.0.{10 + i}"))[0] for i in range(20)]
+    assert statuses == [404] * 8 + [429] * 12, "20 addresses, 8 guesses forwarded in all"
+    assert len(fake.polls()) == 8
+    assert sample(client, "gateway_rejected_requests_total", limit="legacy_polls") == 12
+
+
+async def test_on_redis_the_poll_limit_of_a_session_holds_across_replicas(
+    upstream: Any, gateway: Any, redis_server: Any
+) -> None:
+    p, other = patient(None), patient(None)
+    _, url = await upstream(p, other)
+    limits = {"poll_rate": 5.0, "poll_burst": 5}  # 5 polls per 1 s window, shared
+    replicas = [await gateway(url, limits=limits, redis={"url": redis_server.url}) for _ in range(2)]
+    guid = await create(replicas[0], p.token)
+    await poll_until_final(replicas[0], guid, bearer(p.token))
+    # Another token's polls (404) and polls of other sessions spend nothing of this session's.
+    for replica in replicas:
+        resp = await replica.get(f"{TICKETS}/{guid}", headers=bearer(other.token))
+        assert resp.status == 404
+    served, refused, retry_afters = 0, 0, set()
+    started = time.monotonic()
+    for i in range(200):  # bounded in count and in time, alternately on either replica
+        if time.monotonic() - started > 2.5:
+            break
+        resp = await replicas[i % 2].get(f"{TICKETS}/{guid}", headers=bearer(p.token))
+        await resp.read()
+        if resp.status == 200:
+            served += 1
+        else:
+            assert resp.status == 429 and await resp.json() == STANDARD_429
+            refused += 1
+            retry_afters.add(resp.headers["Retry-After"])
+    elapsed = time.monotonic() - started
+    # A fixed window of 1 s: at most 5 per window the run touched, whichever replica served.
+    assert served <= 5 * (int(elapsed) + 2), f"{served} polls served in {elapsed:.1f}s on two replicas"
+    assert refused > 0 and retry_afters == {"1"}
+    assert sum(sample(r, "gateway_rejected_requests_total", limit="poll_rate") for r in replicas) == refused
+    await asyncio.sleep(1)  # the client obeys Retry-After: 1
+    resp = await replicas[1].get(f"{TICKETS}/{guid}", headers=bearer(p.token))
+    assert resp.status == 200
