@@ -20,11 +20,11 @@ FAST_PROBE = {"probe_interval": 0.1, "timeout": 0.3}
 
 
 def at_maxmemory(server: RedisServer) -> None:
-    """Sets maxmemory just below what Redis uses now: every write that needs memory is refused
+    """Sets maxmemory well below what Redis uses now: every write that needs memory is refused
     (OOM), as on a Redis that filled up, while reads and deletes go on."""
     with server.client() as r:
         r.config_set("maxmemory-policy", "noeviction")
-        r.config_set("maxmemory", max(1, int(r.info("memory")["used_memory"]) - 1024))
+        r.config_set("maxmemory", max(1, int(r.info("memory")["used_memory"]) // 2))
 
 
 def memory_freed(server: RedisServer) -> None:
