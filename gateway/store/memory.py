@@ -93,10 +93,11 @@ class MemoryStore:
     async def admit(self, token_key: str) -> None:
         if self._rates is None:
             return
-        if waited := self._live_wait(token_key, time.monotonic()):
-            raise TokenLimited(LIVE_SESSIONS_PER_TOKEN, waited)
-        if waited := self._rates.take(token_key):
-            raise TokenLimited(CREATE_RATE_PER_TOKEN, waited)
+        # The later of the two is when a create would be admitted: that is the Retry-After.
+        live, rate = self._live_wait(token_key, time.monotonic()), self._rates.wait(token_key)
+        if live or rate:
+            raise TokenLimited(LIVE_SESSIONS_PER_TOKEN if live >= rate else CREATE_RATE_PER_TOKEN, max(live, rate))
+        self._rates.spend(token_key)
 
     async def create(self, session: Session, *, count_token: bool = True) -> None:
         self._cache.expire()
