@@ -19,7 +19,7 @@ from gateway.config import Config, ConfigError, load_config
 from gateway.http.scrape import create_metrics_app
 from tests.support import ROOT
 from tests.support.gateway import sample
-from tests.support.netutil import free_port
+from tests.support.netutil import free_port, get_from
 
 STRONG = secrets.token_hex(32)
 ROLLOUT = "/admin/rollout"
@@ -55,10 +55,7 @@ def test_gateway_serve_refuses_to_start_with_a_weak_admin_token() -> None:
 
 async def admin_status(base: str, token: str, local: str = "127.0.0.1") -> tuple[int, dict[str, Any], str | None]:
     """GET /admin/rollout from the loopback address `local`."""
-    connector = aiohttp.TCPConnector(local_addr=(local, 0))
-    async with aiohttp.ClientSession(connector=connector) as http:
-        async with http.get(base + ROLLOUT, headers={"X-Admin-Token": token}) as resp:
-            return resp.status, await resp.json(), resp.headers.get("Retry-After")
+    return await get_from(local, base + ROLLOUT, {"X-Admin-Token": token})
 
 
 async def test_wrong_admin_tokens_are_counted_and_limited_per_client(aiohttp_client: Any) -> None:

@@ -14,16 +14,14 @@ import aiohttp
 
 from tests.support.fake_legacy import start_legacy
 from tests.support.gateway import TICKETS, bearer, create, patient, poll_until_final, sample
+from tests.support.netutil import get_from
 
 STANDARD_429 = {"code": 429, "message": "Too many requests, retry later", "message_code": "4429"}
 
 
 async def poll_from(base: str, guid: str, local: str = "127.0.0.1", token: str | None = None) -> tuple[int, Any, Any]:
     """GET the poll path from the loopback address `local`: (status, body, Retry-After)."""
-    connector = aiohttp.TCPConnector(local_addr=(local, 0))
-    async with aiohttp.ClientSession(connector=connector) as http:
-        async with http.get(f"{base}{TICKETS}/{guid}", headers=bearer(token) if token else None) as resp:
-            return resp.status, await resp.json(), resp.headers.get("Retry-After")
+    return await get_from(local, f"{base}{TICKETS}/{guid}", bearer(token) if token else None)
 
 
 async def test_guessed_guids_reach_legacy_only_within_the_clients_allowance(
