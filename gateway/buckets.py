@@ -45,6 +45,11 @@ class KeyedBuckets:
         now = self._clock()
         self._buckets[key] = [max(0.0, self._tokens(key, now) - 1.0), now]
 
+    def give_back(self, key: str) -> None:
+        """Returns one token spent on something that turned out not to count (up to the burst)."""
+        now = self._clock()
+        self._buckets[key] = [min(self._burst, self._tokens(key, now) + 1.0), now]
+
     def take(self, key: str) -> int:
         """Spends one token if there is one and returns 0, else the whole seconds to wait."""
         waited = self.wait(key)

@@ -324,12 +324,13 @@ class RolloutConfig:
     # true: the admin routes are served on the admin listener (metrics.host:metrics.port), not on
     # server.port (needs metrics.port != 0).
     admin_on_metrics_port: bool = False
-    # Polls of GUIDs the gateway does not hold, forwarded to the one-replica legacy service: per
-    # second and burst, per client address and in total (per replica). Beyond: 429.
-    legacy_poll_rate_per_client: float = _opt(_positive, default=5.0)
-    legacy_poll_burst_per_client: int = _opt(_positive, default=20)
-    legacy_poll_rate: float = _opt(_positive, default=500.0)
-    legacy_poll_burst: int = _opt(_positive, default=1000)
+    # Guesses: polls of GUIDs neither the gateway nor the legacy service knows (legacy answers
+    # 404), per second and burst, per client address and in total (per replica). Beyond them,
+    # polls of GUIDs the gateway does not hold answer 429 without reaching the legacy service.
+    legacy_guess_rate_per_client: float = _opt(_positive, default=1.0)
+    legacy_guess_burst_per_client: int = _opt(_positive, default=20)
+    legacy_guess_rate: float = _opt(_positive, default=50.0)
+    legacy_guess_burst: int = _opt(_positive, default=200)
 
 
 @dataclass(frozen=True)

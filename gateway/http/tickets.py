@@ -74,8 +74,8 @@ async def _create_on_legacy(request: web.Request, token: str | None, shadow: boo
 
 async def _poll_on_legacy(request: web.Request, guid: str) -> web.Response:
     request[keys.SERVED_BY] = LEGACY
-    request.app[keys.LEGACY].admit_unknown_poll(request.remote or "unknown")
-    answer = await _forward(request, "poll")
+    headers = forwarded_headers(request.headers, request[keys.REQUEST_ID])
+    answer = await request.app[keys.LEGACY].forward_unknown_poll(request.remote or "unknown", request.raw_path, headers)
     request.app[keys.SHADOW].offer(guid, answer.status, answer.body)
     return as_response(answer)
 

@@ -14,8 +14,8 @@ Keys (`prefix` is `redis.prefix`, "vg" by default):
 - `{prefix}:t:{token hash}`: sorted set, the token's live sessions (guid → expiry ms), and
   `{prefix}:tc:{token hash}`: hash, the token's create bucket (`t` tokens, `at` ms): the per-token
   quota (gateway/store/base.py TokenQuota), shared by every replica.
-- `{prefix}:p:{guid}`: the session's poll count in the current fixed window
-  (`limits.poll_burst` polls per `poll_burst / poll_rate` seconds), shared by every replica.
+- `{prefix}:p:{guid}`: hash, the session's poll bucket (`t` tokens, `at` ms; `limits.poll_rate`,
+  `poll_burst`), shared by every replica.
 
 A session is created (bound check, hash, TTL, lease) by one Lua script, so no replica ever sees a
 session without its lease or its TTL; a create that Redis out of memory refuses writes nothing
@@ -141,12 +141,13 @@ redis.call('PEXPIRE', KEYS[2], math.min(math.ceil(burst / rate), tonumber(ARGV[4
 return {0, 0}
 """
 
-# KEYS: session, the session's poll window. ARGV: "1" when the poll has credentials, then the
-# hash they must match to be counted; limit per window; window ms. Returns the ms until the
-# window ends when this poll is over the limit, else 0. A fixed window per session shared by
-# every replica, pipelined with the poll's read (one round trip; the read itself stays outside
-# the script, so a big session is not copied through Lua). The count is a pcall: Redis out of
-# memory refuses the count, not the poll, and a missing session or another token counts nothing.
+# KEYS: session, the session's poll bucket. ARGV: "1" when the poll has credentials, then the
+# hash they must match to be counted; refill per ms; burst. Returns the ms until the bucket holds
+# a poll when this one is over the limit, else 0. The same token bucket as the in-process one
+# (limits.poll_rate, poll_burst), shared by every replica and pipelined with the poll's read (one
+# round trip; the read itself stays outside the script, so a big session is not copied through
+# Lua). Its write is a pcall: Redis out of memory refuses the count, not the poll, and a missing
+# session or another token's poll counts nothing.
 _COUNT_POLL = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return 0
@@ -154,17 +155,20 @@ end
 if ARGV[1] == '1' and redis.call('HGET', KEYS[1], 'h') ~= ARGV[2] then
   return 0
 end
-local n = redis.pcall('INCR', KEYS[2])
-if type(n) ~= 'number' then
-  return 0
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local rate, burst = tonumber(ARGV[3]), tonumber(ARGV[4])
+local bucket = redis.call('HMGET', KEYS[2], 't', 'at')
+local tokens = burst
+if bucket[1] then
+  tokens = math.min(burst, tonumber(bucket[1]) + (now - tonumber(bucket[2])) * rate)
 end
-local left = redis.call('PTTL', KEYS[2])
-if left < 0 then
-  redis.call('PEXPIRE', KEYS[2], ARGV[4])
-  left = tonumber(ARGV[4])
+if tokens < 1 then
+  return math.ceil((1 - tokens) / rate)
 end
-if n > tonumber(ARGV[3]) then
-  return left
+local written = redis.pcall('HSET', KEYS[2], 't', tostring(tokens - 1), 'at', now)
+if type(written) == 'number' then
+  redis.call('PEXPIRE', KEYS[2], math.ceil(burst / rate))
 end
 return 0
 """
@@ -301,10 +305,10 @@ class RedisStore:
         self._ttl_ms = _ms(session.ttl)
         self._lease_ms = _ms(config.lease_ttl)
         self._max_sessions = session.max_sessions
-        # Per-token quota and the shared poll window (None: neither, for tools and store tests).
+        # Per-token quota and the shared poll bucket (None: neither, for tools and store tests).
         self._quota = TokenQuota.of(session, limits) if limits is not None else None
-        self._poll_limit = limits.poll_burst if limits is not None else 0
-        self._poll_window_ms = _ms(limits.poll_burst / limits.poll_rate) if limits is not None else 0
+        self._poll_rate_ms = limits.poll_rate / 1000 if limits is not None else 0.0
+        self._poll_burst = limits.poll_burst if limits is not None else 0
         self._metrics = metrics
         self._prefix = config.prefix
         self._index = f"{config.prefix}:sessions"
@@ -477,10 +481,10 @@ class RedisStore:
         return _decode(guid, raw, orphaned=not leased)
 
     async def read_poll(self, guid: str, binding: str | None) -> PollRead:
-        if not self._poll_limit:
+        if not self._poll_burst:
             return PollRead(await self.load(guid))
         keys = [self.session_key(guid), self.poll_key(guid)]
-        args = ["0" if binding is None else "1", binding or "", self._poll_limit, self._poll_window_ms]
+        args = ["0" if binding is None else "1", binding or "", self._poll_rate_ms, self._poll_burst]
 
         async def read() -> list[Any]:
             async with self._redis.pipeline(transaction=False) as pipe:
