@@ -324,6 +324,7 @@ class RedisStore:
         # their timeout) instead of failing.
         self._slots = asyncio.Semaphore(config.max_connections)
         self.reachability = Reachability(metrics, config.down_after_timeouts)
+        self._settings_checked = False
         # The app's task owner; a store made on its own (tools, tests) owns its probe itself.
         self._tasks = tasks or Tasks()
 
@@ -340,9 +341,13 @@ class RedisStore:
         often do) is logged as not checked."""
         try:
             got = await self._call(lambda: self._redis.config_get("maxmemory*"), fail_fast=False, cheap=True)
-        except StoreUnavailable:
+        except StoreRefused:
+            self._settings_checked = True
             log.info("redis_settings_not_checked", reason="CONFIG GET refused")
             return []
+        except StoreUnavailable:
+            return []  # checked when the probe first reaches Redis
+        self._settings_checked = True
         problems = redis_setting_problems({_text(k): _text(v) for k, v in got.items()})
         for problem in problems:
             log.warning("redis_setting_unsafe", problem=problem)
@@ -421,7 +426,8 @@ class RedisStore:
         while True:
             await asyncio.sleep(self._config.probe_interval)
             try:
-                await self.probe()
+                if await self.probe() and not self._settings_checked:
+                    await self.check_settings()  # Redis was down at start
             except Exception:  # a bug here must not leave the store marked down for good
                 log.exception("store_probe_failed")
 
