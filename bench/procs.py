@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -33,9 +34,14 @@ class Proc:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
     def cpu(self) -> float:
-        """User + system CPU seconds used so far."""
-        return cpu_seconds(self.pid)
+        """User + system CPU seconds used so far, by the process and the children it runs (the
+        workers of `gateway serve --workers N`)."""
+        return cpu_seconds(self.pid) + sum(cpu_seconds(child) for child in children(self.pid))
 
     def rss(self) -> int:
         """Resident set size in bytes."""
@@ -46,6 +52,19 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as fh:
         fields = fh.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
 
 
 def rss_bytes(pid: int) -> int:
@@ -89,13 +108,80 @@ def started(kind: str, spec: dict[str, Any]) -> Iterator[Proc]:
         _stop(popen)
 
 
-def run_plain_client(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """Runs `bench.plain` to the end and returns what it printed."""
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.plain", "--spec", json.dumps(spec)],
-        cwd=ROOT,
-        capture_output=True,
-        timeout=timeout,
-        check=True,
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _until_answers(popen: subprocess.Popen[bytes], port: int, ask: bytes, expect: bytes, what: str) -> None:
+    """Waits (bounded) until the server on `port` answers `ask` with a reply starting `expect`."""
+    deadline = time.monotonic() + START_LIMIT
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                sock.sendall(ask)
+                if sock.recv(64).startswith(expect):
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline or popen.poll() is not None:
+            raise RuntimeError(f"{what} did not start")
+        time.sleep(0.05)
+
+
+@contextmanager
+def started_redis(directory: str) -> Iterator[Proc]:
+    """A redis-server of its own on 127.0.0.1 (no persistence), stopped when the block ends."""
+    port = _free_port()
+    popen = subprocess.Popen(
+        [
+            "redis-server",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            directory,
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
     )
-    return json.loads(out.stdout.decode().strip().splitlines()[-1])
+    try:
+        _until_answers(popen, port, b"PING\r\n", b"+PONG", "redis-server")
+        yield Proc("redis", popen, port)
+    finally:
+        _stop(popen)
+
+
+@contextmanager
+def started_serve(workers: int, env: dict[str, str]) -> Iterator[Proc]:
+    """`gateway serve --workers N` as users run it, configured by `env` (GATEWAY_* variables) on a
+    free port of 127.0.0.1; stopped with SIGTERM when the block ends."""
+    port = _free_port()
+    full_env = {
+        **os.environ,
+        **env,
+        "GATEWAY_HOST": "127.0.0.1",
+        "GATEWAY_PORT": str(port),
+        "GATEWAY_METRICS_PORT": "0",
+    }
+    popen = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--workers", str(workers)],
+        cwd=ROOT,
+        env=full_env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        ready = b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n"
+        _until_answers(popen, port, ready, b"HTTP/1.1 200", f"gateway serve --workers {workers}")
+        # Every worker is listening once each answered; give the others the same start time.
+        time.sleep(1.0)
+        yield Proc("serve", popen, port)
+    finally:
+        _stop(popen)

@@ -49,23 +49,23 @@ def summarize(raw: str, top: int) -> str:
 async def load(t: scenarios.Target, kind: str, seconds: float) -> None:
     if kind == "polls":
         guid = await t.create(5, 0)
-        await t.done_at(guid)
+        await t.until_final(guid, 5, 0)
         headers = scenarios.auth(5, 0)
 
         async def poll(_: int) -> None:
-            await t.gw.get(scenarios.POLL.format(guid), headers)
+            await t.client.get(scenarios.POLL.format(guid), headers)
 
         await closed_loop(16, 10**7, seconds, poll)
     else:
 
         async def session(i: int) -> None:
-            await t.done_at(await t.create(10, i % 200))
+            await t.until_final(await t.create(10, i % 200), 10, i % 200)
 
         await closed_loop(8, 10**7, seconds, session)
 
 
 async def main_async(args: argparse.Namespace, tmp: str) -> str:
-    upstream_spec = {"groups": {"10": 0, "5": 0}, "patients": 200, "delay": 0.0, "loop": args.loop}
+    upstream_spec = {"groups": {"10": 0, "5": 0}, "patients": 200, "loop": args.loop}
     with started("upstream", upstream_spec) as upstream:
         with started("gateway", gateway_spec(upstream, tmp, args.loop)) as gateway:
             t = scenarios.Target(upstream, gateway)

@@ -1,6 +1,13 @@
 """Runs every figure `runs` times against freshly started processes and prints the table.
 
 python -m bench [--runs 5] [--quick] [--loop asyncio|uvloop] [--only overhead,calls,...]
+
+visit-gateway runs with its default configuration, except that the per-session poll rate and the
+per-token session limits are raised out of the way (their checks still run on every request):
+the figures poll every 20 ms, and the poll figure polls one session far beyond
+`limits.poll_rate`. Each figure of the gateway is measured in the same run as its baseline: the
+minimal gateway (bench/minimal.py) or a bare aiohttp handler, alternating run by run, so that a
+change in the machine's load hits both.
 """
 
 from __future__ import annotations
@@ -12,37 +19,28 @@ import json
 import statistics
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from bench import scenarios
 from bench.httpload import LoadClient
 from bench.machine import describe, load_average
-from bench.procs import Proc, run_plain_client, started
+from bench.procs import Proc, started, started_redis, started_serve
 from bench.report import render
 
-FIGURES = ("overhead", "calls", "polls", "creates", "memory", "amplification")
-# Counts per run: (full, quick). Every loop is also bounded in time.
+FIGURES = ("overhead", "calls", "polls", "redis", "workers", "memory", "amplification")
+# (concurrent sessions, LPUs each, upstream delay s) → bursts (full, quick). Every wait is bounded.
+OVERHEAD = {(1, 10, 0.1): (20, 5), (20, 10, 0.1): (10, 3), (40, 8, 0.2): (10, 3)}
 SIZES = {
-    "overhead_bursts": {1: (40, 15), 20: (10, 4), 100: (4, 2)},
-    "calls_sessions": (400, 120),
+    "calls_sessions": (300, 100),
     "polls": (20000, 6000),
-    "creates": (1000, 300),
     "memory_sessions": (2000, 500),
     "amplification": ((20, 4), (10, 3)),  # (patients, opens each)
 }
-# upstream.max_connections of the gateway (and the plain client) for the overhead figure: 100
-# sessions × 10 LPUs are 3,000 calls at once; the default pool of 256 would queue them
-# (docs/benchmarks.md has a run with --pool 256).
-OVERHEAD_POOL = 4096
 PATIENTS_PER_GROUP = 200
-
-
-def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
-    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
-
-
+POLL_CLIENTS = 32
 # The protective limits are raised out of the way (their checks still run on every request): the
 # polls figure polls one session far beyond limits.poll_rate, and the creates figure keeps more
 # fan-outs of one token in flight than limits.sessions_per_token allows, and creates with one
@@ -58,18 +56,46 @@ BENCH_LIMITS = {
 }
 
 
+def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+
+
 def gateway_spec(up: Proc, logdir: str, loop: str, json_lib: str = "orjson", **config: Any) -> dict[str, Any]:
     upstream_section = {"url": up.url} | config.pop("upstream", {})
+    limits = BENCH_LIMITS | config.pop("limits", {})
     return {
-        "config": {"upstream": upstream_section, "limits": BENCH_LIMITS, **config},
+        "config": {"upstream": upstream_section, "limits": limits, **config},
         "log": f"{logdir}/gateway.log",
         "loop": loop,
         "json": json_lib,
     }
 
 
-async def repeat(runs: int, measure: Callable[[], Awaitable[dict[str, float]]]) -> dict[str, float]:
-    return median_of([await measure() for _ in range(runs)])
+def minimal_spec(up: Proc, logdir: str, loop: str) -> dict[str, Any]:
+    return {"upstream": up.url, "log": f"{logdir}/minimal.log", "loop": loop}
+
+
+@contextmanager
+def targets(upstream: Proc, spec: dict[str, Any], logdir: str, loop: str) -> Iterator[dict[str, scenarios.Target]]:
+    """The gateway (with `spec`) and the minimal gateway, both on `upstream`."""
+    with started("gateway", spec) as gateway, started("minimal", minimal_spec(upstream, logdir, loop)) as minimal:
+        both = {"gateway": scenarios.Target(upstream, gateway), "minimal": scenarios.Target(upstream, minimal)}
+        try:
+            yield both
+        finally:
+            for t in both.values():
+                t.close()
+
+
+async def alternate(
+    runs: int, names: list[str], measure: Callable[[str], Awaitable[dict[str, float]]]
+) -> dict[str, dict[str, float]]:
+    """`runs` rounds, each measuring every name in turn; the median per name."""
+    out: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+    for _ in range(runs):
+        for name in names:
+            out[name].append(await measure(name))
+    return {name: median_of(values) for name, values in out.items()}
 
 
 async def measure_all(args: argparse.Namespace, logdir: str) -> dict[str, Any]:
@@ -77,125 +103,172 @@ async def measure_all(args: argparse.Namespace, logdir: str) -> dict[str, Any]:
     runs, loop = args.runs, args.loop
     only = set(args.only.split(",")) if args.only else set(FIGURES)
     out: dict[str, Any] = {}
-    upstream_spec = {"groups": {"10": 0, "5": 0}, "patients": PATIENTS_PER_GROUP, "delay": 0.1, "loop": loop}
+    upstream_spec = {"groups": {"10": 0, "8": 0, "5": 0}, "patients": PATIENTS_PER_GROUP, "loop": loop}
 
     with started("upstream", upstream_spec) as upstream:
-        spec = gateway_spec(upstream, logdir, loop, args.json_lib, upstream={"max_connections": args.pool})
-        with started("gateway", spec) as gateway:
-            t = scenarios.Target(upstream, gateway)
-            try:
+        up = scenarios.Target(upstream, upstream)
+        spec = gateway_spec(upstream, logdir, loop, args.json_lib)
+        if {"overhead", "calls", "polls"} & only:
+            with targets(upstream, spec, logdir, loop) as both:
                 if "overhead" in only:
-                    await t.set_delay(0.1)
-                    for concurrent, sizes in SIZES["overhead_bursts"].items():
-                        out[f"overhead_{concurrent}"] = await measure_overhead(
-                            t, upstream, runs, concurrent, sizes[quick], loop, args.pool
+                    for (concurrent, lpus, delay), bursts in OVERHEAD.items():
+                        await up.set_delay(delay)
+                        out[f"overhead_{concurrent}x{lpus}"] = await alternate(
+                            runs,
+                            ["gateway", "minimal"],
+                            lambda name, c=concurrent, n=lpus, d=delay, b=bursts[quick]: scenarios.overhead(
+                                both[name], c, b, n, d
+                            ),
                         )
-                await t.set_delay(0.0)
+                await up.set_delay(0.0)
                 if "calls" in only:
-                    out["calls"] = await measure_calls(t, upstream, runs, SIZES["calls_sessions"][quick], loop)
-                if {"polls", "creates"} & only:
-                    out.update(await measure_against_bare(t, upstream, only, runs, quick, loop, logdir))
-            finally:
-                t.close()
-
+                    count = SIZES["calls_sessions"][quick]
+                    out["calls"] = await alternate(
+                        runs, ["gateway", "minimal"], lambda name: scenarios.fanout_calls(both[name], count, 8, 30)
+                    )
+                if "polls" in only:
+                    out["polls"] = await measure_polls(both, runs, quick, loop, logdir)
+        if "redis" in only:
+            out["redis"] = await measure_redis(upstream, up, runs, quick, loop, logdir, args.json_lib)
+        if "workers" in only:
+            out["workers"] = await measure_workers(upstream, runs, quick, logdir)
         if "memory" in only:
             with started("gateway", gateway_spec(upstream, logdir, loop, args.json_lib)) as gateway:
                 t = scenarios.Target(upstream, gateway)
                 try:
-                    await t.set_delay(0.0)
                     await scenarios.memory(t, 200)  # warm-up: buffers, pools, first allocations
-                    out["memory"] = await repeat(runs, lambda: scenarios.memory(t, SIZES["memory_sessions"][quick]))
+                    out["memory"] = median_of(
+                        [await scenarios.memory(t, SIZES["memory_sessions"][quick]) for _ in range(runs)]
+                    )
                 finally:
                     t.close()
-
         if "amplification" in only:
             patients, opens = SIZES["amplification"][quick]
+            await up.set_delay(0.1)
             for window in (0.0, 60.0):
                 spec = gateway_spec(upstream, logdir, loop, args.json_lib, session={"reuse_window": window})
                 with started("gateway", spec) as gateway:
                     t = scenarios.Target(upstream, gateway)
                     try:
-                        await t.set_delay(0.1)
                         first = itertools.count(0, patients)
-                        out[f"amplification_{int(window)}"] = await repeat(
-                            runs, lambda t=t, n=first: scenarios.amplification(t, patients, opens, 3.0, next(n))
+                        out[f"amplification_{int(window)}"] = median_of(
+                            [await scenarios.amplification(t, patients, opens, 3.0, next(first)) for _ in range(runs)]
                         )
                     finally:
                         t.close()
+        up.close()
     return out
 
 
-async def measure_overhead(
-    t: scenarios.Target, upstream: Proc, runs: int, concurrent: int, bursts: int, loop: str, pool: int
-) -> dict[str, Any]:
-    gateway_runs, plain_runs = [], []
-    for _ in range(runs):
-        gateway_runs.append(await scenarios.overhead(t, concurrent, bursts))
-        await t.upstream_stats(reset=True)
-        spec = plain_spec(upstream, loop, mode="bursts", concurrency=concurrent, bursts=bursts)
-        spec["max_connections"] = pool
-        plain_runs.append(await scenarios.plain_overhead(t, await asyncio.to_thread(run_plain_client, spec, 300)))
-    return {"gateway": median_of(gateway_runs), "ceiling": median_of(plain_runs)}
+async def finished_session(t: scenarios.Target, lpus: int = 5, patient: int = 0) -> tuple[str, bytes]:
+    guid = await t.create(lpus, patient)
+    return guid, await t.until_final(guid, lpus, patient)
 
 
-def plain_spec(upstream: Proc, loop: str, **spec: Any) -> dict[str, Any]:
-    tokens = [scenarios.token(10, i) for i in range(PATIENTS_PER_GROUP)]
-    return {"upstream": upstream.url, "tokens": tokens, "loop": loop, **spec}
-
-
-async def measure_calls(t: scenarios.Target, upstream: Proc, runs: int, sessions: int, loop: str) -> dict[str, Any]:
-    """Gateway and plain client alternate, so a change in the machine's load hits both."""
-    gateway_runs, plain_runs = [], []
-    for _ in range(runs):
-        gateway_runs.append(await scenarios.fanout_calls(t, sessions, concurrency=8, time_limit=30))
-        spec = plain_spec(upstream, loop, mode="calls", concurrency=8, sessions=sessions, time_limit=30)
-        up_cpu = upstream.cpu()
-        plain = await asyncio.to_thread(run_plain_client, spec, 120)
-        # Approximate (includes the client's start-up): is the fake upstream the bottleneck?
-        plain["upstream_busy"] = (upstream.cpu() - up_cpu) / plain["wall"]
-        plain["per_cpu_s"] = plain["calls"] / plain["cpu"]
-        plain["per_s"] = plain["calls"] / plain["wall"]
-        plain_runs.append(plain)
-    return {"gateway": median_of(gateway_runs), "ceiling": median_of(plain_runs)}
-
-
-async def measure_against_bare(
-    t: scenarios.Target, upstream: Proc, only: set[str], runs: int, quick: int, loop: str, logdir: str
-) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    # The finished session every poll reads, and the same bytes for the bare handler.
-    guid = await t.create(5, 0)
-    await t.done_at(guid)
+async def measure_polls(
+    both: dict[str, scenarios.Target], runs: int, quick: int, loop: str, logdir: str
+) -> dict[str, dict[str, float]]:
+    """Server CPU per poll of a finished 5-LPU session: gateway (memory store), minimal gateway,
+    and a bare aiohttp handler returning the gateway's bytes."""
+    count = SIZES["polls"][quick]
     headers = scenarios.auth(5, 0)
-    status, body = await t.gw.get(scenarios.POLL.format(guid), headers)
-    assert status == 200 and b"InProgress" not in body
+    paths: dict[str, str] = {}
+    body = b""
+    for name, t in both.items():
+        guid, body_of = await finished_session(t)
+        paths[name] = scenarios.POLL.format(guid)
+        if name == "gateway":
+            body = body_of
     body_path = Path(logdir) / "poll-body.json"
     body_path.write_bytes(body)
-    bare_spec = {"body": str(body_path), "upstream": upstream.url, "loop": loop}
-    with started("bare", bare_spec) as bare:
-        bare_client = LoadClient(bare.port)
+    with started("bare", {"body": str(body_path), "loop": loop}) as bare:
+        clients = {"gateway": both["gateway"].client, "minimal": both["minimal"].client, "bare": LoadClient(bare.port)}
+        procs = {"gateway": both["gateway"].server, "minimal": both["minimal"].server, "bare": bare}
+        paths["bare"] = "/poll"
         try:
-            if "polls" in only:
-                count = SIZES["polls"][quick]
-                gw_runs, bare_runs = [], []
-                for _ in range(runs):
-                    gw_runs.append(
-                        await scenarios.polls(t.gw, t.gateway, scenarios.POLL.format(guid), headers, count, 16, 20)
-                    )
-                    bare_runs.append(await scenarios.polls(bare_client, bare, "/poll", headers, count, 16, 20))
-                out["polls"] = {"gateway": median_of(gw_runs), "ceiling": median_of(bare_runs)}
-            if "creates" in only:
-                count = SIZES["creates"][quick]
-                gw_runs, bare_runs = [], []
-                for _ in range(runs):
-                    gw_runs.append(
-                        await scenarios.creates(t.gw, t.gateway, scenarios.CREATE, 5, count, 16, 30, recorder=t)
-                    )
-                    bare_runs.append(await scenarios.creates(bare_client, bare, "/create", 5, count, 16, 30))
-                out["creates"] = {"gateway": median_of(gw_runs), "ceiling": median_of(bare_runs)}
+            return await alternate(
+                runs,
+                ["gateway", "minimal", "bare"],
+                lambda name: scenarios.polls(
+                    clients[name], [procs[name]], paths[name], headers, count, POLL_CLIENTS, 20
+                ),
+            )
         finally:
-            bare_client.close()
-    return out
+            clients["bare"].close()
+
+
+async def measure_redis(
+    upstream: Proc, up: scenarios.Target, runs: int, quick: int, loop: str, logdir: str, json_lib: str
+) -> dict[str, dict[str, float]]:
+    """CPU per poll on the Redis store (the gateway and its redis-server together), of a finished
+    session and of one still in progress, beside the bare handler's."""
+    count = SIZES["polls"][quick]
+    with started_redis(logdir) as redis:
+        # The call timeout and the deadline are raised so that a session stays in progress for the
+        # whole in-progress figure; a poll's work does not depend on either.
+        spec = gateway_spec(
+            upstream,
+            logdir,
+            loop,
+            json_lib,
+            redis={"url": redis.redis_url},
+            upstream={"call_timeout": scenarios.WAIT_LIMIT},
+            session={"deadline": 2 * scenarios.WAIT_LIMIT},
+        )
+        with started("gateway", spec) as gateway:
+            t = scenarios.Target(upstream, gateway)
+            try:
+                guid, body = await finished_session(t)
+                # Sessions kept in progress: their patient's LPUs answer only after the figure.
+                await up.set_delay(0.0, slow=[scenarios.token(5, 1)], slow_delay=scenarios.WAIT_LIMIT)
+                body_path = Path(logdir) / "poll-body-redis.json"
+                body_path.write_bytes(body)
+                with started("bare", {"body": str(body_path), "loop": loop}) as bare:
+                    bare_client = LoadClient(bare.port)
+
+                    async def measure(name: str) -> dict[str, float]:
+                        if name == "bare":
+                            return await scenarios.polls(bare_client, [bare], "/poll", scenarios.auth(5, 0), *load)
+                        if name == "finished":
+                            path, headers = scenarios.POLL.format(guid), scenarios.auth(5, 0)
+                        else:  # a new one each time: it stays in progress until its deadline
+                            path, headers = scenarios.POLL.format(await t.create(5, 1)), scenarios.auth(5, 1)
+                        return await scenarios.polls(t.client, [gateway, redis], path, headers, *load)
+
+                    load = (count, POLL_CLIENTS, 10)
+                    try:
+                        return await alternate(runs, ["finished", "in_progress", "bare"], measure)
+                    finally:
+                        bare_client.close()
+            finally:
+                await up.set_delay(0.0)
+                t.close()
+
+
+async def measure_workers(upstream: Proc, runs: int, quick: int, logdir: str) -> dict[str, dict[str, float]]:
+    """Polls/s and fan-out upstream calls/s (wall) of `gateway serve --workers N` on one Redis, at
+    1 and 2 workers, as users start it (its own processes, access log to a file)."""
+    config = Path(logdir) / "workers.toml"
+    limits = "".join(f"{key} = {value!r}\n" for key, value in BENCH_LIMITS.items())
+    config.write_text(f'[upstream]\nurl = "{upstream.url}"\n[limits]\n{limits}')
+    count = SIZES["polls"][quick]
+    with started_redis(logdir) as redis:
+        env = {"GATEWAY_CONFIG": str(config), "GATEWAY_REDIS_URL": redis.redis_url}
+
+        async def measure(name: str) -> dict[str, float]:
+            with started_serve(int(name), env) as serve:
+                t = scenarios.Target(upstream, serve)
+                try:
+                    guid, _ = await finished_session(t)
+                    polls = await scenarios.polls(
+                        t.client, [serve, redis], scenarios.POLL.format(guid), scenarios.auth(5, 0), count, 64, 10
+                    )
+                    calls = await scenarios.fanout_calls(t, SIZES["calls_sessions"][quick], 16, 20)
+                finally:
+                    t.close()
+            return {"polls_per_s": polls["per_s"], "calls_per_s": calls["per_s"]}
+
+        return await alternate(runs, ["1", "2"], measure)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,7 +279,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--json", dest="json_lib", choices=("orjson", "stdlib"), default="orjson", help="the gateway's JSON library"
     )
-    parser.add_argument("--pool", type=int, default=OVERHEAD_POOL, help="upstream.max_connections, overhead figure")
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(FIGURES)}")
     parser.add_argument("--save", type=Path, help="also write the raw figures here (JSON)")
     args = parser.parse_args(argv)
@@ -218,7 +290,6 @@ def main(argv: list[str] | None = None) -> int:
     machine["load_after"] = load_average()
     machine["duration_s"] = round(time.time() - started_at)
     machine["runs"] = args.runs
-    machine["pool"] = args.pool
     print(render(machine, results))
     if args.save:
         args.save.write_text(json.dumps({"machine": machine, "results": results}, indent=2))

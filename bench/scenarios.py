@@ -1,32 +1,34 @@
-"""The figures. Each function measures one figure once (one "run") against processes the
-caller started, and returns plain numbers; `bench.run` repeats runs and takes medians."""
+"""The figures. Each function measures one figure once (one "run") against processes the caller
+started, and returns plain numbers; `bench.run` repeats runs and takes medians.
+
+Every figure is measured as the apps see it: sessions are created and then polled over HTTP, the
+same way against visit-gateway and the minimal gateway (bench/minimal.py); nothing reads a
+server's insides."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import random
+import statistics
 import time
-import uuid
 from dataclasses import dataclass
-from typing import Any
 
 from bench.httpload import LoadClient, closed_loop
 from bench.procs import Proc
 
 CREATE = "/api/v2/old/visit/tickets"
 POLL = "/api/v2/old/visit/tickets/{}"
+POLL_EVERY = 0.02  # seconds between an app's polls, from its create response on
+WAIT_LIMIT = 60.0  # no wait for a session lasts longer than this
 
 
 def token(lpus: int, i: int) -> str:
     return f"bench-{lpus}-{i}"
 
 
-def auth(lpus: int, i: int, request_id: str | None = None) -> dict[str, str]:
-    headers = {"Authorization": f"Bearer {token(lpus, i)}"}
-    if request_id is not None:
-        headers["X-Request-Id"] = request_id
-    return headers
+def auth(lpus: int, i: int) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token(lpus, i)}"}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -38,128 +40,104 @@ def percentile(values: list[float], q: float) -> float:
 
 @dataclass
 class Target:
-    """The processes one group of figures runs against."""
+    """A server under test (visit-gateway or the minimal gateway) and the fake upstream."""
 
     upstream: Proc
-    gateway: Proc
+    server: Proc
 
     def __post_init__(self) -> None:
-        self.gw = LoadClient(self.gateway.port)
+        self.client = LoadClient(self.server.port)
         self.up = LoadClient(self.upstream.port)
 
-    async def set_delay(self, delay: float) -> None:
-        status, _ = await self.up.post("/_bench/delay", json.dumps({"delay": delay}).encode())
+    async def set_delay(self, delay: float, slow: list[str] | None = None, slow_delay: float = 0.0) -> None:
+        spec = {"delay": delay, "slow": slow or [], "slow_delay": slow_delay}
+        status, _ = await self.up.post("/_bench/delay", json.dumps(spec).encode())
         assert status == 200
 
-    async def upstream_stats(self, reset: bool = True) -> dict[str, Any]:
+    async def upstream_calls(self, reset: bool = True) -> int:
         status, body = await self.up.get("/_bench/stats" + ("?reset=1" if reset else ""))
         assert status == 200
-        return json.loads(body)
+        return int(json.loads(body)["calls"])
 
-    async def reset_recorder(self, keep_times: bool = True) -> None:
-        status, _ = await self.gw.post(f"/_bench/reset?keep={int(keep_times)}")
-        assert status == 200
-
-    async def create(self, lpus: int, i: int, request_id: str | None = None) -> str:
-        status, body = await self.gw.get(CREATE, auth(lpus, i, request_id))
+    async def create(self, lpus: int, i: int) -> str:
+        status, body = await self.client.get(CREATE, auth(lpus, i))
         assert status == 200, (status, body[:200])
         return json.loads(body)["session"]
 
-    async def done_at(self, guid: str) -> float:
-        status, body = await self.gw.get(f"/_bench/done/{guid}")
-        assert status == 200, body
-        return json.loads(body)["t"]
-
-    async def wait_completed(self, n: int) -> float:
-        status, body = await self.gw.get(f"/_bench/completed?n={n}")
-        assert status == 200, body
-        return json.loads(body)["last"]
+    async def until_final(self, guid: str, lpus: int, i: int) -> bytes:
+        """Polls every POLL_EVERY seconds until no LPU is InProgress; the final body."""
+        async with asyncio.timeout(WAIT_LIMIT):
+            while True:
+                status, body = await self.client.get(POLL.format(guid), auth(lpus, i))
+                assert status == 200, (status, body[:200])
+                if b'"InProgress"' not in body:
+                    return body
+                await asyncio.sleep(POLL_EVERY)
 
     def close(self) -> None:
-        self.gw.close()
+        self.client.close()
         self.up.close()
 
 
-async def overhead(t: Target, concurrent: int, bursts: int, lpus: int = 10) -> dict[str, float]:
-    """Fan-out overhead: create sent → last LPU result in the store, minus the slowest upstream
-    call of that session (as timed by the upstream itself, handler start to answer).
+async def overhead(t: Target, concurrent: int, bursts: int, lpus: int, delay: float) -> dict[str, float]:
+    """Fan-out overhead as an app sees it: from the create response to the first poll answer with
+    no LPU InProgress, minus one upstream delay (the three calls of an LPU run at once), every
+    client polling every 20 ms from its create response. `concurrent` sessions (one patient
+    each) are created at once; the next burst starts when all are final. Burst 0 is the cold one
+    (the server's first contact with these LPUs' host); its p95 is reported apart."""
+    p95s: list[float] = []
 
-    `concurrent` sessions are created at once (one patient each), then the next burst starts once
-    all of them are terminal; `bursts` bursts, one warm-up burst first.
-    """
-    samples: list[float] = []
-    slowest_calls: list[float] = []
+    async def one(i: int, out: list[float]) -> None:
+        guid = await t.create(lpus, i)
+        answered = time.monotonic()
+        body = await t.until_final(guid, lpus, i)
+        assert b'"Failed"' not in body, "an LPU failed: the figure would not be the fan-out's"
+        out.append(time.monotonic() - answered - delay)
 
-    async def one(i: int, record: bool) -> None:
-        rid = f"bench-{uuid.uuid4().hex}"
-        sent = time.monotonic()
-        guid = await t.create(lpus, i, rid)
-        done = await t.done_at(guid)
-        if record:
-            pending.append((rid, done - sent))
-
-    await t.reset_recorder(keep_times=True)
-    await t.upstream_stats(reset=True)
-    for burst in range(bursts + 1):
-        pending: list[tuple[str, float]] = []
-        await asyncio.gather(*(one(i, record=burst > 0) for i in range(concurrent)))
-        by_request = (await t.upstream_stats(reset=True))["by_request"]
-        for rid, total in pending:
-            slowest = by_request[rid][1]
-            slowest_calls.append(slowest)
-            samples.append(total - slowest)
-    return overhead_figures(samples, slowest_calls)
-
-
-def overhead_figures(samples: list[float], slowest_calls: list[float]) -> dict[str, float]:
-    return {
-        "p50": percentile(samples, 50) * 1000,
-        "p95": percentile(samples, 95) * 1000,
-        "p99": percentile(samples, 99) * 1000,
-        "n": len(samples),
-        "slowest_call_ms": percentile(slowest_calls, 50) * 1000,
-    }
-
-
-async def plain_overhead(t: Target, result: dict[str, Any]) -> dict[str, float]:
-    """The same figure for the plain client's bursts (`bench.plain`, mode "bursts")."""
-    by_request = (await t.upstream_stats(reset=True))["by_request"]
-    slowest = [by_request[rid][1] for rid, _ in result["samples"]]
-    return overhead_figures([total - s for (_, total), s in zip(result["samples"], slowest, strict=True)], slowest)
+    for _ in range(bursts + 1):
+        samples: list[float] = []
+        await asyncio.gather(*(one(i, samples) for i in range(concurrent)))
+        p95s.append(percentile(samples, 95) * 1000)
+    return {"cold_p95": p95s[0], "p95": statistics.median(p95s[1:]), "worst_p95": max(p95s[1:]), "bursts": bursts}
 
 
 async def fanout_calls(
     t: Target, sessions: int, concurrency: int, time_limit: float, lpus: int = 10
 ) -> dict[str, float]:
-    """Upstream calls per CPU-second of the gateway while it fans out `sessions` sessions,
-    `concurrency` in flight (create, then wait until all-terminal), instant upstream."""
-    await t.reset_recorder(keep_times=True)
+    """Upstream calls per server CPU-second while it fans out `sessions` sessions, `concurrency`
+    patients at a time each creating and polling (every 20 ms) to the end; instant upstream."""
 
     async def one(i: int) -> None:
-        await t.done_at(await t.create(lpus, i % 200))
+        p = i % 200
+        await t.until_final(await t.create(lpus, p), lpus, p)
 
-    await closed_loop(2, 2, 10, one)  # warm-up, not counted
-    await t.upstream_stats(reset=True)
-    cpu0, up_cpu0 = t.gateway.cpu(), t.upstream.cpu()
+    await closed_loop(concurrency, concurrency * 2, 20, one)  # warm-up, not counted
+    await t.upstream_calls(reset=True)
+    cpu0, up_cpu0 = t.server.cpu(), t.upstream.cpu()
     done, wall = await closed_loop(concurrency, sessions, time_limit, one)
-    cpu, up_cpu = t.gateway.cpu() - cpu0, t.upstream.cpu() - up_cpu0
-    calls = (await t.upstream_stats(reset=True))["calls"]
+    cpu, up_cpu = t.server.cpu() - cpu0, t.upstream.cpu() - up_cpu0
+    calls = await t.upstream_calls(reset=True)
     return {
         "calls": calls,
         "sessions": done,
-        "wall": wall,
-        "cpu": cpu,
         "per_cpu_s": calls / cpu,
         "per_s": calls / wall,
-        "gateway_busy": cpu / wall,
+        "server_busy": cpu / wall,
         "upstream_busy": up_cpu / wall,
     }
 
 
 async def polls(
-    client: LoadClient, server: Proc, path: str, headers: dict[str, str], count: int, workers: int, time_limit: float
+    client: LoadClient,
+    servers: list[Proc],
+    path: str,
+    headers: dict[str, str],
+    count: int,
+    workers: int,
+    time_limit: float,
 ) -> dict[str, float]:
-    """GETs of one path, `workers` connections each with one request in flight."""
+    """GETs of one path over `workers` keep-alive connections, each with one request in flight;
+    the CPU of every process in `servers` (the gateway, and its redis-server where it has one)."""
     sizes: set[int] = set()
 
     async def one(_: int) -> None:
@@ -168,69 +146,26 @@ async def polls(
         sizes.add(len(body))
 
     await closed_loop(workers, workers * 20, 10, one)  # warm-up: open the connections
-    cpu0 = server.cpu()
+    cpu0 = sum(s.cpu() for s in servers)
     done, wall = await closed_loop(workers, count, time_limit, one)
-    cpu = server.cpu() - cpu0
+    cpu = sum(s.cpu() for s in servers) - cpu0
     assert len(sizes) == 1, f"the polled body changed size: {sizes}"
-    size = sizes.pop()
-    return {"polls": done, "wall": wall, "cpu": cpu, "per_s": done / wall, "per_cpu_s": done / cpu, "bytes": size}
-
-
-async def creates(
-    client: LoadClient,
-    server: Proc,
-    path: str,
-    lpus: int,
-    count: int,
-    workers: int,
-    time_limit: float,
-    recorder: Target | None = None,
-) -> dict[str, float]:
-    """Sessions created per second, `workers` creates in flight; for the gateway the clock
-    stops when the last session is all-terminal (its fan-out runs after the answer)."""
-
-    async def one(i: int) -> None:
-        status, body = await client.get(path, auth(lpus, i % 200))
-        assert status == 200, body[:200]
-
-    if recorder is not None:
-        await recorder.reset_recorder(keep_times=False)
-    await closed_loop(workers, workers * 2, 10, one)  # warm-up
-    if recorder is not None:
-        await recorder.wait_completed(workers * 2)
-        await recorder.reset_recorder(keep_times=False)
-    cpu0 = server.cpu()
-    started = time.monotonic()
-    done, wall = await closed_loop(workers, count, time_limit, one)
-    if recorder is not None:
-        wall = await recorder.wait_completed(done) - started
-    cpu = server.cpu() - cpu0
-    return {"sessions": done, "wall": wall, "cpu": cpu, "per_s": done / wall, "per_cpu_s": done / cpu}
+    return {"polls": done, "per_s": done / wall, "cpu_us": cpu / done * 1e6, "bytes": sizes.pop()}
 
 
 async def memory(t: Target, sessions: int, lpus: int = 5) -> dict[str, float]:
-    """Resident bytes the gateway gains per cached session: create `sessions` sessions, wait
-    until all are terminal, poll each once (as an app would), then RSS delta / sessions."""
-    await t.reset_recorder(keep_times=False)
-    before = t.gateway.rss()
-    guids: list[tuple[str, int]] = []
+    """Resident bytes the server gains per cached session: create `sessions` sessions and poll
+    each until final (as an app would), then RSS delta / sessions."""
+    before = t.server.rss()
+    sizes: list[int] = []
 
     async def one(i: int) -> None:
-        guids.append((await t.create(lpus, i % 200), i % 200))
+        p = i % 200
+        sizes.append(len(await t.until_final(await t.create(lpus, p), lpus, p)))
 
-    await closed_loop(16, sessions, 120, one)
-    await t.wait_completed(len(guids))
-    sizes = []
-
-    async def poll(i: int) -> None:
-        guid, patient = guids[i]
-        status, body = await t.gw.get(POLL.format(guid), auth(lpus, patient))
-        assert status == 200
-        sizes.append(len(body))
-
-    await closed_loop(16, len(guids), 120, poll)
-    after = t.gateway.rss()
-    return {"per_session": (after - before) / len(guids), "json": sum(sizes) / len(sizes), "sessions": len(guids)}
+    done, _ = await closed_loop(16, sessions, 120, one)
+    after = t.server.rss()
+    return {"per_session": (after - before) / done, "json": sum(sizes) / len(sizes), "sessions": done}
 
 
 async def amplification(
@@ -241,14 +176,14 @@ async def amplification(
     `spread` seconds (all within one minute); each open creates a session and polls it every
     100 ms until nothing is InProgress. Counts upstream calls."""
     rng = random.Random(6)
-    await t.upstream_stats(reset=True)
+    await t.upstream_calls(reset=True)
 
     async def open_screen(patient: int, at: float) -> None:
         await asyncio.sleep(at)
         guid = await t.create(lpus, patient)
         async with asyncio.timeout(30):
             while True:
-                status, body = await t.gw.get(POLL.format(guid), auth(lpus, patient))
+                status, body = await t.client.get(POLL.format(guid), auth(lpus, patient))
                 assert status == 200
                 if b'"InProgress"' not in body:
                     return
@@ -257,13 +192,12 @@ async def amplification(
     await asyncio.gather(
         *(open_screen(p, rng.uniform(0, spread)) for p in range(first, first + patients) for _ in range(opens)),
     )
-    calls = (await t.upstream_stats(reset=True))["calls"]
+    calls = await t.upstream_calls(reset=True)
     one_fanout = 1 + 3 * lpus
     return {
         "calls": calls,
         "patients": patients,
         "opens": opens,
-        "sessions": patients * opens,
         "per_session": calls / (patients * opens),
         "amplification": calls / (patients * one_fanout),
     }

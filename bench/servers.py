@@ -1,16 +1,12 @@
 """The processes the benchmark starts, each on 127.0.0.1 on a port the OS picks.
 
-    python -m bench.servers upstream  --spec SPEC   the sandbox (the project's fake upstream)
-    python -m bench.servers gateway   --spec SPEC   the real gateway (create_app), instrumented
-    python -m bench.servers bare      --spec SPEC   the ceilings: bare aiohttp handlers
+    python -m bench.servers upstream  --spec SPEC   canned answers of the new API (the fake upstream)
+    python -m bench.servers gateway   --spec SPEC   the real gateway (create_app), unmodified
+    python -m bench.servers minimal   --spec SPEC   the minimal gateway (bench/minimal.py), the baseline
+    python -m bench.servers bare      --spec SPEC   a bare aiohttp handler returning one poll's bytes
 
 SPEC is a JSON object (see `bench.procs`). Each process prints `READY <port>` once it listens and
 runs until SIGTERM/SIGINT, or until its stdin closes (so it never outlives the benchmark).
-
-The gateway's instrumentation is two thin wrappers around its store's `create` and
-`finish_lpu` (any store of the SessionStore protocol), recording the monotonic time at which the
-last LPU of each session became terminal, plus `/_bench/*` routes to read it. It adds a dict
-operation per LPU result; every request the apps make goes through the unmodified app.
 """
 
 from __future__ import annotations
@@ -19,180 +15,125 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import signal
 import sys
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
+from bench.minimal import minimal_app
 from gateway.app import create_app
 from gateway.config import Config
-from gateway.http import keys
 from gateway.observability.logs import configure_logging
-from gateway.sandbox.app import Sandbox as _Sandbox
-from gateway.sandbox.app import create_sandbox_app
-from gateway.sandbox.data import LpuKnobs, SandboxPatient, demo_lpu
-from gateway.store.session import Session
+from gateway.sandbox.data import demo_lpu
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-WAIT_LIMIT = 60.0  # no bench wait lasts longer than this
 
 
-# ---------------------------------------------------------------- upstream (the sandbox)
+# ---------------------------------------------------------------- upstream (canned answers)
 
 
-def bench_patients(groups: dict[str, int], count: int, delay: float) -> list[SandboxPatient]:
-    """`count` patients per group; group "10" has 10 LPUs, token `bench-10-<i>`. Each patient's
-    LPUs have GUIDs of their own (patients spread over many hospitals, as in life), so that the
-    gateway's per-LPU limit on calls in flight is not what a figure measures."""
-    patients = []
-    for lpus in groups:
-        for i in range(count):
-            token = f"bench-{lpus}-{i}"
-            own = [demo_lpu(n + 1, LpuKnobs(delay=delay)) for n in range(int(lpus))]
-            for n, lpu in enumerate(own):
-                lpu.info["guid"] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{token}/{n}"))
-            patients.append(SandboxPatient(token, own))
-    return patients
+class CannedUpstream:
+    """The new API for the benchmark: the sandbox's demo records, each answer serialized once at
+    start, so that the fake is not what a figure measures (its CPU share is reported).
+
+    Patients: group "N" has N LPUs, tokens `bench-N-<i>`; every patient's LPUs have GUIDs of their
+    own (patients spread over many hospitals, as in life), so the gateway's per-LPU limit on calls
+    in flight is not what a figure measures. Every call waits `delay` seconds (one timer), except
+    the LPUs of tokens listed in `slow`, which wait `slow_delay` (sessions kept in progress)."""
+
+    def __init__(self, groups: dict[str, int], count: int, delay: float) -> None:
+        self.delay = delay
+        self.slow: set[str] = set()
+        self.slow_delay = 0.0
+        self.calls = 0
+        self.mkab: dict[str, bytes] = {}
+        # (method path, lpu guid) → answer body
+        self.answers: dict[tuple[str, str], bytes] = {}
+        self.owner: dict[str, str] = {}  # lpu guid → token
+        for lpus in groups:
+            for i in range(count):
+                token = f"bench-{lpus}-{i}"
+                entries = []
+                for n in range(int(lpus)):
+                    lpu = demo_lpu(n + 1)
+                    lpu.info["guid"] = guid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{token}/{n}"))
+                    entries.append({"mkabGuid": f"mkab-{n}", "lpu": lpu.info})
+                    for path, records in (
+                        ("/api/v2/visit", lpu.visits),
+                        ("/api/v2/calldoctor", lpu.calls),
+                        ("/api/v2/disp", lpu.disps),
+                    ):
+                        self.answers[(path, guid)] = json.dumps(records, ensure_ascii=False).encode()
+                    self.owner[guid] = token
+                self.mkab[token] = json.dumps(entries, ensure_ascii=False).encode()
 
 
-class BenchSandbox(_Sandbox):
-    """The sandbox, counting calls instead of keeping a record of each (a long run would
-    otherwise hold every call in memory)."""
-
-    def __init__(self, patients: list[SandboxPatient]) -> None:
-        super().__init__(patients)
-        self.total = 0
-        # request id → [MKAB handler seconds, slowest per-LPU handler seconds]
-        self.by_request: dict[str, list[float]] = {}
-
-    def record(self, call: Any) -> None:
-        self.total += 1
+CANNED = web.AppKey("canned", CannedUpstream)
+_JSON = {"Content-Type": "application/json"}
 
 
-BENCH_SANDBOX = web.AppKey("bench_sandbox", BenchSandbox)
+async def _canned_mkab(request: web.Request) -> web.Response:
+    canned = request.app[CANNED]
+    canned.calls += 1
+    body = canned.mkab.get(request.headers.get("Authorization", "")[7:])
+    if body is None:
+        return web.Response(status=401, body=b'{"message":"Token is invalid"}', headers=_JSON)
+    if canned.delay:
+        await asyncio.sleep(canned.delay)
+    return web.Response(body=body, headers=_JSON)
 
 
-@web.middleware
-async def _handler_time(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """How long the upstream spent on each call, from the handler's start to its answer:
-    the part of a call's latency that is the upstream's own doing."""
-    started = time.perf_counter()
-    response = await handler(request)
-    took = time.perf_counter() - started
-    rid = request.headers.get("X-Request-Id")
-    if rid is not None and rid.startswith("bench-"):
-        times = request.app[BENCH_SANDBOX].by_request.setdefault(rid, [0.0, 0.0])
-        slot = 0 if request.path.endswith("/mkab") else 1
-        times[slot] = max(times[slot], took)
-    return response
+async def _canned_lpu(request: web.Request) -> web.Response:
+    canned = request.app[CANNED]
+    canned.calls += 1
+    guid = request.query.get("lpuGuid", "")
+    body = canned.answers.get((request.path, guid))
+    if body is None:
+        return web.Response(status=404, body=b'{"message":"MKAB not found in this LPU"}', headers=_JSON)
+    delay = canned.slow_delay if canned.owner[guid] in canned.slow else canned.delay
+    if delay:
+        await asyncio.sleep(delay)
+    return web.Response(body=body, headers=_JSON)
 
 
 async def _set_delay(request: web.Request) -> web.Response:
-    delay = float((await request.json())["delay"])
-    for patient in request.app[BENCH_SANDBOX].patients.values():
-        for lpu in patient.lpus:
-            lpu.knobs = LpuKnobs(delay=delay)
-    return web.json_response({"delay": delay})
+    """{"delay": s} for every call; optionally {"slow": [tokens], "slow_delay": s}."""
+    canned = request.app[CANNED]
+    spec = await request.json()
+    canned.delay = float(spec["delay"])
+    canned.slow = set(spec.get("slow", ()))
+    canned.slow_delay = float(spec.get("slow_delay", 0.0))
+    return web.json_response({"delay": canned.delay})
 
 
 async def _upstream_stats(request: web.Request) -> web.Response:
-    sandbox = request.app[BENCH_SANDBOX]
-    body = {"calls": sandbox.total, "by_request": sandbox.by_request}
+    canned = request.app[CANNED]
+    body = {"calls": canned.calls}
     if request.query.get("reset"):
-        sandbox.total = 0
-        sandbox.by_request = {}
+        canned.calls = 0
     return web.json_response(body)
 
 
 def upstream_app(spec: dict[str, Any]) -> web.Application:
-    sandbox = BenchSandbox(bench_patients(spec["groups"], spec["patients"], spec.get("delay", 0.0)))
-    app = create_sandbox_app(sandbox)
-    app[BENCH_SANDBOX] = sandbox
-    app.middlewares.append(_handler_time)
+    app = web.Application()
+    app[CANNED] = CannedUpstream(spec["groups"], spec["patients"], spec.get("delay", 0.0))
+    app.router.add_get("/api/v2/mkab", _canned_mkab)
+    for path in ("/api/v2/visit", "/api/v2/calldoctor", "/api/v2/disp"):
+        app.router.add_get(path, _canned_lpu)
     app.router.add_post("/_bench/delay", _set_delay)
     app.router.add_get("/_bench/stats", _upstream_stats)
     return app
 
 
-# ---------------------------------------------------------------- gateway (instrumented)
-
-
-class Recorder:
-    """When each session's last LPU result reached the store."""
-
-    def __init__(self) -> None:
-        self.remaining: dict[str, int] = {}
-        self.done_at: dict[str, float] = {}
-        self.keep_times = True
-        self.completed = 0
-        self.last_done = 0.0
-        self._changed = asyncio.Event()
-
-    def _done(self, guid: str) -> None:
-        now = time.monotonic()
-        self.completed += 1
-        self.last_done = now
-        if self.keep_times:
-            self.done_at[guid] = now
-        self._changed.set()
-
-    async def attach(self, app: web.Application) -> None:
-        store = app[keys.STORE]
-        create, finish_lpu = store.create, store.finish_lpu
-
-        async def recording_create(session: Session) -> None:
-            await create(session)
-            left = len(session.lpus) - len(session.results)
-            if left:
-                self.remaining[session.guid] = left
-            else:
-                self._done(session.guid)
-
-        async def recording_finish(guid: str, index: int, entry: bytes) -> bool:
-            won = await finish_lpu(guid, index, entry)
-            if won and guid in self.remaining:
-                self.remaining[guid] -= 1
-                if not self.remaining[guid]:
-                    del self.remaining[guid]
-                    self._done(guid)
-            return won
-
-        store.create = recording_create  # type: ignore[method-assign]
-        store.finish_lpu = recording_finish  # type: ignore[method-assign]
-
-    async def _wait(self, ready: Callable[[], bool]) -> bool:
-        async with asyncio.timeout(WAIT_LIMIT):
-            while not ready():
-                self._changed.clear()
-                await self._changed.wait()
-        return True
-
-    async def done(self, request: web.Request) -> web.Response:
-        """Answers once the session is all-terminal: {"t": monotonic time it became so}."""
-        guid = request.match_info["guid"]
-        await self._wait(lambda: guid in self.done_at)
-        return web.json_response({"t": self.done_at.pop(guid)})
-
-    async def completed_count(self, request: web.Request) -> web.Response:
-        """Answers once at least `n` sessions completed since the last reset."""
-        n = int(request.query["n"])
-        await self._wait(lambda: self.completed >= n)
-        return web.json_response({"completed": self.completed, "last": self.last_done})
-
-    async def reset(self, request: web.Request) -> web.Response:
-        self.keep_times = request.query.get("keep", "1") == "1"
-        self.done_at.clear()
-        self.completed = 0
-        self.last_done = 0.0
-        return web.json_response({})
+# ---------------------------------------------------------------- the gateway, and the minimal gateway
 
 
 def gateway_app(spec: dict[str, Any]) -> web.Application:
+    """The real gateway (create_app), unmodified, with the configuration in `spec`."""
     if spec.get("json") == "stdlib":
         from bench import stdlib_json
 
@@ -200,61 +141,31 @@ def gateway_app(spec: dict[str, Any]) -> web.Application:
     config = Config().replace(**spec.get("config", {}))
     log_path = spec.get("log")
     configure_logging(config.log, stream=open(log_path, "a") if log_path else None)
-    app = create_app(config)
-    recorder = Recorder()
-    app.on_startup.append(recorder.attach)  # after the cleanup contexts: the store exists
-    app.router.add_get("/_bench/done/{guid}", recorder.done)
-    app.router.add_get("/_bench/completed", recorder.completed_count)
-    app.router.add_post("/_bench/reset", recorder.reset)
-    return app
+    return create_app(config)
+
+
+def minimal_app_for(spec: dict[str, Any]) -> web.Application:
+    log_path = spec.get("log")
+    logging.basicConfig(
+        level=logging.INFO, stream=open(log_path, "a") if log_path else sys.stderr, format="%(asctime)s %(message)s"
+    )
+    return minimal_app(spec["upstream"])
 
 
 # ---------------------------------------------------------------- bare handlers (the ceilings)
 
-BARE_CLIENT = web.AppKey("bare_client", aiohttp.ClientSession)
 BARE_BODY = web.AppKey("bare_body", bytes)
-BARE_UPSTREAM = web.AppKey("bare_upstream", str)
-BARE_POOL = web.AppKey("bare_pool", int)
 
 
 async def _bare_poll(request: web.Request) -> web.Response:
     return web.Response(body=request.app[BARE_BODY], content_type="application/json")
 
 
-async def _bare_create(request: web.Request) -> web.Response:
-    """What creating a session needs from the network, and nothing else: the MKAB list, then
-    three calls per LPU concurrently, bodies read but not mapped, nothing stored or logged."""
-    client, base = request.app[BARE_CLIENT], request.app[BARE_UPSTREAM]
-    headers = {"Authorization": request.headers["Authorization"], "Accept": "application/json"}
-    async with client.get(base + "/api/v2/mkab", headers=headers) as resp:
-        lpus = [entry["lpu"]["guid"] for entry in await resp.json()]
-
-    async def call(path: str, guid: str) -> None:
-        async with client.get(base + path, params={"lpuGuid": guid}, headers=headers) as resp:
-            await resp.read()
-
-    await asyncio.gather(
-        *(call(path, guid) for guid in lpus for path in ("/api/v2/visit", "/api/v2/calldoctor", "/api/v2/disp"))
-    )
-    return web.json_response({"session": str(uuid.uuid4())})
-
-
-async def _bare_client(app: web.Application) -> Any:
-    connector = aiohttp.TCPConnector(limit=app[BARE_POOL], limit_per_host=0)
-    async with aiohttp.ClientSession(connector=connector) as client:
-        app[BARE_CLIENT] = client
-        yield
-
-
 def bare_app(spec: dict[str, Any]) -> web.Application:
     app = web.Application()
     with open(spec["body"], "rb") as fh:
         app[BARE_BODY] = fh.read()
-    app[BARE_UPSTREAM] = spec.get("upstream", "")
-    app[BARE_POOL] = spec.get("max_connections", 256)  # the gateway's default pool
-    app.cleanup_ctx.append(_bare_client)
     app.router.add_get("/poll", _bare_poll)
-    app.router.add_get("/create", _bare_create)
     return app
 
 
@@ -263,6 +174,7 @@ def bare_app(spec: dict[str, Any]) -> web.Application:
 APPS: dict[str, Callable[[dict[str, Any]], web.Application]] = {
     "upstream": upstream_app,
     "gateway": gateway_app,
+    "minimal": minimal_app_for,
     "bare": bare_app,
 }
 

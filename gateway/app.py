@@ -10,11 +10,13 @@ from functools import partial
 from aiohttp import web
 
 from gateway.config import Config
+from gateway.contract import OTHER, UNKNOWN
 from gateway.http import admin, health, keys, openapi, scrape, tickets
 from gateway.http.middleware import errors, request_context
 from gateway.observability.client_apps import client_table
 from gateway.observability.metrics import Metrics
 from gateway.rollout.flags import Rollout
+from gateway.rollout.guardrails import Board, Guardrails, LocalBoard, RedisBoard, cohort_of
 from gateway.rollout.legacy import Legacy
 from gateway.rollout.shadow import Shadow
 from gateway.sessions.fanout import Fanout
@@ -22,6 +24,7 @@ from gateway.sessions.leases import Leases
 from gateway.sessions.limits import SessionLimits
 from gateway.sessions.service import SessionService
 from gateway.store.base import SessionStore, TokenQuota
+from gateway.store.finished import FinishedCache
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore
 from gateway.tasks import Tasks
@@ -42,6 +45,9 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
         redis_store = RedisStore(config.redis, config.session, app[keys.METRICS], app[keys.TASKS], limits=config.limits)
         await redis_store.start()
         store = redis_store
+        if config.redis.finished_cache_sessions:
+            hits = app[keys.METRICS].store_finished_cache_hits.inc
+            store = FinishedCache(redis_store, config.redis.finished_cache_sessions, config.session.ttl, hits)
     else:
         store = MemoryStore(
             config.session.max_sessions,
@@ -69,16 +75,37 @@ async def _sessions(app: web.Application) -> AsyncIterator[None]:
     await client.close()
 
 
+def _guardrails(app: web.Application) -> Guardrails | None:
+    """Per-cohort guardrails, shared through Redis when the sessions are; only with a legacy
+    service to fall back to."""
+    config = app[keys.CONFIG]
+    if not config.rollout.legacy_url:
+        return None
+    table = app[keys.CLIENTS]
+    versions = (*sorted(table.versions), OTHER, UNKNOWN)
+    cohorts = [cohort_of(a, v) for a in table.apps for v in versions]
+    board: Board = RedisBoard(config.redis) if config.redis.url else LocalBoard()
+    return Guardrails(config.rollout, app[keys.METRICS], app[keys.TASKS], cohorts, board)
+
+
 async def _rollout(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG].rollout
     metrics = app[keys.METRICS]
-    rollout = Rollout(config, metrics, app[keys.TASKS])
+    rollout = Rollout(config, metrics, app[keys.TASKS], _guardrails(app))
     app[keys.ROLLOUT] = rollout
     await rollout.start()
     if rollout.enabled:
         legacy = Legacy(config, metrics)
         sessions = app[keys.SESSIONS]
-        shadow = Shadow(config, partial(sessions.create, admit=False), sessions.store, legacy, metrics, app[keys.TASKS])
+        shadow = Shadow(
+            config,
+            partial(sessions.create, admit=False),
+            sessions.store,
+            legacy,
+            metrics,
+            app[keys.TASKS],
+            rollout.guardrails,
+        )
         app[keys.LEGACY], app[keys.SHADOW] = legacy, shadow
     yield
     # Before the fan-outs close: a compare waits on them, and uses the legacy client.

@@ -18,11 +18,14 @@ from gateway.http.runner import GatewayRunner
 from gateway.http.scrape import create_metrics_app
 from gateway.observability.logs import configure_logging
 from gateway.sandbox.app import create_sandbox_app
+from gateway.workers import supervise
 
 log = structlog.get_logger("gateway.cli")
 
 
-async def run_apps(apps: Sequence[tuple[str, web.Application, str, int]], config: Config) -> None:
+async def run_apps(
+    apps: Sequence[tuple[str, web.Application, str, int]], config: Config, reuse_port: bool = False
+) -> None:
     """Serves each app on its host and port until SIGINT or SIGTERM, then shuts down gracefully:
     stop listening, answer in-flight requests (up to server.shutdown_timeout), clean up."""
     runners: list[web.AppRunner] = []
@@ -37,7 +40,7 @@ async def run_apps(apps: Sequence[tuple[str, web.Application, str, int]], config
             )
             await runner.setup()
             runners.append(runner)
-            await web.TCPSite(runner, host, port).start()
+            await web.TCPSite(runner, host, port, reuse_port=reuse_port or None).start()
             log.info("listening", app=name, url=f"http://{host}:{port}")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -63,7 +66,12 @@ def _reload_flags(apps: list[web.Application]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("serve", help="run the gateway (config: GATEWAY_CONFIG and GATEWAY_* variables)")
+    serve = sub.add_parser("serve", help="run the gateway (config: GATEWAY_CONFIG and GATEWAY_* variables)")
+    serve.add_argument(
+        "--workers", type=int, default=1, help="gateway processes sharing the ports (more than 1 needs redis.url)"
+    )
+    # Set by the supervisor of --workers for each worker it starts: bind with SO_REUSEPORT.
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     sandbox = sub.add_parser("sandbox", help="run the simulated new API")
     sandbox.add_argument("--host", default="127.0.0.1")
     sandbox.add_argument("--port", type=int, default=8081)
@@ -78,6 +86,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    if args.command == "serve" and args.workers > 1:
+        if not config.redis.url:
+            print("gateway: --workers needs redis.url (GATEWAY_REDIS_URL): sessions must be shared", file=sys.stderr)
+            return 2
+        stop_within = config.server.shutdown_timeout
+        return supervise(args.workers, ["serve", "--reuse-port"], stop_within)
     configure_logging(config.log)
 
     apps: list[tuple[str, web.Application, str, int]] = []
@@ -91,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             host = config.metrics.host or config.server.host
             apps.append(("metrics", create_metrics_app(gateway), host, config.metrics.port))
     try:
-        asyncio.run(run_apps(apps, config))
+        asyncio.run(run_apps(apps, config, reuse_port=args.command == "serve" and args.reuse_port))
     except OSError as exc:
         print(f"gateway: cannot listen: {exc.strerror}", file=sys.stderr)
         return 1

@@ -33,6 +33,10 @@ def _non_negative(v: float) -> str | None:
     return None if v >= 0 else "must be >= 0"
 
 
+def _fraction(v: float) -> str | None:
+    return None if 0 <= v <= 1 else "must be from 0 to 1"
+
+
 def _port(v: int) -> str | None:
     return None if 0 <= v <= 65535 else "must be a port number 0..65535"
 
@@ -237,8 +241,12 @@ class RedisConfig:
     # How often reachability is checked, and so how soon a recovered Redis is used again.
     probe_interval: float = _opt(_positive, default=1.0)
     # Consecutive timed-out calls that mark the store down. A timeout of a cheap call (the probe,
-    # a lease) marks it down at once; a slow read or write of one big session does not, alone.
+    # a lease), or one followed by an unanswered PING, marks it down at once; a slow read or write
+    # of one big session does not, alone.
     down_after_timeouts: int = _opt(_positive, default=3)
+    # Finished sessions each replica answers from memory instead of Redis (a finished session
+    # never changes); 0 turns the copy off. About 20 KiB per 5-LPU session (docs/sizing.md).
+    finished_cache_sessions: int = _opt(_non_negative, default=2000)
 
 
 @dataclass(frozen=True)
@@ -316,6 +324,15 @@ class RolloutConfig:
     shadow_poll_interval: float = _opt(_positive, default=1.0)
     shadow_ignore_fields: tuple[str, ...] = ()
     shadow_max_samples: int = _opt(_non_negative, default=50)
+    # docs/rollout-guardrails.md: the per-field counters, timing, noise calibration, guardrails.
+    shadow_window: float = _opt(_positive, default=600.0)
+    shadow_timing_margin: float = _opt(_non_negative, default=5.0)
+    shadow_timing_ratio: float = _opt(_non_negative, default=1.0)
+    shadow_noise_sample: float = _opt(_fraction, default=0.0)
+    shadow_noise_per_minute: float = _opt(_non_negative, default=6.0)
+    shadow_noise_relative: float = _opt(_non_negative, default=0.2)
+    shadow_noise_absolute: float = _opt(_fraction, default=0.03)
+    guardrail_interval: float = _opt(_positive, default=1.0)
     admin_token: str = _opt(_admin_token, default="", secret=True)
     # Wrong admin tokens allowed per minute from one client address, and from all together;
     # beyond them the admin routes answer 429 for the rest of the minute, right token or not.

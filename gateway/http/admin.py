@@ -1,7 +1,10 @@
-"""Read-only inspection of the rollout, off the public route: `GET /admin/rollout` (effective flags
-and the flags file's version) and `GET /admin/rollout/shadow` (latest shadow mismatches).
+"""Inspection of the rollout, off the public route: `GET /admin/rollout` (effective flags, the
+flags file's version, the guardrails and each cohort's state, why and since when),
+`GET /admin/rollout/shadow` (latest shadow mismatches, and regression against noise per field),
+and the one action, `POST /admin/rollout/guardrails/<cohort>/rearm` (a tripped cohort back to
+what the flags say; docs/rollout-guardrails.md).
 
-Both need `X-Admin-Token: <rollout.admin_token>` (a random string of 32+ characters, checked at
+All need `X-Admin-Token: <rollout.admin_token>` (a random string of 32+ characters, checked at
 start by gateway/config.py). Without a configured token the routes do not exist; with a wrong or
 missing token they answer exactly like a route that does not exist. Wrong tokens are counted
 (`gateway_admin_auth_failures_total`) and limited per client address and in total
@@ -25,10 +28,13 @@ from gateway.http import keys
 ADMIN_HEADER = "X-Admin-Token"
 ROLLOUT_PATH = "/admin/rollout"
 SHADOW_PATH = "/admin/rollout/shadow"
+REARM_PATH = "/admin/rollout/guardrails/{cohort}/rearm"
 # The one key of the all-clients allowance.
 _ALL = ""
 # Client addresses remembered for the per-client allowance (least recently used forgotten).
 _TRACKED_CLIENTS = 10_000
+
+View = Callable[[web.Request, web.Application], Awaitable[web.Response]]
 
 
 class AdminGuard:
@@ -40,7 +46,7 @@ class AdminGuard:
         self._per_client = KeyedBuckets(per_client / 60, per_client, _TRACKED_CLIENTS)
         self._total = KeyedBuckets(total / 60, total, 1)
 
-    def authorize(self, request: web.Request, gateway: web.Application) -> None:
+    def authorize(self, request: web.Request, gateway: web.Application, method: str) -> None:
         """The allowance first, then the token, then the method: without the token not even a
         405 tells the route exists."""
         client = request.remote or "unknown"
@@ -55,8 +61,8 @@ class AdminGuard:
             self._per_client.spend(client)
             self._total.spend(_ALL)
             raise GatewayError("route_not_found")
-        if request.method != "GET":
-            raise web.HTTPMethodNotAllowed(request.method, ["GET"])
+        if request.method != method:
+            raise web.HTTPMethodNotAllowed(request.method, [method])
 
 
 async def rollout_state(request: web.Request, gateway: web.Application) -> web.Response:
@@ -68,7 +74,18 @@ async def rollout_state(request: web.Request, gateway: web.Application) -> web.R
 
 async def shadow_samples(request: web.Request, gateway: web.Application) -> web.Response:
     shadow = gateway.get(keys.SHADOW)
-    return web.json_response({"mismatches": shadow.samples() if shadow is not None else []})
+    if shadow is None:
+        return web.json_response({"mismatches": [], "fields": None})
+    return web.json_response({"mismatches": shadow.samples(), "fields": shadow.report()})
+
+
+async def rearm(request: web.Request, gateway: web.Application) -> web.Response:
+    rails = gateway[keys.ROLLOUT].guardrails
+    cohort = request.match_info["cohort"]
+    if rails is None or not await rails.rearm(cohort):
+        # Not tripped (or no such cohort): nothing to do, and the answer says so.
+        return web.json_response({"cohort": cohort, "rearmed": False}, status=409)
+    return web.json_response({"cohort": cohort, "rearmed": True})
 
 
 def admin_listener(gateway: web.Application) -> bool:
@@ -85,14 +102,13 @@ def add_routes(app: web.Application, gateway: web.Application) -> None:
         return
     guard = AdminGuard(config)
 
-    def guarded(
-        view: Callable[[web.Request, web.Application], Awaitable[web.Response]],
-    ) -> Callable[[web.Request], Awaitable[web.Response]]:
+    def guarded(view: View, method: str = "GET") -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handler(request: web.Request) -> web.Response:
-            guard.authorize(request, gateway)
+            guard.authorize(request, gateway, method)
             return await view(request, gateway)
 
         return handler
 
     app.router.add_route("*", ROLLOUT_PATH, guarded(rollout_state))
     app.router.add_route("*", SHADOW_PATH, guarded(shadow_samples))
+    app.router.add_route("*", REARM_PATH, guarded(rearm, "POST"))

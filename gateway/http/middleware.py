@@ -15,8 +15,8 @@ from aiohttp import web
 from gateway.contract import ERRORS, OLD_ROUTES, GatewayError
 from gateway.http import keys
 from gateway.http.errors import error_response, kind_for_status
-from gateway.observability.client_apps import classify
-from gateway.observability.logs import redact_for_request
+from gateway.observability.logs import access_line, begin_request
+from gateway.rollout.guardrails import cohort_of
 from gateway.store.base import StoreFull, StoreUnavailable
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -24,6 +24,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = structlog.get_logger("gateway.access")
 # An incoming id is reused only if it is short and plain, so it is safe in logs and headers.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# The status class label of the statuses the gateway answers most, written once.
+STATUS_CLASSES = {status: f"{status // 100}xx" for status in (200, 400, 401, 404, 429, 502, 503, 504)}
 
 
 def route_template(request: web.Request) -> str:
@@ -38,9 +40,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     incoming = request.headers.get("X-Request-Id", "")
     request_id = incoming if _REQUEST_ID.fullmatch(incoming) else os.urandom(16).hex()
     request[keys.REQUEST_ID] = request_id
-    structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(request_id=request_id)
-    redact_for_request(request.headers.get("Authorization"))
+    begin_request(request.headers.get("Authorization"), request_id=request_id)
     started = time.perf_counter()
     # The error middleware sits inside: error answers are counted and logged with their status.
     response = await handler(request)
@@ -48,33 +48,31 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     duration = time.perf_counter() - started
     route = route_template(request)
     metrics = request.app[keys.METRICS]
-    metrics.http_requests.labels(route, f"{response.status // 100}xx").inc()
-    metrics.http_duration.labels(route).observe(duration)
+    status_class = STATUS_CLASSES.get(response.status) or f"{response.status // 100}xx"
+    metrics.child(metrics.http_requests, route, status_class).inc()
+    metrics.child(metrics.http_duration, route).observe(duration)
     old_route = OLD_ROUTES.get(route)
     if old_route is not None:
-        record_old_request(request, old_route, response.status)
-    log.info(
-        "request",
-        method=request.method,
-        route=route,
-        status=response.status,
-        duration_ms=round(duration * 1000, 2),
-    )
+        record_old_request(request, old_route, response.status, status_class)
+    access_line(log, method=request.method, route=route, status=response.status, duration_ms=round(duration * 1000, 2))
     return response
 
 
-def record_old_request(request: web.Request, route: str, status: int) -> None:
+def record_old_request(request: web.Request, route: str, status: int, status_class: str) -> None:
     """Who still calls the old path: by route, serving side, client app, app version and status
     class, and the app's last-seen time. The dashboards' "apps still calling" and the
     retirement alert read these."""
-    app, version = classify(
-        request.app[keys.CLIENTS], request.headers.get("ClientApplication"), request.headers.get("User-Agent")
-    )
+    headers = request.headers
+    app, version = request.app[keys.CLIENTS].classify(headers.get("ClientApplication"), headers.get("User-Agent"))
     # The rollout marks requests it forwarded ("legacy") or shadowed; the rest the gateway served.
     side = request.get(keys.SERVED_BY, "gateway")
     metrics = request.app[keys.METRICS]
-    metrics.old_requests.labels(route, side, app, version, f"{status // 100}xx").inc()
-    metrics.client_last_seen.labels(app).set(time.time())
+    metrics.child(metrics.old_requests, route, side, app, version, status_class).inc()
+    rollout = request.app.get(keys.ROLLOUT)
+    rails = rollout.guardrails if rollout is not None else None
+    if side == "gateway" and rails is not None:
+        rails.record_answer(cohort_of(app, version), route, status)
+    metrics.child(metrics.client_last_seen, app).set(time.time())
 
 
 @web.middleware

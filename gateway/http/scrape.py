@@ -15,7 +15,7 @@ METRICS_PATH = "/metrics"
 async def metrics(request: web.Request) -> web.Response:
     # Text format, or OpenMetrics when the scraper asks for it (Prometheus does).
     encode, content_type = choose_encoder(request.headers.get("Accept", ""))
-    body = encode(request.app[keys.METRICS].registry)
+    body = encode(request.app[keys.METRICS].exposition())
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 

@@ -5,10 +5,14 @@ to the legacy service. Nothing here knows how a session is run or stored.
 
 from __future__ import annotations
 
+import json
+
 from aiohttp import web
 
 from gateway.contract import CREATE_PATH, GATEWAY, GUID, LEGACY, POLL_PATH, SHADOW, GatewayError, bearer_token
 from gateway.http import keys
+from gateway.observability.client_apps import classify
+from gateway.rollout.guardrails import cohort_of
 from gateway.rollout.legacy import LegacyAnswer, forwarded_headers
 from gateway.upstream.client import Caller
 
@@ -21,9 +25,15 @@ def caller_of(request: web.Request) -> Caller:
     )
 
 
+def cohort(request: web.Request) -> str:
+    """The request's client cohort (app and app version), as the guardrails count it."""
+    headers = request.headers
+    return cohort_of(*classify(request.app[keys.CLIENTS], headers.get("ClientApplication"), headers.get("User-Agent")))
+
+
 async def create_session(request: web.Request) -> web.Response:
     token = bearer_token(request.headers.get("Authorization"))
-    side = request.app[keys.ROLLOUT].decide(token, request.headers.get("ClientApplication")).side
+    side = request.app[keys.ROLLOUT].decide(token, request.headers.get("ClientApplication"), cohort(request)).side
     request[keys.SERVED_BY] = side
     if side != GATEWAY:
         return await _create_on_legacy(request, token, shadow=side == SHADOW)
@@ -42,13 +52,18 @@ async def read_session(request: web.Request) -> web.Response:
     if not has_auth and request.app[keys.CONFIG].session.require_token_on_poll:
         raise GatewayError("unauthorized")
     token = bearer_token(request.headers.get("Authorization"))
-    poll = await request.app[keys.SESSIONS].poll(guid, token, caller_of(request) if has_auth else None)
+    caller = (lambda: caller_of(request)) if has_auth else None
+    poll = await request.app[keys.SESSIONS].poll(guid, token, caller)
     if poll is None:
         if keys.LEGACY in request.app:
             # Not one of the gateway's sessions: the legacy service made it, before the gateway
             # was put in front or by the rollout's choice.
             return await _poll_on_legacy(request, guid)
         raise GatewayError("session_not_found")
+    rails = request.app[keys.ROLLOUT].guardrails
+    if poll.final and rails is not None and rails.active and not rails.counted(guid.lower()):
+        # Once per session on this replica: its Failed LPUs are the guardrails' signal.
+        rails.record_final(cohort(request), json.loads(poll.body), session=guid.lower())
     return web.Response(body=poll.body, content_type="application/json")
 
 
@@ -68,7 +83,8 @@ async def _create_on_legacy(request: web.Request, token: str | None, shadow: boo
             compare.not_compared("legacy_unavailable")
         raise
     if compare is not None and token is not None:
-        compare.begin(created, token, caller_of(request), forwarded_headers(request.headers, request[keys.REQUEST_ID]))
+        headers = forwarded_headers(request.headers, request[keys.REQUEST_ID])
+        compare.begin(created, token, caller_of(request), headers, cohort(request))
     return as_response(created)
 
 

@@ -8,7 +8,7 @@ that sends a new GUID or User-Agent on every request still adds no metric series
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.config import ClientsConfig
 from gateway.contract import OTHER, UNKNOWN
@@ -19,11 +19,27 @@ _FIRST_PRODUCT = re.compile(r"[^/\s]{1,64}/v?([0-9]{1,6})\.([0-9]{1,6})")
 _MAJOR_MINOR = re.compile(r"v?([0-9]{1,6})\.([0-9]{1,6})")
 
 
+# Distinct (ClientApplication, User-Agent) pairs remembered per table: a request's pair is
+# classified once. Clients choose the headers, so the memo is emptied when full.
+MEMO_SIZE = 4096
+
+
 @dataclass(frozen=True)
 class ClientTable:
     by_guid: dict[str, str]
     by_user_agent: tuple[tuple[re.Pattern[str], str], ...]
     versions: frozenset[str]
+    memo: dict[tuple[str | None, str | None], tuple[str, str]] = field(default_factory=dict, compare=False)
+
+    def classify(self, client_application: str | None, user_agent: str | None) -> tuple[str, str]:
+        """`classify(self, ...)`, remembered."""
+        key = (client_application, user_agent)
+        found = self.memo.get(key)
+        if found is None:
+            if len(self.memo) >= MEMO_SIZE:
+                self.memo.clear()
+            found = self.memo[key] = classify(self, client_application, user_agent)
+        return found
 
     @property
     def apps(self) -> tuple[str, ...]:

@@ -7,9 +7,12 @@ app table, a configured version list), never from what a client sends verbatim.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway import __version__
 from gateway.contract import LPU_FAILURE_REASONS, OLD_ROUTES, SIDES, UNKNOWN, UPSTREAM_METHODS
@@ -22,6 +25,10 @@ UPSTREAM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
+        # Set for the workers of `gateway serve --workers N` (gateway/workers.py): samples go to
+        # files there, and a scrape of any worker shows them all.
+        self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.build_info = Info("gateway_build", "Build of the running gateway.", registry=r)
         self.build_info.info({"version": __version__})
 
@@ -36,6 +43,7 @@ class Metrics:
             "Unix time of the last old-path request from each client app.",
             ("app",),
             registry=r,
+            multiprocess_mode="max",
         )
         self.http_requests = Counter(
             "gateway_http_requests_total",
@@ -59,7 +67,10 @@ class Metrics:
             registry=r,
         )
         self.sessions_in_flight = Gauge(
-            "gateway_sessions_in_flight", "Sessions whose fan-out is still running on this replica.", registry=r
+            "gateway_sessions_in_flight",
+            "Sessions whose fan-out is still running on this replica.",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.session_complete = Histogram(
             "gateway_session_complete_seconds",
@@ -100,6 +111,11 @@ class Metrics:
             registry=r,
         )
         self.store_hits = Counter("gateway_store_hits_total", "Session lookups that found the session.", registry=r)
+        self.store_finished_cache_hits = Counter(
+            "gateway_store_finished_cache_hits_total",
+            "Polls of finished sessions answered from this replica's copy instead of the shared store.",
+            registry=r,
+        )
         self.store_misses = Counter(
             "gateway_store_misses_total", "Session lookups that found nothing (unknown or expired).", registry=r
         )
@@ -119,7 +135,9 @@ class Metrics:
         self.admin_failures = Counter(
             "gateway_admin_auth_failures_total", "Admin requests with a missing or wrong X-Admin-Token.", registry=r
         )
-        self.store_sessions = Gauge("gateway_store_sessions", "Sessions held by the store.", registry=r)
+        self.store_sessions = Gauge(
+            "gateway_store_sessions", "Sessions held by the store.", registry=r, multiprocess_mode="livemax"
+        )
         # Rollout (legacy forwarding and shadow compare), declared here so that dashboards and
         # alert rules have one place to look; the rollout module records them.
         self.rollout_decisions = Counter(
@@ -134,6 +152,62 @@ class Metrics:
             ("result", "reason"),
             registry=r,
         )
+        self.shadow_differences = Counter(
+            "gateway_shadow_differences_total",
+            "Compared shadow sessions in which a field differed, by difference class and field "
+            "(positions left out; keys of pass-through objects as *).",
+            ("class", "field"),
+            registry=r,
+        )
+        self.shadow_verdicts = Counter(
+            "gateway_shadow_verdicts_total",
+            "Compared shadow sessions by verdict: match, noise (every difference within the noise "
+            "margin) or regression.",
+            ("verdict",),
+            registry=r,
+        )
+        self.shadow_calibrations = Counter(
+            "gateway_shadow_calibrations_total",
+            "Second legacy reads of a shadow session's patient for noise calibration, by result.",
+            ("result",),
+            registry=r,
+        )
+        self.shadow_noise = Counter(
+            "gateway_shadow_noise_differences_total",
+            "Calibrations in which a field differed between two legacy reads of the same patient.",
+            ("field",),
+            registry=r,
+        )
+        self.guardrail_tripped = Gauge(
+            "gateway_guardrail_tripped",
+            "1 while a cohort's guardrail is tripped (its new sessions go to the legacy service).",
+            ("cohort",),
+            registry=r,
+        )
+        self.guardrail_trips = Counter(
+            "gateway_guardrail_trips_total",
+            "Guardrail trips decided by this replica, by cohort and signal.",
+            ("cohort", "signal"),
+            registry=r,
+        )
+        self.guardrail_rearms = Counter(
+            "gateway_guardrail_rearms_total",
+            "Tripped cohorts re-armed, by cohort and how (admin, flags).",
+            ("cohort", "how"),
+            registry=r,
+        )
+        self.guardrail_signal = Gauge(
+            "gateway_guardrail_signal_ratio",
+            "The latest value of each guardrail signal per cohort on this replica (NaN: too few sessions).",
+            ("cohort", "signal"),
+            registry=r,
+        )
+        self.guardrail_steps = Counter(
+            "gateway_guardrail_steps_total",
+            "Step-ups of a cohort's gateway percentage by a healthy guardrail window, by cohort.",
+            ("cohort",),
+            registry=r,
+        )
         self.legacy_duration = Histogram(
             "gateway_legacy_request_duration_seconds",
             "Calls forwarded to the legacy service, by route and outcome.",
@@ -142,13 +216,18 @@ class Metrics:
             registry=r,
         )
         self.rollout_flags_valid = Gauge(
-            "gateway_rollout_flags_valid", "1 if the last read of the flags file was valid, else 0.", registry=r
+            "gateway_rollout_flags_valid",
+            "1 if the last read of the flags file was valid, else 0.",
+            registry=r,
+            multiprocess_mode="livemin",
         )
         self.rollout_flags_reloads = Counter(
             "gateway_rollout_flags_reloads_total", "Reads of the flags file, by result.", ("result",), registry=r
         )
         # Shared store (Redis) health and fan-out takeover between replicas.
-        self.store_up = Gauge("gateway_store_up", "1 if the session store is reachable, else 0.", registry=r)
+        self.store_up = Gauge(
+            "gateway_store_up", "1 if the session store is reachable, else 0.", registry=r, multiprocess_mode="livemin"
+        )
         self.store_state_changes = Counter(
             "gateway_store_state_changes_total", "Store reachability changes, by new state.", ("state",), registry=r
         )
@@ -176,6 +255,23 @@ class Metrics:
         )
         self.store_up.set(1)
         self._zero_series()
+
+    def exposition(self) -> CollectorRegistry:
+        """The registry a scrape renders: this one, or every worker's samples together."""
+        if self.multiprocess_dir is None:
+            return self.registry
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, self.multiprocess_dir)
+        return merged
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, looked up once: labels() costs more than the observation
+        itself, and every label value comes from a closed set, so the cache stays bounded."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def _zero_series(self) -> None:
         """Series that exist at 0 before the first event, so that dashboards and alert rules see

@@ -26,6 +26,7 @@ import structlog
 from gateway.config import RolloutConfig
 from gateway.contract import GATEWAY, LEGACY, SHADOW
 from gateway.observability.metrics import Metrics
+from gateway.rollout.guardrails import GuardrailRules, Guardrails, GuardrailsError, parse_guardrails
 from gateway.tasks import Tasks
 
 log = structlog.get_logger("gateway.rollout")
@@ -38,6 +39,7 @@ DECISIONS = (
     (GATEWAY, "no_legacy"),
     (LEGACY, "kill_switch"),
     (LEGACY, "deny_list"),
+    (LEGACY, "guardrail"),
     (GATEWAY, "allow_list"),
     (GATEWAY, "percentage"),
     (LEGACY, "default"),
@@ -66,6 +68,7 @@ class Flags:
     deny_apps: frozenset[str] = frozenset()
     salt: str = ""
     version: str = ""
+    guardrails: GuardrailRules = field(default_factory=GuardrailRules)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -77,6 +80,7 @@ class Flags:
             "deny_apps": sorted(self.deny_apps),
             "salt": self.salt,
             "version": self.version,
+            "guardrails": self.guardrails.as_json(),
         }
 
 
@@ -99,10 +103,22 @@ def in_percentage(bucket: int, percent: float) -> bool:
     return bucket < round(percent * BUCKETS / 100)
 
 
-def decide(flags: Flags, client_app: str | None, bucket: int | None) -> Decision:
-    """The side for a new session. Precedence: kill switch, deny list, allow list, percentage,
-    default mode. Deny wins over allow, so an app listed in both stays on the legacy service.
-    `bucket` is None when the request has no usable token: only the lists and the mode apply."""
+def decide(
+    flags: Flags, client_app: str | None, bucket: int | None, tripped: bool = False, percent: float | None = None
+) -> Decision:
+    """The side for a new session. Precedence: kill switch, deny list, guardrail, allow list,
+    percentage, default mode. Deny wins over allow, so an app listed in both stays on the legacy
+    service; a tripped guardrail of the request's cohort (`tripped`) sends to the legacy service
+    what would otherwise go to the gateway or to shadow. `percent` is the cohort's own gateway
+    percentage when a step-up raised it. `bucket` is None when the request has no usable token:
+    only the lists and the mode apply."""
+    decision = _decide(flags, client_app, bucket, flags.gateway_percent if percent is None else percent)
+    if tripped and decision.side != LEGACY:
+        return Decision(LEGACY, "guardrail")
+    return decision
+
+
+def _decide(flags: Flags, client_app: str | None, bucket: int | None, percent: float) -> Decision:
     if flags.kill_switch:
         return Decision(LEGACY, "kill_switch")
     app = client_app.strip().lower() if client_app else None
@@ -110,12 +126,12 @@ def decide(flags: Flags, client_app: str | None, bucket: int | None) -> Decision
         return Decision(LEGACY, "deny_list")
     if app is not None and app in flags.allow_apps:
         return Decision(GATEWAY, "allow_list")
-    if bucket is not None and in_percentage(bucket, flags.gateway_percent):
+    if bucket is not None and in_percentage(bucket, percent):
         return Decision(GATEWAY, "percentage")
     return Decision(flags.mode, "default")
 
 
-_FILE_KEYS = ("version", "kill_switch", "mode", "gateway_percent", "allow_apps", "deny_apps", "salt")
+_FILE_KEYS = ("version", "kill_switch", "mode", "gateway_percent", "allow_apps", "deny_apps", "salt", "guardrails")
 
 
 def _apps(data: dict[str, Any], key: str) -> frozenset[str]:
@@ -134,10 +150,12 @@ def parse_flags(raw: bytes, default_mode: str) -> Flags:
     """The flags of a TOML flags file, or FlagsError. Unknown keys are errors: a misspelt
     `kill_swich = true` must not be silently ignored.
 
-    A truncated file is refused (docs/rollout-flags.md): the file must end with its required
-    `version` key, after every other key, and with a newline. A file rewritten in place is read
-    empty, or cut anywhere, for a moment; every such prefix is empty, does not parse, lacks the
-    version or its final newline. Replacing the file by a rename never shows a prefix at all."""
+    A truncated file is refused (docs/rollout-flags.md): its required `version` must be the last
+    plain key (after every other, before any table) and the file must end with a newline. A file
+    rewritten in place is read empty, or cut anywhere, for a moment; every such prefix that does
+    not hold all the plain keys (the kill switch, the mode, the percentage, the lists) is empty,
+    does not parse, or lacks the version or its final newline. Replacing the file by a rename
+    never shows a prefix at all."""
     if not raw.strip():
         raise FlagsError("empty file (truncated, or being rewritten in place?)")
     try:
@@ -164,9 +182,18 @@ def parse_flags(raw: bytes, default_mode: str) -> Flags:
     salt = data.get("salt", "")
     if not isinstance(salt, str) or len(salt) > 100:
         raise FlagsError("salt must be a string of at most 100 characters")
-    # Checked last, so that a complete file's own mistake is the one reported.
-    if str(version) == "" or list(data)[-1] != "version" or not raw.endswith(b"\n"):
-        raise FlagsError("truncated: the file must end with its `version` line (after every other key, then a newline)")
+    try:
+        guardrails = parse_guardrails(data["guardrails"]) if "guardrails" in data else GuardrailRules()
+    except GuardrailsError as exc:
+        raise FlagsError(str(exc)) from None
+    # Checked last, so that a complete file's own mistake is the one reported. Tables come after
+    # every plain key in TOML: `version` is the last plain key, right before the first table.
+    plain = [key for key, value in data.items() if not isinstance(value, dict)]
+    if str(version) == "" or not plain or plain[-1] != "version" or not raw.endswith(b"\n"):
+        raise FlagsError(
+            "truncated: `version` must be the last plain key (after every other, before any table)"
+            " and the file must end with a newline"
+        )
     return Flags(
         mode=mode or default_mode,
         mode_source="file" if mode else "config",
@@ -176,6 +203,7 @@ def parse_flags(raw: bytes, default_mode: str) -> Flags:
         deny_apps=_apps(data, "deny_apps"),
         salt=salt,
         version=str(version),
+        guardrails=guardrails,
     )
 
 
@@ -223,8 +251,12 @@ class Rollout:
     """The current flags of one app. `decide()` is what the create route calls; the watcher
     task (owned by the app, cancelled by `close()`) swaps in a new file's flags when it changes."""
 
-    def __init__(self, config: RolloutConfig, metrics: Metrics, tasks: Tasks | None = None) -> None:
+    def __init__(
+        self, config: RolloutConfig, metrics: Metrics, tasks: Tasks | None = None, guardrails: Guardrails | None = None
+    ) -> None:
         self._config = config
+        # Per-cohort fallback to legacy (gateway/rollout/guardrails.py); None without a legacy service.
+        self.guardrails = guardrails
         self._metrics = metrics
         self.enabled = bool(config.legacy_url)
         self.flags = Flags(mode=config.mode)
@@ -238,16 +270,24 @@ class Rollout:
             metrics.rollout_flags_reloads.labels(result)
         metrics.rollout_flags_valid.set(1)
 
-    def decide(self, token: str | None, client_app: str | None) -> Decision:
+    def decide(self, token: str | None, client_app: str | None, cohort: str | None = None) -> Decision:
+        """`cohort` is the request's client cohort (guardrails.cohort_of), for the guardrails."""
         if not self.enabled:
             decision = Decision(GATEWAY, "no_legacy")
         else:
-            flags = self.flags
-            decision = decide(flags, client_app, rollout_bucket(token, flags.salt) if token else None)
+            flags, rails = self.flags, self.guardrails
+            bucket = rollout_bucket(token, flags.salt) if token else None
+            if rails is None or not rails.active:
+                decision = decide(flags, client_app, bucket)
+            else:
+                percent = rails.percent(cohort, flags.gateway_percent)
+                decision = decide(flags, client_app, bucket, tripped=rails.tripped(cohort), percent=percent)
         self._metrics.rollout_decisions.labels(decision.side, decision.reason).inc()
         return decision
 
     async def start(self) -> None:
+        if self.guardrails is not None:
+            await self.guardrails.start()
         if self.file is None:
             return
         await self.reload(force=True)
@@ -305,6 +345,8 @@ class Rollout:
         state.valid, state.error = True, None
         state.reloads += 1
         self.flags = flags
+        if self.guardrails is not None:
+            self.guardrails.update(flags.guardrails, digest, flags.gateway_percent)
         self._metrics.rollout_flags_valid.set(1)
         self._metrics.rollout_flags_reloads.labels("ok").inc()
         log.info(
@@ -324,7 +366,10 @@ class Rollout:
             "enabled": self.enabled,
             "flags": self.flags.as_json(),
             "file": self.file.as_json() if self.file else None,
+            "guardrails": self.guardrails.describe() if self.guardrails is not None else None,
         }
 
     async def close(self) -> None:
         await self._tasks.cancel("flags_watcher")
+        if self.guardrails is not None:
+            await self.guardrails.close()

@@ -14,8 +14,6 @@ import math
 import time
 from collections.abc import Callable
 
-from cachetools import TTLCache
-
 from gateway.config import LimitsConfig
 from gateway.contract import GatewayError
 from gateway.observability.metrics import Metrics
@@ -48,9 +46,10 @@ class SessionLimits:
         self._clock = clock
         self._per_token: dict[str, int] = {}
         self._total = 0
-        # session GUID → [tokens left, when last updated]; a bucket outlives its session by
-        # nothing, so that a steady load holds a steady number of them.
-        self._buckets: TTLCache[str, list[float]] = TTLCache(config.tracked_keys, session_ttl, timer=clock)
+        self._bucket_ttl = session_ttl
+        # session GUID → [tokens left, when last updated, when forgotten], oldest first: a bucket
+        # lives as long as a session can be polled, so a steady load holds a steady number.
+        self._buckets: dict[str, list[float]] = {}
 
     @property
     def in_flight(self) -> int:
@@ -82,9 +81,23 @@ class SessionLimits:
         rate, burst = self._config.poll_rate, float(self._config.poll_burst)
         now = self._clock()
         bucket = self._buckets.get(guid)
-        tokens = burst if bucket is None else min(burst, bucket[0] + (now - bucket[1]) * rate)
+        if bucket is None:
+            self._forget_expired(now)
+            bucket = self._buckets[guid] = [burst, now, now + self._bucket_ttl]
+        tokens = min(burst, bucket[0] + (now - bucket[1]) * rate)
+        bucket[1] = now
         if tokens < 1.0:
-            self._buckets[guid] = [tokens, now]
-            self._metrics.rejected.labels("poll_rate").inc()
+            bucket[0] = tokens
+            self._metrics.child(self._metrics.rejected, "poll_rate").inc()
             raise GatewayError("too_many_requests", retry_after=max(1, math.ceil((1.0 - tokens) / rate)))
-        self._buckets[guid] = [tokens - 1.0, now]
+        bucket[0] = tokens - 1.0
+
+    def _forget_expired(self, now: float) -> None:
+        """Drops the buckets past their time, and the oldest beyond `tracked_keys` (a forgotten
+        bucket starts full again, which only ever errs on the client's side)."""
+        buckets = self._buckets
+        while buckets:
+            oldest = next(iter(buckets))
+            if buckets[oldest][2] > now and len(buckets) < self._config.tracked_keys:
+                return
+            del buckets[oldest]

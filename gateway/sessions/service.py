@@ -26,7 +26,7 @@ from gateway.observability.metrics import Metrics
 from gateway.sessions.fanout import Fanout, LpuFailed, dumps_kept
 from gateway.sessions.limits import SessionLimits
 from gateway.sessions.reuse import ReuseIndex, SharedFanout
-from gateway.sessions.tokens import same_token, token_hash
+from gateway.sessions.tokens import same_hash, token_hash
 from gateway.store.base import SessionStore, StoreUnavailable, TokenLimited
 from gateway.store.session import Session, failed_entry
 from gateway.upstream.client import Caller, CallFailure, Upstream
@@ -192,32 +192,32 @@ class SessionService:
             )
             raise GatewayError("upstream_failed") from None
 
-    async def poll(self, guid: str, token: str | None, caller: Caller | None) -> Poll | None:
+    async def poll(self, guid: str, token: str | None, caller: Callable[[], Caller] | None) -> Poll | None:
         """The session's current answer, or None when this gateway holds no such session.
 
-        `token` is the poll's bearer token, None for a poll without one (served by the GUID
-        alone, as the legacy service did); `caller` carries the poll's credentials upstream
-        for a takeover, None without them. A token that is not the session's gets the same
-        404 as an unknown GUID: never reveal that a session exists."""
+        `token` is the poll's bearer token; `caller` builds the poll's credentials for upstream
+        calls (a takeover), None for a poll without an Authorization header (served by the GUID
+        alone, as the legacy service did). A token that is not the session's gets the same 404
+        as an unknown GUID: never reveal that a session exists."""
+        key = token_hash(token) if token is not None else None
         # A poll with credentials counts against the session's poll limit only with its own token.
-        binding = None if caller is None else (token_hash(token) if token is not None else "")
-        read = await self.store.read_poll(guid.lower(), binding)
+        read = await self.store.read_poll(guid.lower(), None if caller is None else key or "")
         session = read.session
         if session is None:
             return None
-        if caller is not None and (token is None or not same_token(session.token_hash, token)):
+        if caller is not None and (key is None or not same_hash(session.token_hash, key)):
             raise GatewayError("session_not_found")
         if read.retry_after is not None:
-            self._metrics.rejected.labels("poll_rate").inc()
+            self._metrics.child(self._metrics.rejected, "poll_rate").inc()
             raise GatewayError("too_many_requests", retry_after=read.retry_after)
         if not read.counted:
             self.limits.check_poll(session.guid)
         if session.orphaned:
             # The replica that ran this session is gone: finish it here (README, "Replicas and Redis").
-            await self.take_over(session, caller)
+            await self.take_over(session, caller() if caller is not None else None)
         now = time.time()
         final = session.is_final(now)
-        self._metrics.polls.labels("true" if final else "false").inc()
+        self._metrics.child(self._metrics.polls, "true" if final else "false").inc()
         return Poll(session.body(now), final)
 
     async def take_over(self, session: Session, caller: Caller | None) -> None:

@@ -220,8 +220,10 @@ class Reachability:
 
     Only what says Redis is gone marks it down: a connection error (refused, reset, lost
     authentication, a replica that became read-only or is loading), a timed-out cheap call, or
-    `down_after` timed-out calls in a row. An answer, even an error (out of memory, a refused
-    script), shows Redis is up; one slow command on one big session is that call's failure."""
+    `down_after` timed-out calls in a row. A timed-out expensive call is followed by a PING:
+    if Redis does not answer that either, it is stalled and marked down at once. An answer, even
+    an error (out of memory, a refused script), shows Redis is up; one slow command on one big
+    session is that call's failure."""
 
     def __init__(self, metrics: Metrics, down_after: int = 3) -> None:
         self._metrics = metrics
@@ -390,7 +392,10 @@ class RedisStore:
             log.warning("store_call_refused", store="redis", error=type(exc).__name__)
             raise StoreRefused from None
         except (RedisTimeoutError, TimeoutError) as exc:
-            if self.reachability.timed_out(exc, cheap):
+            # A slow call on one big session, or Redis itself stalled? A cheap PING tells: a
+            # stalled Redis does not answer it either, and is marked down now, before the next
+            # request waits for it too (this call then took at most twice redis.timeout).
+            if self.reachability.timed_out(exc, cheap or not await self._answers()):
                 await self._drop_connections()
             raise StoreUnavailable from None
         except (RedisError, OSError) as exc:
@@ -398,6 +403,15 @@ class RedisStore:
             raise StoreUnavailable from None
         self.reachability.ok()
         return result
+
+    async def _answers(self) -> bool:
+        """Whether Redis answers a PING within redis.timeout."""
+        try:
+            async with asyncio.timeout(self._config.timeout), self._slots:
+                await self._redis.ping()
+        except Exception:
+            return False
+        return True
 
     async def _down(self, exc: BaseException) -> None:
         if self.reachability.failed(exc):
@@ -545,6 +559,12 @@ class RedisStore:
     async def close(self) -> None:
         await self._tasks.cancel("redis_probe")
         await self._redis.aclose()
+
+
+def redis_client(config: RedisConfig) -> Redis:
+    """A client as the store's own, for the few other keys replicas share (the rollout's
+    guardrail board)."""
+    return _client(config)
 
 
 def _client(config: RedisConfig) -> Redis:

@@ -41,6 +41,7 @@ def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
         "GatewaySessionsHittingDeadline",
         "GatewayUpstreamErrorRateHigh",
         "GatewayRetiredAppCallingAgain",
+        "GatewayGuardrailTripped",
     }
     fires: set[str] = set()
     quiet: set[str] = set()

@@ -121,5 +121,6 @@ async def test_every_panel_has_data_from_a_real_prometheus(
             "GatewaySessionsHittingDeadline",
             "GatewayUpstreamErrorRateHigh",
             "GatewayRetiredAppCallingAgain",
+            "GatewayGuardrailTripped",
         }
         assert all(r["health"] == "ok" and not r.get("lastError") for r in rules), rules

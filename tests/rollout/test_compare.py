@@ -6,7 +6,7 @@ import copy
 import json
 from typing import Any
 
-from gateway.rollout.compare import compare_sessions
+from gateway.rollout.compare import Timing, compare_sessions, metric_field
 from gateway.sandbox.data import demo_lpu
 from tests.support import golden
 
@@ -121,3 +121,80 @@ def test_the_path_list_is_capped_but_the_total_is_kept() -> None:
     gateway = [entry(1)]
     result = compare_sessions(legacy, gateway)
     assert len(result.paths) == 100 and result.total == 300
+
+
+# Issue 11 row 14: a pass-through disp item whose key carries personal data.
+PERSONAL_KEY = "Иванов Иван Иванович 12.03.1980"
+
+
+def test_keys_of_pass_through_disp_items_never_appear_in_the_paths() -> None:
+    legacy = [entry(2)]
+    assert legacy[0]["disps"], "LPU 2 of the sandbox has a disp item"
+    gateway = copy.deepcopy(legacy)
+    legacy[0]["disps"][0][PERSONAL_KEY] = "x"
+    gateway[0]["disps"][0]["name"] = "changed"
+    result = compare_sessions(legacy, gateway)
+    assert not result.match and result.total == 2
+    text = json.dumps(result.paths, ensure_ascii=False)
+    assert "Иванов" not in text and PERSONAL_KEY not in text
+    assert "name" not in text, "no key of a pass-through object is shown as text"
+    # The same key has the same name within one secret (the per-field counters can count it),
+    # another under another secret.
+    again = compare_sessions(legacy, gateway)
+    assert again.paths == result.paths
+    assert compare_sessions(legacy, gateway, secret=b"other").paths != result.paths
+
+
+def test_each_difference_is_classified_per_lpu() -> None:
+    legacy = answer()
+    gateway = [*copy.deepcopy(legacy[:3]), entry(7)]  # LPU 3 missing, LPU 7 extra
+    gateway[1] = entry(1, "Failed")
+    gateway[2]["visits"][0]["room"] = "planted"
+    gateway[0]["calls"].reverse()
+    result = compare_sessions(legacy, gateway)
+    assert {(d.cls, d.field, d.path) for d in result.differences} == {
+        ("missing_lpu", "lpus", "[3] (legacy only)"),
+        ("extra_lpu", "lpus", "gateway[3] (gateway only)"),
+        ("state", "state", "[1].state"),
+        ("content", "visits.room", "[2].visits[0].room"),
+    } | ({("order", "calls", "[0].calls (order)")} if len(legacy[0]["calls"]) > 1 else set())
+    assert result.cls == "missing_lpu"
+    assert result.classes()["state"] == 1 and result.classes()["content"] == 1
+
+
+def test_order_alone_is_reported_but_is_not_a_mismatch() -> None:
+    legacy = answer()
+    gateway = list(reversed(copy.deepcopy(legacy)))
+    result = compare_sessions(legacy, gateway)
+    assert result.match
+    assert [(d.cls, d.field) for d in result.differences] == [("order", "lpus")]
+    assert result.cls == "order"
+
+
+def test_records_are_matched_by_identity_not_position() -> None:
+    legacy = [entry(1)]
+    assert len(legacy[0]["visits"]) > 1
+    gateway = copy.deepcopy(legacy)
+    # The gateway drops the first visit and changes the second: one record missing, one field.
+    first, second = gateway[0]["visits"][0], gateway[0]["visits"][1]
+    gateway[0]["visits"] = [second | {"room": "other"}, *gateway[0]["visits"][2:]]
+    assert first["ticketGuid"] != second["ticketGuid"]
+    result = compare_sessions(legacy, gateway)
+    assert set(result.paths) == {"[0].visits[0] (legacy only)", "[0].visits[1].room"}
+    assert {f for _, f in result.fields} == {"visits (legacy only)", "visits.room"}
+
+
+def test_timing_is_a_difference_only_beyond_the_margin_and_only_when_the_gateway_is_later() -> None:
+    legacy = answer()
+    gateway = copy.deepcopy(legacy)
+    assert compare_sessions(legacy, gateway, timing=Timing(legacy=2.0, gateway=6.5)).match  # within 5 s
+    assert compare_sessions(legacy, gateway, timing=Timing(legacy=9.0, gateway=1.0)).match  # faster
+    late = compare_sessions(legacy, gateway, timing=Timing(legacy=2.0, gateway=9.0))
+    assert late.paths == ("final_seconds",) and late.cls == "timing" and late.reason == "timing"
+    # Relative to a slow legacy side: 12 s against 10 s is within 100 %.
+    assert compare_sessions(legacy, gateway, timing=Timing(legacy=10.0, gateway=19.0)).match
+
+
+def test_metric_fields_collapse_hashed_keys() -> None:
+    assert metric_field("disps.~3fa1c2d0") == "disps.*"
+    assert metric_field("visits.room") == "visits.room"

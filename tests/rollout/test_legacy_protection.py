@@ -11,7 +11,9 @@ import uuid
 from typing import Any
 
 import aiohttp
+import pytest
 
+from gateway.sandbox.data import LpuKnobs
 from tests.support.fake_legacy import start_legacy
 from tests.support.gateway import TICKETS, bearer, create, patient, poll_until_final, sample
 from tests.support.netutil import get_from
@@ -93,16 +95,22 @@ async def test_guessed_guids_reach_legacy_only_within_the_total_allowance(
     assert sample(client, "gateway_rejected_requests_total", limit="legacy_guesses") == 12
 
 
+@pytest.mark.parametrize("finished", [False, True], ids=["running", "finished-no-copy"])
 async def test_on_redis_the_poll_limit_of_a_session_holds_across_replicas(
-    upstream: Any, gateway: Any, redis_server: Any
+    upstream: Any, gateway: Any, redis_server: Any, finished: bool
 ) -> None:
-    p, other = patient(None), patient(None)
+    """A running session's polls all reach Redis. A finished one's are answered from each
+    replica's in-process copy when `redis.finished_cache_sessions` keeps one, and limited by that
+    replica's own bucket (they cost neither Redis nor the upstream); without a copy, by Redis."""
+    p, other = patient(None if finished else LpuKnobs(delay=8.0)), patient(None)
     _, url = await upstream(p, other)
     rate, burst = 5.0, 5
     limits = {"poll_rate": rate, "poll_burst": burst}
-    replicas = [await gateway(url, limits=limits, redis={"url": redis_server.url}) for _ in range(2)]
+    redis = {"url": redis_server.url} | ({"finished_cache_sessions": 0} if finished else {})
+    replicas = [await gateway(url, limits=limits, redis=redis) for _ in range(2)]
     guid = await create(replicas[0], p.token)
-    await poll_until_final(replicas[0], guid, bearer(p.token))
+    if finished:
+        await poll_until_final(replicas[0], guid, bearer(p.token))
     # Another token's polls (404) and polls of other sessions spend nothing of this session's.
     for replica in replicas:
         resp = await replica.get(f"{TICKETS}/{guid}", headers=bearer(other.token))

@@ -127,6 +127,8 @@ def test_the_example_flags_file_is_valid() -> None:
     assert flags.mode == LEGACY and flags.mode_source == "file"
     assert flags.gateway_percent == 10.0 and not flags.kill_switch
     assert flags.allow_apps == {"8b0a7ab4-1b8f-4c5b-8d1e-1c0f3b0e5a11"}
+    assert [r.signal for r in flags.guardrails.rules] == ["failed_lpu_ratio", "mismatch_ratio"]
+    assert flags.guardrails.cooldown == 300.0 and flags.guardrails.step_up is None
 
 
 def test_a_file_without_mode_takes_the_configured_one() -> None:

@@ -81,7 +81,9 @@ async def test_a_slow_read_of_one_big_session_does_not_mark_the_store_down(
     p, other = patient(None), patient(None)
     _, url = await upstream(p, other)
     # 0.15 s for every call; reading the 60 MiB session below takes about four times that.
-    client = await gateway(url, redis={"url": redis_server.url, "timeout": 0.15, "probe_interval": 0.1})
+    # No in-process copy of finished sessions: every poll reads Redis.
+    redis = {"url": redis_server.url, "timeout": 0.15, "probe_interval": 0.1, "finished_cache_sessions": 0}
+    client = await gateway(url, redis=redis)
     big = await create(client, p.token)
     await poll_until_final(client, big)
     small = await create(client, other.token)

@@ -7,6 +7,7 @@ import asyncio
 import json
 import signal
 import time
+import uuid
 from collections.abc import Awaitable
 from typing import Any
 
@@ -98,8 +99,10 @@ async def test_redis_hanging_answers_503_within_the_timeout_then_at_once(
     redis_server.proc.send_signal(signal.SIGSTOP)  # accepts connections, answers nothing
     try:
         started = time.monotonic()
-        assert await status_of(client, f"{TICKETS}/{guid}", p.token) == 503
+        # A GUID this replica holds no copy of: the poll asks Redis.
+        assert await status_of(client, f"{TICKETS}/{uuid.uuid4()}", p.token) == 503
         assert time.monotonic() - started < 1.0, "the first call waits at most redis.timeout"
+        await assert_unavailable_at_once(client, f"{TICKETS}/{guid}", p.token)
         await assert_unavailable_at_once(client, TICKETS, p.token)
         assert await status_of(client, "/readyz") == 503
     finally:

@@ -1,6 +1,8 @@
 """A fake legacy `visit` service (old-api.md) for the rollout tests: a real aiohttp server on
 127.0.0.1 that creates sessions, answers polls with a fixed body per token, records every
-request it receives, and can be made slow or failing."""
+request it receives, and can be made slow or failing, or noisy: `noisy = ("calls", "dateStatus")`
+gives that field of every such record a fresh random value in each new session, as a legacy
+service that rewrites a field between two reads of the same patient does."""
 
 from __future__ import annotations
 
@@ -50,6 +52,8 @@ class FakeLegacy:
     # (status, body, headers) to answer instead of the normal one
     create_override: tuple[int, bytes, dict[str, str]] | None = None
     poll_override: tuple[int, bytes, dict[str, str]] | None = None
+    # (record list, field): a fresh random value per session in every record of that list
+    noisy: tuple[str, str] | None = None
     _release: asyncio.Event = field(default_factory=asyncio.Event)
 
     def creates(self) -> list[Received]:
@@ -61,7 +65,13 @@ class FakeLegacy:
     def existing(self, token: str, body: list[dict[str, Any]] | None = None) -> str:
         """A session the legacy service made before the gateway was put in front of it."""
         guid = str(uuid.uuid4())
-        self.sessions[guid] = LegacySession(token, copy.deepcopy(body if body is not None else GOLDEN))
+        answer = copy.deepcopy(body if body is not None else GOLDEN)
+        if self.noisy is not None:
+            records, name = self.noisy
+            for entry in answer:
+                for record in entry.get(records, []):
+                    record[name] = f"noise-{uuid.uuid4().hex[:8]}"
+        self.sessions[guid] = LegacySession(token, answer)
         return guid
 
     async def hold(self, seconds: float) -> None:

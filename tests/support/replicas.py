@@ -152,5 +152,12 @@ def _spawn(name: str, directory: Path, env: dict[str, str]) -> Replica:
 
 
 def _toml_table(name: str, values: dict[str, Any]) -> str:
-    lines = [f"[{name}]"] + [f"{key} = {json.dumps(value)}" for key, value in values.items()]
+    lines = [f"[{name}]"] + [f"{key} = {_toml_value(value)}" for key, value in values.items()]
     return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    """JSON scalars and arrays are TOML already; a table is written inline ({"a" = 1})."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    return json.dumps(value)
