@@ -73,6 +73,22 @@ log = structlog.get_logger("gateway.store")
 
 T = TypeVar("T")
 
+# Lua the scripts share: Redis's clock in ms (`now`), and the tokens a bucket holds now (a hash of
+# `t` tokens and `at` ms; full when missing, so a bucket forgotten once full changes nothing).
+_LUA_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+_LUA_BUCKET = """
+local function tokens_in(key, rate, burst)
+  local bucket = redis.call('HMGET', key, 't', 'at')
+  if not bucket[1] then
+    return burst
+  end
+  return math.min(burst, tonumber(bucket[1]) + (now - tonumber(bucket[2])) * rate)
+end
+"""
+
 # KEYS: index, session, lease, token's sessions. ARGV: ttl ms, lease ms, max sessions, owner,
 # guid, the token's quota of live sessions (0: not counted), field, value, ...
 # Returns {created (1), full (0) or the token's quota reached (2), sessions removed from the
@@ -80,9 +96,9 @@ T = TypeVar("T")
 # Reads come first and the first write is ZADD, which Redis refuses when it is at maxmemory: an
 # out-of-memory Redis answers OOM before anything is written, never a half-made session that
 # was answered 200 (a script's first write decides; after it Redis lets the script finish).
-_CREATE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+_CREATE = (
+    _LUA_NOW
+    + """
 local live = redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
 if live >= tonumber(ARGV[3]) then
   return {0, 0, live, 0}
@@ -108,25 +124,23 @@ redis.call('PEXPIRE', KEYS[2], ttl)
 redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[2])
 return {1, expired, live + 1, 0}
 """
+)
 
 # KEYS: token's sessions, token's create bucket. ARGV: quota of live sessions, refill per ms,
 # burst, session ttl ms (the bucket outlives neither its refill nor the sessions).
 # Returns {0 (admitted), 1 (live quota reached) or 2 (rate spent), ms to wait}. A refused
 # create spends nothing, so the wait is true.
-_ADMIT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+_ADMIT = (
+    _LUA_NOW
+    + _LUA_BUCKET
+    + """
 local reason, wait = 0, 0
 if redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf') >= tonumber(ARGV[1]) then
   local oldest = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
   reason, wait = 1, tonumber(oldest[2]) - now
 end
 local rate, burst = tonumber(ARGV[2]), tonumber(ARGV[3])
-local bucket = redis.call('HMGET', KEYS[2], 't', 'at')
-local tokens = burst
-if bucket[1] then
-  tokens = math.min(burst, tonumber(bucket[1]) + (now - tonumber(bucket[2])) * rate)
-end
+local tokens = tokens_in(KEYS[2], rate, burst)
 if tokens < 1 then
   local refill = math.ceil((1 - tokens) / rate)
   if refill > wait then
@@ -140,6 +154,7 @@ redis.call('HSET', KEYS[2], 't', tostring(tokens - 1), 'at', now)
 redis.call('PEXPIRE', KEYS[2], math.min(math.ceil(burst / rate), tonumber(ARGV[4])))
 return {0, 0}
 """
+)
 
 # KEYS: session, the session's poll bucket. ARGV: "1" when the poll has credentials, then the
 # hash they must match to be counted; refill per ms; burst. Returns the ms until the bucket holds
@@ -148,21 +163,18 @@ return {0, 0}
 # round trip; the read itself stays outside the script, so a big session is not copied through
 # Lua). Its write is a pcall: Redis out of memory refuses the count, not the poll, and a missing
 # session or another token's poll counts nothing.
-_COUNT_POLL = """
+_COUNT_POLL = (
+    _LUA_NOW
+    + _LUA_BUCKET
+    + """
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return 0
 end
 if ARGV[1] == '1' and redis.call('HGET', KEYS[1], 'h') ~= ARGV[2] then
   return 0
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local rate, burst = tonumber(ARGV[3]), tonumber(ARGV[4])
-local bucket = redis.call('HMGET', KEYS[2], 't', 'at')
-local tokens = burst
-if bucket[1] then
-  tokens = math.min(burst, tonumber(bucket[1]) + (now - tonumber(bucket[2])) * rate)
-end
+local tokens = tokens_in(KEYS[2], rate, burst)
 if tokens < 1 then
   return math.ceil((1 - tokens) / rate)
 end
@@ -172,6 +184,7 @@ if type(written) == 'number' then
 end
 return 0
 """
+)
 
 # KEYS: session. ARGV: field, entry. HSETNX on a missing key would create a hash with no TTL.
 _FINISH = """
