@@ -1,10 +1,11 @@
 """The app factory: `create_app(config)` wires the task owner, the store, the upstream client,
-the session service and the rollout, each opened and closed in a cleanup context, in
+the session service, the rollout and the migration ledger, each opened and closed in a cleanup context, in
 dependency order (closed in reverse: what a component uses is still open while it closes)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import dataclasses
+from collections.abc import AsyncIterator, Callable
 from functools import partial
 
 from aiohttp import web
@@ -12,7 +13,11 @@ from aiohttp import web
 from gateway.config import Config
 from gateway.contract import OTHER, UNKNOWN
 from gateway.http import admin, health, keys, openapi, scrape, tickets
+from gateway.http.brownout import brownouts
 from gateway.http.middleware import errors, request_context
+from gateway.migration.clock import Clock, SystemClock
+from gateway.migration.ledger import Ledger, MemoryLedger, RedisLedger
+from gateway.migration.service import Migration
 from gateway.observability.client_apps import client_table
 from gateway.observability.metrics import Metrics
 from gateway.rollout.flags import Rollout
@@ -26,7 +31,7 @@ from gateway.sessions.service import SessionService
 from gateway.store.base import SessionStore, TokenQuota
 from gateway.store.finished import FinishedCache
 from gateway.store.memory import MemoryStore
-from gateway.store.redis import RedisStore
+from gateway.store.redis import RedisStore, redis_client
 from gateway.tasks import Tasks
 from gateway.upstream.client import Upstream, new_client_session
 
@@ -115,17 +120,46 @@ async def _rollout(app: web.Application) -> AsyncIterator[None]:
     await rollout.close()
 
 
-def create_app(config: Config, metrics: Metrics | None = None) -> web.Application:
+def _migration(clock: Clock) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def migration(app: web.Application) -> AsyncIterator[None]:
+        config = app[keys.CONFIG]
+        ledger: Ledger
+        if config.redis.url:
+            # Its own connections: the ledger's writes never wait behind, or mark down, the sessions'.
+            redis = redis_client(dataclasses.replace(config.redis, max_connections=2))
+            ledger = RedisLedger(redis, config.redis.prefix, config.migration.retention_days, config.redis.timeout)
+        else:
+            ledger = MemoryLedger(config.migration.retention_days)
+        rollout = app[keys.ROLLOUT]
+        migration = Migration(
+            config.migration,
+            app[keys.CLIENTS],
+            ledger,
+            clock,
+            app[keys.TASKS],
+            app[keys.METRICS],
+            lambda: rollout.flags.migration,
+        )
+        app[keys.MIGRATION] = migration
+        migration.start()
+        yield
+        await migration.close()
+
+    return migration
+
+
+def create_app(config: Config, metrics: Metrics | None = None, clock: Clock | None = None) -> web.Application:
+    """`clock`: the migration's time source (gateway/migration/clock.py); tests move it."""
     # The parser's limits go with the app, so that every runner serving it (the CLI's, the
     # tests') applies them; see gateway/http/runner.py for how their refusals are answered.
     limits = {"max_line_size": config.server.max_line_size, "max_field_size": config.server.max_field_size}
-    app = web.Application(middlewares=[request_context, errors], handler_args=limits)
+    app = web.Application(middlewares=[request_context, errors, brownouts], handler_args=limits)
     app[keys.CONFIG] = config
     app[keys.METRICS] = metrics = metrics or Metrics()
     app[keys.TASKS] = Tasks(on_crash=lambda group: metrics.task_failures.labels(group).inc())
     app[keys.CLIENTS] = client_table(config.clients)
     metrics.zero_client_series(app[keys.CLIENTS].apps)
-    app.cleanup_ctx.extend([_tasks, _store, _sessions, _rollout])
+    app.cleanup_ctx.extend([_tasks, _store, _sessions, _rollout, _migration(clock or SystemClock())])
     tickets.add_routes(app)
     health.add_routes(app)
     if not admin.admin_listener(app):

@@ -1,21 +1,25 @@
-"""`gateway serve | sandbox | demo`: the console entry point."""
+"""`gateway serve | sandbox | demo | migration-report`: the console entry point."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import signal
 import sys
 from collections.abc import Sequence
 
+import aiohttp
 import structlog
 from aiohttp import web
 
 from gateway.app import create_app
 from gateway.config import Config, ConfigError, load_config
 from gateway.http import keys
+from gateway.http.admin import ADMIN_HEADER, MIGRATION_PATH
 from gateway.http.runner import GatewayRunner
 from gateway.http.scrape import create_metrics_app
+from gateway.migration.report import render_table
 from gateway.observability.logs import configure_logging
 from gateway.sandbox.app import create_sandbox_app
 from gateway.workers import supervise
@@ -77,6 +81,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     sandbox.add_argument("--port", type=int, default=8081)
     demo = sub.add_parser("demo", help="run the sandbox and a gateway pointed at it, in one process")
     demo.add_argument("--sandbox-port", type=int, default=8081)
+    report = sub.add_parser(
+        "migration-report",
+        help="who still calls the old path, and which cohorts are safe to retire (docs/migration.md)",
+    )
+    report.add_argument("--url", help="a running gateway (default: http://server.host:server.port of the config)")
+    report.add_argument("--json", action="store_true", help="the report as JSON, as GET /admin/migration gives it")
     args = parser.parse_args(argv)
 
     try:
@@ -86,6 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    if args.command == "migration-report":
+        return migration_report(config, args.url, args.json)
     if args.command == "serve" and args.workers > 1:
         if not config.redis.url:
             print("gateway: --workers needs redis.url (GATEWAY_REDIS_URL): sessions must be shared", file=sys.stderr)
@@ -110,3 +122,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gateway: cannot listen: {exc.strerror}", file=sys.stderr)
         return 1
     return 0
+
+
+REPORT_TIMEOUT = 30.0
+
+
+def migration_report(config: Config, url: str | None, as_json: bool) -> int:
+    """Asks a running gateway (GET /admin/migration) rather than reading Redis: the gateway knows
+    its cohort table, its clock and its ledger backend, in-process or Redis alike. The admin
+    token comes from the config or GATEWAY_ROLLOUT_ADMIN_TOKEN, never argv (which `ps` shows)."""
+    base = (url or f"http://{config.server.host}:{config.server.port}").rstrip("/")
+    token = config.rollout.admin_token
+    if not token:
+        print("gateway: migration-report needs rollout.admin_token (or GATEWAY_ROLLOUT_ADMIN_TOKEN)", file=sys.stderr)
+        return 2
+    try:
+        status, body = asyncio.run(_fetch_report(base + MIGRATION_PATH, token))
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        print(f"gateway: cannot reach {base}: {type(exc).__name__}", file=sys.stderr)
+        return 1
+    if status != 200:
+        # A wrong token reads as "no such route" by design (gateway/http/admin.py).
+        print(f"gateway: {base}{MIGRATION_PATH} answered {status} (wrong or no admin token)", file=sys.stderr)
+        return 1
+    print(json.dumps(body, indent=2) if as_json else render_table(body), end="\n" if as_json else "")
+    return 0
+
+
+async def _fetch_report(url: str, token: str) -> tuple[int, object]:
+    timeout = aiohttp.ClientTimeout(total=REPORT_TIMEOUT)
+    async with aiohttp.ClientSession(timeout=timeout) as http, http.get(url, headers={ADMIN_HEADER: token}) as resp:
+        return resp.status, await resp.json() if resp.status == 200 else None

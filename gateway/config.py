@@ -120,9 +120,9 @@ _RESERVED_APPS = (OTHER, UNKNOWN)
 _VERSION = re.compile(r"(0|[1-9][0-9]{0,3})\.(0|[1-9][0-9]{0,3})")
 
 
-def _app_name_problem(name: str) -> str | None:
+def _app_name_problem(name: str, kind: str = "app") -> str | None:
     if not _APP_NAME.fullmatch(name) or name in _RESERVED_APPS:
-        return f"app name {name!r} must match {_APP_NAME.pattern} and not be other/unknown"
+        return f"{kind} name {name!r} must match {_APP_NAME.pattern} and not be other/unknown"
     return None
 
 
@@ -135,15 +135,20 @@ def _apps_by_guid(v: dict[str, str]) -> str | None:
     return None
 
 
-def _apps_by_pattern(v: dict[str, str]) -> str | None:
-    for pattern, name in v.items():
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            return f"pattern {pattern!r} is not a regular expression ({exc})"
-        if problem := _app_name_problem(name):
-            return problem
-    return None
+def _names_by_pattern(kind: str) -> Callable[[dict[str, str]], str | None]:
+    """The check of a table of regular expression → app (or platform) name."""
+
+    def check(v: dict[str, str]) -> str | None:
+        for pattern, name in v.items():
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                return f"pattern {pattern!r} is not a regular expression ({exc})"
+            if problem := _app_name_problem(name, kind):
+                return problem
+        return None
+
+    return check
 
 
 def _versions(v: tuple[str, ...]) -> str | None:
@@ -300,7 +305,7 @@ class ClientsConfig:
     # ClientApplication GUID → app name.
     by_guid: dict[str, str] = field(metadata={"check": _apps_by_guid}, default_factory=dict)
     # Regular expression searched in User-Agent → app name; the first match in file order wins.
-    by_user_agent: dict[str, str] = field(metadata={"check": _apps_by_pattern}, default_factory=dict)
+    by_user_agent: dict[str, str] = field(metadata={"check": _names_by_pattern("app")}, default_factory=dict)
     # App versions (major.minor) kept as labels; any other version is counted as "other".
     versions: tuple[str, ...] = _opt(_versions, default=())
 
@@ -350,6 +355,56 @@ class RolloutConfig:
     legacy_guess_burst: int = _opt(_positive, default=200)
 
 
+def _flush_interval(v: float) -> str | None:
+    # The ledger's promise: at most one Redis round trip per replica per second.
+    return None if v >= 1.0 else "must be >= 1.0 (seconds)"
+
+
+def _share(v: float) -> str | None:
+    return None if 0 < v <= 1 else "must be a share in (0, 1]"
+
+
+def _days(v: int) -> str | None:
+    return None if 1 <= v <= 3650 else "must be 1..3650 days"
+
+
+# The platforms a User-Agent names, in order: an Android browser is "android", not "web".
+_PLATFORMS = {
+    "(?i)android": "android",
+    "(?i)iphone|ipad|ios|cfnetwork|darwin": "ios",
+    "(?i)windows|macintosh|x11|mozilla": "web",
+}
+
+
+@dataclass(frozen=True)
+class MigrationConfig:
+    """Retiring the old path (docs/migration.md): the migration ledger, its report, and the
+    guards of brownouts (the brownout windows themselves are in the rollout flags file)."""
+
+    # Per-day buckets of the ledger are kept this many days.
+    retention_days: int = _opt(_days, default=90)
+    # A cohort silent this many days is "safe to retire"; silent this many is "silent for N days".
+    retire_after_days: int = _opt(_days, default=30)
+    silent_after_days: int = _opt(_days, default=3)
+    # "fading": the last 7 days' daily volume is below this share of the 23 days before.
+    fading_ratio: float = _opt(_share, default=0.5)
+    # Seconds between the ledger's batched writes (one round trip each).
+    flush_interval: float = _opt(_flush_interval, default=1.0)
+    # Regular expression searched in User-Agent → platform name; first match in file order wins.
+    platforms: dict[str, str] = field(
+        metadata={"check": _names_by_pattern("platform")}, default_factory=lambda: dict(_PLATFORMS)
+    )
+    # Brownout guards, judged on this replica's creates over the last guard_window seconds once
+    # at least guard_min_requests were seen: a cohort above max_share of all creates, or whose
+    # own answers are 5xx above max_error_rate (brownout refusals aside), is not browned out.
+    brownout_guard_window: float = _opt(_positive, default=300.0)
+    brownout_guard_min_requests: int = _opt(_positive, default=20)
+    brownout_max_share: float = _opt(_share, default=0.2)
+    brownout_max_error_rate: float = _opt(_share, default=0.2)
+    # Requests held by a soft brownout at once; beyond, requests pass undelayed.
+    brownout_max_delayed: int = _opt(_positive, default=100)
+
+
 @dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -361,6 +416,7 @@ class Config:
     redis: RedisConfig = field(default_factory=RedisConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     clients: ClientsConfig = field(default_factory=ClientsConfig)
+    migration: MigrationConfig = field(default_factory=MigrationConfig)
 
     def replace(self, **sections: Mapping[str, Any]) -> Config:
         """A copy with some keys changed, validated like a file: replace(session={"ttl": 5})."""

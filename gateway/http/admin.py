@@ -1,8 +1,9 @@
 """Inspection of the rollout, off the public route: `GET /admin/rollout` (effective flags, the
 flags file's version, the guardrails and each cohort's state, why and since when),
 `GET /admin/rollout/shadow` (latest shadow mismatches, and regression against noise per field),
-and the one action, `POST /admin/rollout/guardrails/<cohort>/rearm` (a tripped cohort back to
-what the flags say; docs/rollout-guardrails.md).
+`GET /admin/migration` (the "safe to retire" report: docs/migration.md), and the one action,
+`POST /admin/rollout/guardrails/<cohort>/rearm` (a tripped cohort back to what the flags say;
+docs/rollout-guardrails.md).
 
 All need `X-Admin-Token: <rollout.admin_token>` (a random string of 32+ characters, checked at
 start by gateway/config.py). Without a configured token the routes do not exist; with a wrong or
@@ -29,6 +30,7 @@ ADMIN_HEADER = "X-Admin-Token"
 ROLLOUT_PATH = "/admin/rollout"
 SHADOW_PATH = "/admin/rollout/shadow"
 REARM_PATH = "/admin/rollout/guardrails/{cohort}/rearm"
+MIGRATION_PATH = "/admin/migration"
 # The one key of the all-clients allowance.
 _ALL = ""
 # Client addresses remembered for the per-client allowance (least recently used forgotten).
@@ -88,6 +90,10 @@ async def rearm(request: web.Request, gateway: web.Application) -> web.Response:
     return web.json_response({"cohort": cohort, "rearmed": True})
 
 
+async def migration_report(request: web.Request, gateway: web.Application) -> web.Response:
+    return web.json_response(await gateway[keys.MIGRATION].report())
+
+
 def admin_listener(gateway: web.Application) -> bool:
     """Whether the admin routes are on the admin listener rather than the gateway's own port."""
     config = gateway[keys.CONFIG]
@@ -112,3 +118,4 @@ def add_routes(app: web.Application, gateway: web.Application) -> None:
     app.router.add_route("*", ROLLOUT_PATH, guarded(rollout_state))
     app.router.add_route("*", SHADOW_PATH, guarded(shadow_samples))
     app.router.add_route("*", REARM_PATH, guarded(rearm, "POST"))
+    app.router.add_route("*", MIGRATION_PATH, guarded(migration_report))

@@ -6,6 +6,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.config import Config
+from gateway.migration.brownout import BrownoutDecision
+from gateway.migration.service import Migration
 from gateway.observability.client_apps import ClientTable
 from gateway.observability.metrics import Metrics
 from gateway.rollout.flags import Rollout
@@ -33,3 +35,7 @@ REQUEST_ID = web.RequestKey("request_id", str)
 # Per request: which side served an old-path request ("gateway", "legacy" or "shadow"); the
 # rollout sets it, the old-path metrics read it.
 SERVED_BY = web.RequestKey("served_by", str)
+# Retiring the old path: the ledger, deprecation signals and brownouts (gateway/migration/).
+MIGRATION = web.AppKey("migration", Migration)
+# Per request: the brownout decision a create met (the old-path hook counts it).
+BROWNOUT = web.RequestKey("brownout", BrownoutDecision)

@@ -53,17 +53,19 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     metrics.child(metrics.http_duration, route).observe(duration)
     old_route = OLD_ROUTES.get(route)
     if old_route is not None:
-        record_old_request(request, old_route, response.status, status_class)
+        record_old_request(request, old_route, response, status_class)
     access_line(log, method=request.method, route=route, status=response.status, duration_ms=round(duration * 1000, 2))
     return response
 
 
-def record_old_request(request: web.Request, route: str, status: int, status_class: str) -> None:
+def record_old_request(request: web.Request, route: str, response: web.StreamResponse, status_class: str) -> None:
     """Who still calls the old path: by route, serving side, client app, app version and status
     class, and the app's last-seen time. The dashboards' "apps still calling" and the
-    retirement alert read these."""
+    retirement alert read these; the migration ledger counts the request for its cohort, and
+    the cohort's deprecation signals go on the answer (docs/migration.md)."""
     headers = request.headers
-    app, version = request.app[keys.CLIENTS].classify(headers.get("ClientApplication"), headers.get("User-Agent"))
+    user_agent = headers.get("User-Agent")
+    app, version = request.app[keys.CLIENTS].classify(headers.get("ClientApplication"), user_agent)
     # The rollout marks requests it forwarded ("legacy") or shadowed; the rest the gateway served.
     side = request.get(keys.SERVED_BY, "gateway")
     metrics = request.app[keys.METRICS]
@@ -71,8 +73,12 @@ def record_old_request(request: web.Request, route: str, status: int, status_cla
     rollout = request.app.get(keys.ROLLOUT)
     rails = rollout.guardrails if rollout is not None else None
     if side == "gateway" and rails is not None:
-        rails.record_answer(cohort_of(app, version), route, status)
+        rails.record_answer(cohort_of(app, version), route, response.status)
     metrics.child(metrics.client_last_seen, app).set(time.time())
+    migration = request.app[keys.MIGRATION]
+    cohort = migration.cohort(app, version, user_agent)
+    migration.observe(cohort, route, side, response.status, request.get(keys.BROWNOUT))
+    response.headers.extend(migration.headers(cohort))
 
 
 @web.middleware

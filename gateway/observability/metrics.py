@@ -253,6 +253,29 @@ class Metrics:
         self.circuit_open = Counter(
             "gateway_upstream_circuit_open_total", "Upstream calls failed fast by an open circuit breaker.", registry=r
         )
+        # Retiring the old path (gateway/migration/): the ledger's view, and brownouts.
+        self.migration_since_last_seen = Gauge(
+            "gateway_migration_since_last_seen_seconds",
+            "Time since the last old-path request of each cohort, from the shared migration ledger "
+            "(refreshed at least every 30 s; dashboards show it in days).",
+            ("app", "platform", "version"),
+            registry=r,
+            # Workers read the same ledger: the freshest reading wins.
+            multiprocess_mode="livemin",
+        )
+        self.migration_ledger_flushes = Counter(
+            "gateway_migration_ledger_flushes_total",
+            "Batched writes of the migration ledger, by result (ok, failed: kept for the next one).",
+            ("result",),
+            registry=r,
+        )
+        self.brownout_decisions = Counter(
+            "gateway_brownout_decisions_total",
+            "Creates met by an open brownout window, by cohort and outcome (refused, delayed, dry_run, "
+            "spared, paused_share, paused_errors, killed).",
+            ("app", "platform", "version", "outcome"),
+            registry=r,
+        )
         self.store_up.set(1)
         self._zero_series()
 
@@ -286,6 +309,8 @@ class Metrics:
             self.polls.labels(final)
         for reason in ("oom", "error"):
             self.store_refused.labels(reason)
+        for result in ("ok", "failed"):
+            self.migration_ledger_flushes.labels(result)
         # The rollout creates its own decision and shadow series (gateway/rollout/flags.py, shadow.py).
 
     def zero_client_series(self, apps: Iterable[str]) -> None:

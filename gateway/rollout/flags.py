@@ -25,6 +25,7 @@ import structlog
 
 from gateway.config import RolloutConfig
 from gateway.contract import GATEWAY, LEGACY, SHADOW
+from gateway.migration.signals import MigrationFlags, SignalsError, parse_migration
 from gateway.observability.metrics import Metrics
 from gateway.rollout.guardrails import GuardrailRules, Guardrails, GuardrailsError, parse_guardrails
 from gateway.tasks import Tasks
@@ -69,6 +70,9 @@ class Flags:
     salt: str = ""
     version: str = ""
     guardrails: GuardrailRules = field(default_factory=GuardrailRules)
+    # Deprecation signals and brownouts (gateway/migration/signals.py): they apply to the old
+    # path whichever side serves it, so they are read even without a legacy service.
+    migration: MigrationFlags = field(default_factory=MigrationFlags)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -131,7 +135,17 @@ def _decide(flags: Flags, client_app: str | None, bucket: int | None, percent: f
     return Decision(flags.mode, "default")
 
 
-_FILE_KEYS = ("version", "kill_switch", "mode", "gateway_percent", "allow_apps", "deny_apps", "salt", "guardrails")
+_FILE_KEYS = (
+    "version",
+    "kill_switch",
+    "mode",
+    "gateway_percent",
+    "allow_apps",
+    "deny_apps",
+    "salt",
+    "guardrails",
+    "migration",
+)
 
 
 def _apps(data: dict[str, Any], key: str) -> frozenset[str]:
@@ -184,7 +198,8 @@ def parse_flags(raw: bytes, default_mode: str) -> Flags:
         raise FlagsError("salt must be a string of at most 100 characters")
     try:
         guardrails = parse_guardrails(data["guardrails"]) if "guardrails" in data else GuardrailRules()
-    except GuardrailsError as exc:
+        migration = parse_migration(data.get("migration", {}))
+    except (GuardrailsError, SignalsError) as exc:
         raise FlagsError(str(exc)) from None
     # Checked last, so that a complete file's own mistake is the one reported. Tables come after
     # every plain key in TOML: `version` is the last plain key, right before the first table.
@@ -204,6 +219,7 @@ def parse_flags(raw: bytes, default_mode: str) -> Flags:
         salt=salt,
         version=str(version),
         guardrails=guardrails,
+        migration=migration,
     )
 
 
@@ -260,8 +276,9 @@ class Rollout:
         self._metrics = metrics
         self.enabled = bool(config.legacy_url)
         self.flags = Flags(mode=config.mode)
-        # Without a legacy service the flags decide nothing: the file is not even read.
-        self.file = FileState(config.flags_file) if config.flags_file and self.enabled else None
+        # Without a legacy service the routing flags decide nothing; the file is still read for
+        # its [migration] table, which applies whichever side serves the old path.
+        self.file = FileState(config.flags_file) if config.flags_file else None
         self._wake = asyncio.Event()
         self._tasks = tasks or Tasks()
         for side, reason in DECISIONS:

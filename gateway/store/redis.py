@@ -576,7 +576,7 @@ class RedisStore:
 
 def redis_client(config: RedisConfig) -> Redis:
     """A client as the store's own, for the few other keys replicas share (the rollout's
-    guardrail board)."""
+    guardrail board, the migration ledger)."""
     return _client(config)
 
 

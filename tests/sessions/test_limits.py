@@ -286,13 +286,8 @@ def test_gateway_serve_applies_the_configured_header_limit(tmp_path: Path) -> No
     port = free_port()
     config = tmp_path / "gateway.toml"
     config.write_text('[server]\nmax_field_size = 512\n[log]\nlevel = "warning"\n')
-    # The metrics listener on a free port too: its default (9102) may be taken on a shared machine.
-    env = {
-        **os.environ,
-        "GATEWAY_CONFIG": str(config),
-        "GATEWAY_PORT": str(port),
-        "GATEWAY_METRICS_PORT": str(free_port()),
-    }
+    # /metrics on the main port: the default metrics port (9102) is fixed, and may be taken.
+    env = {**os.environ, "GATEWAY_CONFIG": str(config), "GATEWAY_PORT": str(port), "GATEWAY_METRICS_PORT": "0"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway", "serve"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )

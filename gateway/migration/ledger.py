@@ -1,0 +1,304 @@
+"""The migration ledger: per cohort, first and last seen, and per UTC day how many old-path
+requests and sessions it made, which side served them, its errors and what brownouts did to it.
+
+The request path only adds to an in-process dict (`Pending.record`); `LedgerWriter`'s task
+moves that into the ledger at most once per `migration.flush_interval` (>= 1 s), in one round
+trip: one Lua script on Redis, so replicas sharing a Redis share one ledger.
+
+Redis keys (`prefix` is `redis.prefix`):
+
+- `{prefix}:mig:d:{day}`: hash, one per UTC day (days since 1970-01-01), field
+  `{app}/{platform}/{version}|{field}` → count; expires `migration.retention_days` after the day.
+- `{prefix}:mig:first` and `{prefix}:mig:last`: hashes, cohort → unix seconds.
+
+Both are bounded by the configured cohorts (gateway/migration/cohorts.py) times the fields below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from gateway.contract import SIDES
+from gateway.migration.clock import DAY, Clock, day_of
+from gateway.migration.cohorts import Cohort
+from gateway.store.base import StoreUnavailable
+from gateway.tasks import Tasks
+
+log = structlog.get_logger("gateway.migration")
+
+# What is counted per cohort and day. A request is counted once in REQUESTS and once in its side;
+# a create that made a session also in SESSIONS; a 5xx the gateway did not mean (brownout
+# refusals aside) in ERRORS; each brownout decision that acted on it in its outcome.
+REQUESTS = "requests"
+CREATES = "creates"
+SESSIONS = "sessions"
+ERRORS = "errors"
+BROWNOUT_FIELDS = ("refused", "delayed", "dry_run")
+FIELDS = (REQUESTS, CREATES, SESSIONS, ERRORS, *SIDES, *BROWNOUT_FIELDS)
+
+Counts = dict[tuple[int, Cohort, str], int]
+
+
+@dataclass
+class Batch:
+    counts: Counts = field(default_factory=dict)  # (day, cohort, field) → n
+    seen: dict[Cohort, tuple[float, float]] = field(default_factory=dict)  # cohort → (first, last)
+
+    def __bool__(self) -> bool:
+        return bool(self.counts or self.seen)
+
+
+class Pending:
+    """What this replica counted since the last flush. Bounded: cohorts × fields × days."""
+
+    def __init__(self) -> None:
+        self._batch = Batch()
+
+    def record(self, cohort: Cohort, when: float, fields: Iterable[str]) -> None:
+        # The hot path: tuples of what is at hand; names are joined into keys only at flush.
+        day, counts, seen = day_of(when), self._batch.counts, self._batch.seen
+        for name in fields:
+            key = (day, cohort, name)
+            counts[key] = counts.get(key, 0) + 1
+        first, last = seen.get(cohort, (when, when))
+        seen[cohort] = (first if first < when else when, last if last > when else when)
+
+    def take(self) -> Batch:
+        batch, self._batch = self._batch, Batch()
+        return batch
+
+    def restore(self, batch: Batch, oldest_day: int) -> None:
+        """A batch that could not be written goes back, merged, minus days past retention."""
+        for (day, cohort, name), n in batch.counts.items():
+            if day >= oldest_day:
+                self._batch.counts[(day, cohort, name)] = self._batch.counts.get((day, cohort, name), 0) + n
+        for cohort, (first, last) in batch.seen.items():
+            old_first, old_last = self._batch.seen.get(cohort, (first, last))
+            self._batch.seen[cohort] = (min(first, old_first), max(last, old_last))
+
+    def __len__(self) -> int:
+        return len(self._batch.counts)
+
+
+@dataclass
+class History:
+    """What the report reads: day → cohort key → field → count, and first/last seen."""
+
+    days: dict[int, dict[str, dict[str, int]]] = field(default_factory=dict)
+    first: dict[str, float] = field(default_factory=dict)
+    last: dict[str, float] = field(default_factory=dict)
+
+
+class Ledger(Protocol):
+    backend: str
+
+    async def apply(self, batch: Batch, now: float) -> dict[str, float]:
+        """Adds a batch; returns every cohort's last-seen time."""
+        ...
+
+    async def last_seen(self) -> dict[str, float]: ...
+
+    async def history(self, today: int, days: int) -> History:
+        """The days today-days+1 .. today."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class MemoryLedger:
+    backend = "memory"
+
+    def __init__(self, retention_days: int) -> None:
+        self._retention = retention_days
+        self._days: dict[int, dict[str, dict[str, int]]] = {}
+        self._first: dict[str, float] = {}
+        self._last: dict[str, float] = {}
+
+    async def apply(self, batch: Batch, now: float) -> dict[str, float]:
+        for (day, cohort, name), n in batch.counts.items():
+            counted = self._days.setdefault(day, {}).setdefault(cohort.key, {})
+            counted[name] = counted.get(name, 0) + n
+        for cohort, (first, last) in batch.seen.items():
+            key = cohort.key
+            self._first[key] = min(first, self._first.get(key, first))
+            self._last[key] = max(last, self._last.get(key, last))
+        oldest = day_of(now) - self._retention
+        for day in [d for d in self._days if d < oldest]:
+            del self._days[day]
+        return dict(self._last)
+
+    async def last_seen(self) -> dict[str, float]:
+        return dict(self._last)
+
+    async def history(self, today: int, days: int) -> History:
+        wanted = range(today - days + 1, today + 1)
+        return History(
+            days={d: {k: dict(v) for k, v in self._days[d].items()} for d in wanted if d in self._days},
+            first=dict(self._first),
+            last=dict(self._last),
+        )
+
+    async def close(self) -> None:
+        return None
+
+
+# KEYS: first, last, then the batch's day keys. ARGV: number of day keys d, d TTLs (seconds),
+# number of increments n, n × (day key number, field, amount), then (cohort, first, last) ×.
+_APPLY = """
+local d = tonumber(ARGV[1])
+local pos = 2 + d
+local n = tonumber(ARGV[pos])
+pos = pos + 1
+for i = 1, n do
+  redis.call('HINCRBY', KEYS[2 + tonumber(ARGV[pos])], ARGV[pos + 1], ARGV[pos + 2])
+  pos = pos + 3
+end
+for i = 1, d do
+  redis.call('EXPIRE', KEYS[2 + i], ARGV[1 + i])
+end
+while pos <= #ARGV do
+  local cohort = ARGV[pos]
+  local f = redis.call('HGET', KEYS[1], cohort)
+  if not f or tonumber(f) > tonumber(ARGV[pos + 1]) then
+    redis.call('HSET', KEYS[1], cohort, ARGV[pos + 1])
+  end
+  local l = redis.call('HGET', KEYS[2], cohort)
+  if not l or tonumber(l) < tonumber(ARGV[pos + 2]) then
+    redis.call('HSET', KEYS[2], cohort, ARGV[pos + 2])
+  end
+  pos = pos + 3
+end
+return redis.call('HGETALL', KEYS[2])
+"""
+
+
+def _seen(raw: Any) -> dict[str, float]:
+    # HGETALL: a dict from the client, a flat list from a script.
+    pairs = raw.items() if isinstance(raw, dict) else zip(raw[::2], raw[1::2], strict=True)
+    return {k.decode(errors="replace"): float(v) for k, v in pairs}
+
+
+class RedisLedger:
+    backend = "redis"
+
+    def __init__(self, redis: Redis, prefix: str, retention_days: int, timeout: float) -> None:
+        self._redis = redis
+        self._prefix = f"{prefix}:mig"
+        self._retention = retention_days
+        self._timeout = timeout
+        self._apply = redis.register_script(_APPLY)
+
+    def day_key(self, day: int) -> str:
+        return f"{self._prefix}:d:{day}"
+
+    async def apply(self, batch: Batch, now: float) -> dict[str, float]:
+        days = sorted({day for day, _, _ in batch.counts})
+        index = {day: i + 1 for i, day in enumerate(days)}
+        # Relative TTLs from the gateway's clock: a day's bucket lives until `retention` days after it.
+        args: list[Any] = [len(days), *(max(1, int((d + self._retention + 1) * DAY - now)) for d in days)]
+        args.append(len(batch.counts))
+        for (day, cohort, name), n in batch.counts.items():
+            args += [index[day], f"{cohort.key}|{name}", n]
+        for cohort, (first, last) in batch.seen.items():
+            args += [cohort.key, f"{first:.3f}", f"{last:.3f}"]
+        keys = [f"{self._prefix}:first", f"{self._prefix}:last", *(self.day_key(d) for d in days)]
+        async with asyncio.timeout(self._timeout):
+            return _seen(await self._apply(keys=keys, args=args))
+
+    async def last_seen(self) -> dict[str, float]:
+        async with asyncio.timeout(self._timeout):
+            return _seen(await self._redis.hgetall(f"{self._prefix}:last"))
+
+    async def history(self, today: int, days: int) -> History:
+        wanted = list(range(today - days + 1, today + 1))
+        try:
+            async with asyncio.timeout(self._timeout * 4), self._redis.pipeline(transaction=False) as pipe:
+                pipe.hgetall(f"{self._prefix}:first")
+                pipe.hgetall(f"{self._prefix}:last")
+                for day in wanted:
+                    pipe.hgetall(self.day_key(day))
+                first, last, *buckets = await pipe.execute()
+        except (RedisError, OSError, TimeoutError):
+            # The report answers 503 (the error middleware), as any request that needs Redis.
+            raise StoreUnavailable from None
+        history = History(first=_seen(first), last=_seen(last))
+        for day, raw in zip(wanted, buckets, strict=True):
+            for name, n in raw.items():
+                key, _, counted = name.decode(errors="replace").partition("|")
+                history.days.setdefault(day, {}).setdefault(key, {})[counted] = int(n)
+        return history
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+class LedgerWriter:
+    """Owns the pending counts and the task that flushes them (`tasks` group "migration_ledger")."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        clock: Clock,
+        tasks: Tasks,
+        interval: float,
+        retention_days: int,
+        on_flush: Callable[[str, dict[str, float]], None],
+    ) -> None:
+        self.ledger = ledger
+        self.pending = Pending()
+        self._clock = clock
+        self._tasks = tasks
+        self._interval = interval
+        self._retention = retention_days
+        self._on_flush = on_flush  # (result, last seen) → metrics
+        self._failing = False
+        self._lock = asyncio.Lock()
+        # Other replicas' traffic shows in the last-seen gauge when this one is idle, too.
+        self._refresh_every = max(30.0, interval)
+        self._refreshed_at = float("-inf")
+
+    def start(self) -> None:
+        self._tasks.spawn(self._run(), "migration_ledger")
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self._interval)
+            if len(self.pending) or loop.time() - self._refreshed_at >= self._refresh_every:
+                await self.flush()
+                self._refreshed_at = loop.time()
+
+    async def flush(self) -> bool:
+        """Writes what is pending (or, with nothing pending, reads last seen); False on failure."""
+        async with self._lock:
+            batch = self.pending.take()
+            now = self._clock.now()
+            try:
+                last = await self.ledger.apply(batch, now) if batch else await self.ledger.last_seen()
+            except (RedisError, OSError, TimeoutError) as exc:
+                self.pending.restore(batch, day_of(now) - self._retention)
+                if not self._failing:
+                    log.warning("migration_ledger_unavailable", error=type(exc).__name__)
+                self._failing = True
+                self._on_flush("failed", {})
+                return False
+            if self._failing:
+                log.info("migration_ledger_available")
+            self._failing = False
+            self._on_flush("ok", last)
+            return True
+
+    async def close(self) -> None:
+        await self._tasks.cancel("migration_ledger")
+        # What this replica counted last is not lost on a clean shutdown.
+        with contextlib.suppress(Exception):
+            await self.flush()
+        await self.ledger.close()
