@@ -14,7 +14,7 @@ from gateway.config import Config
 from gateway.contract import OTHER, UNKNOWN
 from gateway.http import admin, health, keys, openapi, scrape, tickets
 from gateway.http.brownout import brownouts
-from gateway.http.middleware import errors, request_context
+from gateway.http.middleware import errors, request_context, well_formed
 from gateway.migration.clock import Clock, SystemClock
 from gateway.migration.ledger import Ledger, MemoryLedger, RedisLedger
 from gateway.migration.service import Migration
@@ -153,7 +153,8 @@ def create_app(config: Config, metrics: Metrics | None = None, clock: Clock | No
     # The parser's limits go with the app, so that every runner serving it (the CLI's, the
     # tests') applies them; see gateway/http/runner.py for how their refusals are answered.
     limits = {"max_line_size": config.server.max_line_size, "max_field_size": config.server.max_field_size}
-    app = web.Application(middlewares=[request_context, errors, brownouts], handler_args=limits)
+    # well_formed before brownouts: nothing past it sees header bytes that are not UTF-8.
+    app = web.Application(middlewares=[request_context, errors, well_formed, brownouts], handler_args=limits)
     app[keys.CONFIG] = config
     app[keys.METRICS] = metrics = metrics or Metrics()
     app[keys.TASKS] = Tasks(on_crash=lambda group: metrics.task_failures.labels(group).inc())

@@ -17,7 +17,8 @@ from gateway.app import create_app
 from gateway.config import Config, ConfigError, load_config
 from gateway.http import keys
 from gateway.http.admin import ADMIN_HEADER, MIGRATION_PATH
-from gateway.http.runner import GatewayRunner
+from gateway.http.health import start_draining
+from gateway.http.runner import GatewayRunner, raise_fd_limit
 from gateway.http.scrape import create_metrics_app
 from gateway.migration.report import render_table
 from gateway.observability.logs import configure_logging
@@ -31,7 +32,8 @@ async def run_apps(
     apps: Sequence[tuple[str, web.Application, str, int]], config: Config, reuse_port: bool = False
 ) -> None:
     """Serves each app on its host and port until SIGINT or SIGTERM, then shuts down gracefully:
-    stop listening, answer in-flight requests (up to server.shutdown_timeout), clean up."""
+    drain (server.drain_seconds), stop listening, answer in-flight requests (up to
+    server.shutdown_timeout), clean up."""
     runners: list[web.AppRunner] = []
     try:
         for name, app, host, port in apps:
@@ -46,17 +48,35 @@ async def run_apps(
             runners.append(runner)
             await web.TCPSite(runner, host, port, reuse_port=reuse_port or None).start()
             log.info("listening", app=name, url=f"http://{host}:{port}")
-        stop = asyncio.Event()
+        stop, hurry = asyncio.Event(), asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            # The first signal starts the drain; a second one ends it at once.
+            loop.add_signal_handler(sig, lambda: hurry.set() if stop.is_set() else stop.set())
         loop.add_signal_handler(signal.SIGHUP, _reload_flags, [app for _, app, _, _ in apps])
         await stop.wait()
+        await _drain([app for _, app, _, _ in apps], config.server.drain_seconds, hurry)
     finally:
         # Also when a later listener failed to start: what was opened is closed, in reverse.
         log.info("shutting_down")
         for runner in reversed(runners):
             await runner.cleanup()
+
+
+async def _drain(apps: list[web.Application], seconds: float, hurry: asyncio.Event) -> None:
+    """/readyz answers 503 at once; requests are served for `seconds` more, so that the load
+    balancer sees the replica unready and stops sending before the listener closes
+    (docs/connections.md, "Graceful drain")."""
+    draining = [app for app in apps if keys.DRAINING in app]
+    if not draining or seconds <= 0:
+        return
+    for app in draining:
+        start_draining(app)
+    log.info("draining", seconds=seconds)
+    try:
+        await asyncio.wait_for(hurry.wait(), seconds)
+    except TimeoutError:
+        pass
 
 
 def _reload_flags(apps: list[web.Application]) -> None:
@@ -102,9 +122,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not config.redis.url:
             print("gateway: --workers needs redis.url (GATEWAY_REDIS_URL): sessions must be shared", file=sys.stderr)
             return 2
-        stop_within = config.server.shutdown_timeout
+        # Each worker drains (server.drain_seconds), then finishes its requests in flight.
+        stop_within = config.server.drain_seconds + config.server.shutdown_timeout
         return supervise(args.workers, ["serve", "--reuse-port"], stop_within)
     configure_logging(config.log)
+    raise_fd_limit()
 
     apps: list[tuple[str, web.Application, str, int]] = []
     if args.command in ("sandbox", "demo"):

@@ -197,8 +197,24 @@ class ServerConfig:
     port: int = _opt(_port, default=8080)
     # aiohttp waits this long for in-flight client requests before closing resources.
     shutdown_timeout: float = _opt(_non_negative, default=10.0)
+    # On SIGTERM /readyz answers 503 at once and requests are still served this long, so that
+    # the load balancer stops sending before the listener closes (docs/connections.md).
+    drain_seconds: float = _opt(_non_negative, default=5.0)
     max_line_size: int = _opt(_positive, default=8190)
     max_field_size: int = _opt(_positive, default=8190)
+    # An idle keep-alive connection is closed after this long: above the idle timeout of the
+    # load balancers in front (nginx and AWS ALB: 60 s), so that they, not we, close first.
+    keepalive_timeout: float = _opt(_positive, default=75.0)
+    # A request head (request line and headers) must arrive whole within this long from the
+    # connection's start, or from its first byte on a kept-alive connection.
+    head_timeout: float = _opt(_positive, default=10.0)
+    # Bytes of one request head; more is a 431, so an unfinished head holds at most this much.
+    max_head_bytes: int = _opt(_positive, default=32768)
+    # Connections with a request head still unfinished; beyond, the oldest is closed.
+    max_unfinished_heads: int = _opt(_positive, default=256)
+    # Open client connections on this listener; a connection beyond it gets 503 and is closed.
+    # Lowered at start to what the file-descriptor limit leaves after the outgoing pools.
+    max_connections: int = _opt(_positive, default=4096)
 
 
 @dataclass(frozen=True)

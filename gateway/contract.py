@@ -15,6 +15,9 @@ from dataclasses import dataclass
 CREATE_PATH = "/api/v2/old/visit/tickets"
 POLL_PREFIX = CREATE_PATH + "/"
 POLL_PATH = POLL_PREFIX + "{session}"
+# The poll route as registered: any one path segment, braces included, so that `{…}` reaches the
+# handler and answers 400 4401 (§2) instead of "no such route" (aiohttp's `{session}` excludes braces).
+POLL_ROUTE = POLL_PREFIX + "{session:[^/]+}"
 # Old-path route → the short name metrics and logs use for it.
 OLD_ROUTES = {CREATE_PATH: "create", POLL_PATH: "poll"}
 

@@ -1,11 +1,13 @@
 """The standard error response (old-api.md §3), rendered from the contract's catalogue: the one
 place an error becomes bytes. The error middleware, the runner's parser refusals and the
-forwarding of legacy failures all answer through `error_response`.
+forwarding of legacy failures all answer through `error_response`; the connection refusals
+written straight to a socket, before any request exists, through `error_bytes`.
 """
 
 from __future__ import annotations
 
 import json
+from http import HTTPStatus
 
 from aiohttp import web
 
@@ -22,6 +24,20 @@ def error_body(kind: ErrorKind) -> bytes:
 def error_response(kind: ErrorKind, *, retry_after: int | None = None) -> web.Response:
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
     return web.Response(status=kind.status, body=error_body(kind), content_type="application/json", headers=headers)
+
+
+def error_bytes(kind: ErrorKind, *, retry_after: int | None = None) -> bytes:
+    """The same error as a whole HTTP/1.1 response that closes its connection."""
+    body = error_body(kind)
+    head = [
+        f"HTTP/1.1 {kind.status} {HTTPStatus(kind.status).phrase}",
+        "Content-Type: application/json; charset=utf-8",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+    ]
+    if retry_after is not None:
+        head.append(f"Retry-After: {retry_after}")
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
 def kind_for_status(status: int) -> ErrorKind:

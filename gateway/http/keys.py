@@ -3,6 +3,8 @@ imports the class it calls and finds its instance here; nothing else is shared."
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from gateway.config import Config
@@ -28,6 +30,9 @@ SESSIONS = web.AppKey("sessions", SessionService)
 ROLLOUT = web.AppKey("rollout", Rollout)
 LEGACY = web.AppKey("legacy", Legacy)
 SHADOW = web.AppKey("shadow", Shadow)
+# Set when the process has been told to stop (SIGTERM): /readyz answers 503 from then on, while
+# requests are still served for server.drain_seconds (gateway/cli.py).
+DRAINING = web.AppKey("draining", asyncio.Event)
 # The configured client apps and versions, for the old-path metrics.
 CLIENTS = web.AppKey("clients", ClientTable)
 # Per request: the id logged on every line and sent upstream as X-Request-Id.

@@ -1,6 +1,7 @@
-"""The two middlewares every request passes: the request context (id, access log, HTTP and
-old-path metrics) outside, and the one error middleware inside, which renders every failure,
-the core's domain errors included, as the standard error response."""
+"""The middlewares every request passes: the request context (id, access log, HTTP and
+old-path metrics) outside, then the one error middleware, which renders every failure, the
+core's domain errors included, as the standard error response, and innermost the check that
+refuses what the HTTP parser accepts but no handler should have to handle."""
 
 from __future__ import annotations
 
@@ -104,3 +105,26 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         # The traceback goes to the log (which never holds tokens); the client gets no internals.
         log.exception("unhandled_error", route=route_template(request))
         return error_response(ERRORS["internal"])
+
+
+def has_undecodable_header(request: web.Request) -> bool:
+    """Whether a header name or value was not UTF-8. aiohttp decodes header bytes with
+    `surrogateescape`, so such bytes reach handlers as lone surrogates, which no encoder,
+    comparison of bytes or JSON log line accepts."""
+    for name, value in request.raw_headers:
+        for part in (name, value):
+            if not part.isascii():
+                try:
+                    part.decode("utf-8")
+                except UnicodeDecodeError:
+                    return True
+    return False
+
+
+@web.middleware
+async def well_formed(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """400 for header bytes that are not UTF-8, in any header: checked once here rather than by
+    every handler that reads, compares or forwards a header."""
+    if has_undecodable_header(request):
+        raise GatewayError("bad_request")
+    return await handler(request)

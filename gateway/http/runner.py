@@ -1,28 +1,39 @@
-"""Serving the app: a runner whose connections answer what aiohttp's HTTP parser rejects (an
-over-long request line or header, too many headers, a malformed request) with the standard
-error, like every other error.
+"""Serving the app: a runner whose connections are bounded and answer what aiohttp's HTTP parser
+rejects with the standard error, like every other error (docs/connections.md).
 
 aiohttp answers such requests itself, before any middleware runs, with a plain-text 400 that
 quotes the first 100 bytes of the offending line, which may be an `Authorization` header. Here
 they get `431 headers_too_large` or `400 bad_request`, the connection is closed, the refusal is
 counted in `gateway_rejected_requests_total{limit="request_head"}`, and nothing of the request is
 logged or echoed.
+
+Each connection is bounded too, so that slow or idle clients cannot hold what other patients
+need (issue 11, row 5): an idle keep-alive connection is closed after `server.keepalive_timeout`;
+a request head must arrive whole within `server.head_timeout` and `server.max_head_bytes`; at
+most `server.max_unfinished_heads` connections may hold an unfinished head (beyond, the oldest
+is closed); and beyond `server.max_connections` open connections a new one is answered 503 and
+closed. Each refusal is counted in `gateway_rejected_requests_total{limit=...}`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import resource
 import threading
+from collections import OrderedDict
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
+from prometheus_client import Gauge
 
+from gateway.config import Config
 from gateway.contract import ERRORS, ErrorKind
 from gateway.http import keys
-from gateway.http.errors import error_response, kind_for_status
+from gateway.http.errors import error_bytes, error_response, kind_for_status
 from gateway.observability.metrics import Metrics
 
 log = structlog.get_logger("gateway.server")
@@ -38,7 +49,173 @@ def error_kind(status: int, exc: BaseException | None) -> ErrorKind:
     return kind_for_status(status)
 
 
+# File descriptors kept for what is not a client connection: listeners, log files, the event
+# loop's own, Redis's probe, a margin; the outgoing pools are counted from the config.
+FD_RESERVE = 64
+# A refused connection is kept this long after its 503 is written, reading and dropping what the
+# client still sends, so that closing it does not reset the connection before the client has
+# read the answer (a close with unread data sends RST, and the peer may discard the 503)...
+REFUSAL_LINGER = 2.0
+# ...but at most this many at once: beyond, a flood of connections is refused and closed at
+# once, so that lingering refusals cannot use up the descriptors the cap protects.
+MAX_LINGERING_REFUSALS = 32
+
+
+@dataclass(frozen=True)
+class EdgeLimits:
+    """What one connection may hold, and how many there may be (the [server] keys)."""
+
+    head_timeout: float
+    max_head_bytes: int
+    max_unfinished_heads: int
+    max_connections: int
+
+
+def fd_budget(config: Config, fd_limit: int) -> int:
+    """Client connections the file-descriptor limit leaves room for, after the outgoing pools
+    (upstream, Redis, legacy) and a reserve: beyond that, a new patient's upstream call would be
+    the one to fail for want of a descriptor."""
+    outgoing = config.upstream.max_connections + config.redis.max_connections + config.rollout.legacy_max_connections
+    return max(1, fd_limit - outgoing - FD_RESERVE)
+
+
+def edge_limits(config: Config, fd_limit: int) -> EdgeLimits:
+    server = config.server
+    return EdgeLimits(
+        head_timeout=server.head_timeout,
+        max_head_bytes=server.max_head_bytes,
+        max_unfinished_heads=server.max_unfinished_heads,
+        max_connections=min(server.max_connections, fd_budget(config, fd_limit)),
+    )
+
+
+def raise_fd_limit() -> int:
+    """Raises the soft RLIMIT_NOFILE to the hard limit (a container's default soft limit of 1024
+    runs out at about a thousand idle sockets); returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard and hard != resource.RLIM_INFINITY:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("fd_limit_not_raised", soft=soft, hard=hard, error=type(exc).__name__)
+            return soft
+        log.info("fd_limit_raised", soft=soft, to=hard)
+        return hard
+    log.info("fd_limit", soft=soft, hard=hard)
+    return soft
+
+
+def current_fd_limit() -> int:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
 class _Protocol(web.RequestHandler):
+    """One client connection: aiohttp's, with the head deadline, the head size bound and the
+    standard error for parser refusals."""
+
+    def __init__(self, manager: _Server, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._edge = manager.edge
+        self._head_bytes = 0  # bytes of the request head still arriving
+        self._head_timer: asyncio.TimerHandle | None = None
+        # True from a complete head until its response is written: bytes then are a body or the
+        # next pipelined request, which the parser already bounds.
+        self._in_request = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        server = cast(_Server, self._manager)
+        if server.is_full():
+            # Before aiohttp sees the connection: it is never served, never counted as open.
+            self._manager = None
+            self._close = True  # data_received drops whatever arrives
+            server.count("connections")
+            server.refuse(cast(asyncio.Transport, transport))
+            return
+        super().connection_made(transport)
+        server.opened()
+        # A new connection's first head is due within the deadline, bytes or not: a socket
+        # that never speaks is the cheapest way to hold a descriptor.
+        self._start_head_clock()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        server = self._manager
+        self._stop_head_clock()
+        super().connection_lost(exc)
+        if isinstance(server, _Server):
+            server.closed()
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_request or self._close or self._force_close:
+            super().data_received(data)
+            return
+        if self._head_timer is None:
+            self._start_head_clock()  # a kept-alive connection's next request begins
+        self._head_bytes += len(data)
+        heads = self._request_count
+        super().data_received(data)
+        if self._request_count != heads:
+            # A whole head (or a parser refusal, answered by handle_error) is in the queue.
+            self._in_request = True
+            self._stop_head_clock()
+        elif self._head_bytes > self._edge.max_head_bytes:
+            self._abort_head("head_bytes", ERRORS["headers_too_large"])
+        else:
+            cast(_Server, self._manager).unfinished_head(self)
+
+    async def finish_response(
+        self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        if not request.content.is_eof():
+            # A body the handler did not read: the connection ends with this answer, rather than
+            # carry on past bytes whose end only the body's length tells.
+            resp.force_close()
+        try:
+            return await super().finish_response(request, resp, start_time)
+        finally:
+            self._in_request = bool(self._messages)
+
+    def _start_head_clock(self) -> None:
+        self._head_bytes = 0
+        self._head_timer = self._loop.call_later(self._edge.head_timeout, self._head_late)
+
+    def _stop_head_clock(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        self._head_bytes = 0
+        manager = self._manager
+        if isinstance(manager, _Server):
+            manager.head_done(self)
+
+    def _head_late(self) -> None:
+        self._head_timer = None
+        if self._in_request or self.transport is None:
+            return
+        if self._head_bytes == 0:
+            # Never spoke: closed without an answer, as nobody is there to read one.
+            cast(_Server, self._manager).count("head_timeout")
+            self._stop_head_clock()
+            self.force_close()
+            return
+        self._abort_head("head_timeout", kind_for_status(408))
+
+    def evict(self) -> None:
+        """Closed to make room for a newer unfinished head (the server's bound)."""
+        self._abort_head("unfinished_heads", ERRORS["unavailable"])
+
+    def _abort_head(self, limit: str, kind: ErrorKind) -> None:
+        """An unfinished head over a bound: the standard error written straight to the socket
+        (no request exists to answer), then the connection is closed."""
+        server = self._manager
+        self._stop_head_clock()
+        if isinstance(server, _Server):
+            server.count(limit)
+        log.warning("request_rejected", status=kind.status, limit=limit)
+        if self.transport is not None:
+            self.transport.write(error_bytes(kind))
+        self.force_close()
+
     def handle_error(
         self,
         request: web.BaseRequest,
@@ -60,24 +237,94 @@ class _Protocol(web.RequestHandler):
 
 
 class _Server(web.Server):
-    """aiohttp's Server, building the protocol above for each connection."""
+    """aiohttp's Server, building the protocol above for each connection, and keeping the
+    listener-wide counts the protocol's bounds need."""
 
     metrics: Metrics | None = None
+    # The gateway's own listener only: the metrics listener shares the registry, not the gauge.
+    connections_gauge: Gauge | None = None
+    edge: EdgeLimits
+    # Connections whose head is still arriving, oldest first.
+    _unfinished: OrderedDict[_Protocol, None]
+    # Refused connections waiting to be closed.
+    _lingering: int
 
     def __call__(self) -> web.RequestHandler:
         return _Protocol(self, loop=self._loop, **self._kwargs)
 
+    def is_full(self) -> bool:
+        return len(self._connections) >= self.edge.max_connections
+
+    def refuse(self, transport: asyncio.Transport) -> None:
+        """503 to a connection over the cap: the answer, a half-close, and the close itself once
+        the client has had time to read it (at once when too many refusals linger already)."""
+        transport.write(error_bytes(ERRORS["unavailable"], retry_after=1))
+        if self._lingering >= MAX_LINGERING_REFUSALS or not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        self._lingering += 1
+
+        def close() -> None:
+            self._lingering -= 1
+            transport.close()
+
+        self._loop.call_later(REFUSAL_LINGER, close)
+
+    def count(self, limit: str) -> None:
+        if self.metrics is not None:
+            self.metrics.rejected.labels(limit).inc()
+
+    def opened(self) -> None:
+        if self.connections_gauge is not None:
+            self.connections_gauge.inc()
+
+    def closed(self) -> None:
+        if self.connections_gauge is not None:
+            self.connections_gauge.dec()
+
+    def unfinished_head(self, protocol: _Protocol) -> None:
+        """`protocol` holds an unfinished head; beyond the bound the oldest such one is closed:
+        a head that is legitimately split arrives in milliseconds, so the oldest is the one
+        most likely to be trickling on purpose."""
+        self._unfinished[protocol] = None
+        while len(self._unfinished) > self.edge.max_unfinished_heads:
+            oldest, _ = self._unfinished.popitem(last=False)
+            oldest.evict()
+
+    def head_done(self, protocol: _Protocol) -> None:
+        self._unfinished.pop(protocol, None)
+
 
 class GatewayRunner(web.AppRunner):
     """`web.AppRunner` for the gateway (and the sandbox): the same, but with standard errors
-    for requests that never reach the app."""
+    for requests that never reach the app, and each connection bounded by the app's [server]
+    settings (the defaults for an app without a config)."""
+
+    def __init__(self, app: web.Application, **kwargs: Any) -> None:
+        self._config = app.get(keys.CONFIG) or Config()
+        kwargs.setdefault("keepalive_timeout", self._config.server.keepalive_timeout)
+        super().__init__(app, **kwargs)
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
-        # aiohttp offers no setting for the protocol class; a Server subclass that adds no state
-        # of its own is the smallest way to supply one.
+        # aiohttp offers no setting for the protocol class; a Server subclass whose state is set
+        # here, not in a constructor aiohttp calls, is the smallest way to supply one.
         server.__class__ = _Server
-        cast(_Server, server).metrics = self.app.get(keys.METRICS)
+        served = cast(_Server, server)
+        served.metrics = self.app.get(keys.METRICS)
+        if served.metrics is not None and keys.CONFIG in self.app:
+            served.connections_gauge = served.metrics.client_connections
+        served.edge = edge_limits(self._config, current_fd_limit())
+        served._unfinished = OrderedDict()
+        served._lingering = 0
+        if served.edge.max_connections < self._config.server.max_connections:
+            log.warning(
+                "max_connections_lowered",
+                configured=self._config.server.max_connections,
+                to=served.edge.max_connections,
+                fd_limit=current_fd_limit(),
+            )
         return server
 
 

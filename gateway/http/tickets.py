@@ -9,7 +9,7 @@ import json
 
 from aiohttp import web
 
-from gateway.contract import CREATE_PATH, GATEWAY, GUID, LEGACY, POLL_PATH, SHADOW, GatewayError, bearer_token
+from gateway.contract import CREATE_PATH, GATEWAY, GUID, LEGACY, POLL_ROUTE, SHADOW, GatewayError, bearer_token
 from gateway.http import keys
 from gateway.observability.client_apps import classify
 from gateway.rollout.guardrails import cohort_of
@@ -67,9 +67,17 @@ async def read_session(request: web.Request) -> web.Response:
     return web.Response(body=poll.body, content_type="application/json")
 
 
+def origin_form(raw_target: str, relative: str) -> str:
+    """The path and query to forward: the raw target as the app sent it, or, for an absolute-form
+    target (`GET http://host/path`, which RFC 9112 §3.2.2 says a server must accept), its
+    path and query (`relative`) only, so the legacy host is always rollout.legacy_url's."""
+    return raw_target if raw_target.startswith("/") else relative
+
+
 async def _forward(request: web.Request, route: str) -> LegacyAnswer:
     headers = forwarded_headers(request.headers, request[keys.REQUEST_ID])
-    return await request.app[keys.LEGACY].forward(request.method, request.raw_path, headers, route)
+    target = origin_form(request.raw_path, str(request.rel_url))
+    return await request.app[keys.LEGACY].forward(request.method, target, headers, route)
 
 
 async def _create_on_legacy(request: web.Request, token: str | None, shadow: bool) -> web.Response:
@@ -102,4 +110,4 @@ def as_response(answer: LegacyAnswer) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     app.router.add_get(CREATE_PATH, create_session, allow_head=False)
-    app.router.add_get(POLL_PATH, read_session, allow_head=False)
+    app.router.add_get(POLL_ROUTE, read_session, allow_head=False)

@@ -244,6 +244,12 @@ class Metrics:
             ("limit",),
             registry=r,
         )
+        self.client_connections = Gauge(
+            "gateway_client_connections",
+            "Client connections open on the gateway's listener (bounded by server.max_connections, per worker).",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.task_failures = Counter(
             "gateway_background_task_failures_total",
             "Background tasks that ended with an unexpected exception, by task group.",

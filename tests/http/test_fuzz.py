@@ -2,7 +2,10 @@
 
 - the mapper, on any JSON an upstream might send: a result that is strict JSON, or MappingError;
 - the HTTP surface, with raw requests over a real socket to a running gateway on 127.0.0.1:
-  never a 5xx, every error in the standard shape, the token never echoed.
+  never a 5xx, every error in the standard shape, the token never echoed;
+- the same with the rollout on (a fake legacy service behind the gateway, the admin routes
+  present), with raw bytes: absolute-form targets, header bytes that are not UTF-8 in the headers
+  the gateway reads: never a 5xx, and no error or traceback in the log.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from gateway.sandbox.app import Sandbox, create_sandbox_app
 from gateway.upstream import mapping
 from gateway.upstream.client import CallFailure, parse_body
 from gateway.upstream.mapping import MappingError
-from tests.support.gateway import TICKETS, new_token, patient
+from tests.support.fake_legacy import FakeLegacy, create_legacy_app
+from tests.support.gateway import LOG, TICKETS, new_token, patient
 from tests.support.rawhttp import Reply, send
 
 FUZZ = settings(derandomize=True, database=None, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -236,3 +240,125 @@ def test_polls_of_a_real_session_with_any_authorization(live: LiveGateway, auth:
         assert reply.status == 200
     else:
         assert reply.status in (400, 404, 431), (value, reply.status)
+
+
+# --- the HTTP surface with the rollout on, in raw bytes -----------------------------------------
+
+ADMIN_TOKEN = "fuzz-admin-" + "k" * 24
+
+
+class LiveRollout:
+    """A gateway in front of a fake legacy service (rollout mode `legacy`: creates and unknown
+    GUIDs are forwarded), with the admin routes on; the sandbox knows the patient too, for the
+    sessions a flag would give to the gateway."""
+
+    def __init__(self, server: ThreadedServer) -> None:
+        self.token = new_token()
+        upstream_port = server.serve(create_sandbox_app(Sandbox([patient(None, token=self.token)])))
+        legacy_port = server.serve(create_legacy_app(FakeLegacy()))
+        config = Config().replace(
+            upstream={"url": f"http://127.0.0.1:{upstream_port}"},
+            limits={"poll_rate": 10_000.0, "poll_burst": 10_000, "sessions_per_token": 10_000},
+            rollout={"legacy_url": f"http://127.0.0.1:{legacy_port}", "mode": "legacy", "admin_token": ADMIN_TOKEN},
+        )
+        self.port = server.serve(create_app(config))
+        reply = send("127.0.0.1", self.port, request("GET", TICKETS, [("Authorization", f"Bearer {self.token}")]))
+        assert reply is not None and reply.status == 200, reply
+        self.session = reply.json()["session"]  # the legacy service's
+
+
+@pytest.fixture(scope="module")
+def live_rollout() -> Iterator[LiveRollout]:
+    server = ThreadedServer()
+    try:
+        yield LiveRollout(server)
+    finally:
+        server.stop()
+
+
+# Bytes a header value may carry past the parser: anything but CR, LF and NUL, so UTF-8 and
+# not UTF-8 alike (0x80-0xFF alone, truncated sequences, surrogates encoded as UTF-8).
+RAW_VALUES = st.binary(max_size=24).map(lambda b: b.translate(None, b"\r\n\x00")) | st.sampled_from(
+    [b"\xff", b"abc\xfe\xc3", b"\xed\xa0\x80", "\u0416\u0436".encode(), b"\xc3(", b"Bearer \xff\xff"]
+)
+RAW_HEADER_NAMES = st.sampled_from(
+    [b"X-Admin-Token", b"Authorization", b"ClientApplication", b"User-Agent", b"X-Request-Id", b"Accept"]
+)
+HOSTS = st.sampled_from(["x", "127.0.0.1", "127.0.0.1:1", "x:abc", "[::1]", "user:pw@x", "x:99999", ""])
+RAW_PATHS = PATHS.map(lambda p: p.replace("{guid}", "")) | st.sampled_from(["/admin/rollout", "/admin/rollout/shadow"])
+TARGETS = (
+    RAW_PATHS
+    | st.tuples(st.sampled_from(["http", "https", "HTTP", "ftp"]), HOSTS, RAW_PATHS).map(
+        lambda t: f"{t[0]}://{t[1]}{t[2]}"
+    )
+    | st.sampled_from(["*", "x", "http://x", "http://x?y", "//x/api/v2/old/visit/tickets"])
+)
+
+
+def raw_request(target: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+    lines = [b"GET " + target + b" HTTP/1.1", b"Host: 127.0.0.1", *(k + b": " + v for k, v in headers)]
+    return b"\r\n".join([*lines, b"Connection: close"]) + b"\r\n\r\n"
+
+
+def log_problems(since: int) -> list[str]:
+    """Log lines written after offset `since` at error level or with a traceback."""
+    problems = []
+    for line in LOG.getvalue()[since:].splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            problems.append(line[:300])
+            continue
+        if record.get("level") not in ("debug", "info", "warning") or "exception" in record:
+            problems.append(line[:300])
+    return problems
+
+
+@settings(FUZZ, max_examples=300)
+@given(data=st.data())
+def test_raw_requests_with_the_rollout_on_never_fail_and_leave_no_traceback(
+    live_rollout: LiveRollout, data: st.DataObject
+) -> None:
+    target = data.draw(TARGETS, "target").replace("{guid}", live_rollout.session)
+    headers = data.draw(st.lists(st.tuples(RAW_HEADER_NAMES, RAW_VALUES), max_size=3), "headers")
+    if data.draw(st.booleans(), "with the admin token"):
+        headers.append((b"X-Admin-Token", ADMIN_TOKEN.encode()))
+    if data.draw(st.booleans(), "with the token"):
+        headers.append((b"Authorization", f"Bearer {live_rollout.token}".encode()))
+    since = len(LOG.getvalue())
+    reply = send("127.0.0.1", live_rollout.port, raw_request(target.encode("utf-8", "surrogatepass"), headers))
+    assert_sane(reply, "GET", live_rollout.token)
+    assert not log_problems(since), log_problems(since)
+
+
+@pytest.mark.parametrize(
+    "header", [b"X-Admin-Token", b"Authorization", b"ClientApplication", b"User-Agent", b"X-Request-Id"]
+)
+@pytest.mark.parametrize("path", ["/admin/rollout", TICKETS, f"{TICKETS}/3f2b8c1e-5a4d-4c1b-9f0e-2d7a6b1c9e84"])
+def test_a_header_that_is_not_utf8_is_a_400(live_rollout: LiveRollout, header: bytes, path: str) -> None:
+    headers = [(b"Authorization", f"Bearer {live_rollout.token}".encode()), (header, b"abc\xff\xfe\xc3")]
+    if header != b"X-Admin-Token":
+        headers.append((b"X-Admin-Token", ADMIN_TOKEN.encode()))
+    reply = send("127.0.0.1", live_rollout.port, raw_request(path.encode(), headers))
+    assert reply is not None and reply.status == 400, reply
+    assert reply.json() == {"code": 400, "message": "Bad request", "message_code": "4400"}
+
+
+@pytest.mark.parametrize("path", [TICKETS, f"{TICKETS}/{{guid}}"])
+def test_an_absolute_form_target_is_served_like_its_path(live_rollout: LiveRollout, path: str) -> None:
+    """RFC 9112 §3.2.2: a server must accept `GET http://host/path`; with the rollout on it is
+    forwarded to the legacy service by its path, whatever host it names."""
+    target = f"http://elsewhere.invalid:8080{path.replace('{guid}', live_rollout.session)}"
+    auth = [(b"Authorization", f"Bearer {live_rollout.token}".encode())]
+    reply = send("127.0.0.1", live_rollout.port, raw_request(target.encode(), auth))
+    assert reply is not None and reply.status == 200, reply
+    assert "session" in reply.json() if path == TICKETS else isinstance(reply.json(), list)
+
+
+@pytest.mark.parametrize(
+    "guid", ["{3f2b8c1e-5a4d-4c1b-9f0e-2d7a6b1c9e84}", "%7B3f2b8c1e-5a4d-4c1b-9f0e-2d7a6b1c9e84%7D"]
+)
+def test_a_guid_in_braces_is_400_4401(live_rollout: LiveRollout, guid: str) -> None:
+    reply = send("127.0.0.1", live_rollout.port, raw_request(f"{TICKETS}/{guid}".encode(), []))
+    assert reply is not None and reply.status == 400, reply
+    assert reply.json()["message_code"] == "4401"

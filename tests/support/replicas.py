@@ -91,7 +91,12 @@ async def replicas(tmp_path: Path) -> AsyncIterator[ReplicaFactory]:
     async def start(
         n: int, upstream_url: str, redis_url: str, deadline: float = 20.0, **config: dict[str, Any]
     ) -> list[Replica]:
-        sections = {"upstream": {"retry_backoff": 0.0}, "redis": {"probe_interval": 0.2}}
+        # No drain unless a test asks for one: teardown's SIGTERM would otherwise wait it out.
+        sections = {
+            "upstream": {"retry_backoff": 0.0},
+            "redis": {"probe_interval": 0.2},
+            "server": {"drain_seconds": 0.0},
+        }
         for name, values in config.items():
             sections.setdefault(name, {}).update(values)
         config_path = tmp_path / f"replicas-{len(started)}.toml"
