@@ -2,8 +2,9 @@
 # installed from this repo's own files.
 VENV ?= .venv
 PYTHON ?= python3
-# Debian packages the tests run for real.
-SYSTEM_PACKAGES ?= redis-server prometheus
+# Debian packages the tests run for real; podman and mmdebstrap build and run the container image
+# without a registry (tests/deploy/test_image.py), uidmap is podman's user-namespace helper.
+SYSTEM_PACKAGES ?= redis-server prometheus podman mmdebstrap uidmap
 
 .PHONY: setup run test lint system-deps audit soak bench
 

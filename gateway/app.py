@@ -45,6 +45,7 @@ async def _tasks(app: web.Application) -> AsyncIterator[None]:
 
 async def _store(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
+    app[keys.METRICS].store_max_sessions.set(config.session.max_sessions)
     store: SessionStore
     if config.redis.url:
         redis_store = RedisStore(config.redis, config.session, app[keys.METRICS], app[keys.TASKS], limits=config.limits)

@@ -237,15 +237,30 @@ class UpstreamConfig:
     retry_budget_floor: int = _opt(_non_negative, default=20)
 
 
+# What one finished session costs the in-process store, resident (RSS), for a 5-LPU patient:
+# measured 20.6 KiB (docs/sizing.md, scripts/memory_sizing.py), rounded up for allocator slack.
+SESSION_MEMORY_KIB = 24
+
+
 @dataclass(frozen=True)
 class SessionConfig:
     deadline: float = _opt(_positive, default=20.0)
     ttl: float = _opt(_positive, default=600.0)
-    max_sessions: int = _opt(_positive, default=100_000)
+    # 40,000 × SESSION_MEMORY_KIB fits the default memory_budget_mb (docs/sizing.md).
+    max_sessions: int = _opt(_positive, default=40_000)
     require_token_on_poll: bool = False
     # Seconds in which sessions created with the same token share one fan-out (gateway/sessions/reuse.py);
     # 0 turns sharing off.
     reuse_window: float = _opt(_non_negative, default=0.0)
+    # MiB the in-process store may take at max_sessions; the gateway refuses to start when
+    # max_sessions × SESSION_MEMORY_KIB exceeds it, rather than be OOM-killed when the store
+    # fills. Not checked with Redis (sessions live there); 0: not checked.
+    memory_budget_mb: int = _opt(_non_negative, default=1024)
+
+
+def store_memory_mib(max_sessions: int) -> float:
+    """Memory the in-process store needs at max_sessions, by the measured per-session size."""
+    return max_sessions * SESSION_MEMORY_KIB / 1024
 
 
 @dataclass(frozen=True)
@@ -547,7 +562,23 @@ def build_config(
                 raise ConfigError(f"config error: {sec_field.name}.{key} {exc} (got {shown} from {where})") from None
             values[key] = value
         sections[sec_field.name] = cls(**values)
-    return Config(**sections)
+    config = Config(**sections)
+    _check_memory_budget(config, source, env_sources)
+    return config
+
+
+def _check_memory_budget(config: Config, source: str, env_sources: Mapping[tuple[str, str], str]) -> None:
+    session = config.session
+    if config.redis.url or not session.memory_budget_mb:
+        return
+    needed = store_memory_mib(session.max_sessions)
+    if needed > session.memory_budget_mb:
+        where = env_sources.get(("session", "max_sessions"), source)
+        raise ConfigError(
+            f"config error: session.max_sessions {session.max_sessions} × {SESSION_MEMORY_KIB} KiB per session is"
+            f" {needed:.0f} MiB, over session.memory_budget_mb {session.memory_budget_mb} (from {where}): lower"
+            " max_sessions, raise memory_budget_mb with the memory limit, or use Redis (docs/sizing.md)"
+        )
 
 
 def load_config(env: Mapping[str, str] | None = None, path: str | Path | None = None) -> Config:

@@ -21,14 +21,13 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from redis_server import RedisServer
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gateway.app import create_app
 from gateway.config import Config, LogConfig
 from gateway.observability.logs import configure_logging
 from gateway.sandbox.app import Sandbox, create_sandbox_app
 from gateway.sandbox.data import SandboxPatient, demo_lpu
+from tests.support.redis_server import RedisServer
 
 TICKETS = "/api/v2/old/visit/tickets"
 TIME_LIMIT = 300.0

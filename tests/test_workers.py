@@ -39,14 +39,19 @@ def _requests_counted(text: str, route: str) -> float:
 async def test_two_workers_share_the_port_and_one_scrape_counts_both(
     upstream: Any, redis_server: Any, tmp_path: Path
 ) -> None:
-    # One patient each: one token's 40 creates would be far above its create rate.
-    patients = [patient(None) for _ in range(40)]
-    _, url = await upstream(*patients)
+    p = patient(None)
+    _, url = await upstream(p)
     port, metrics_port = free_port(), free_port()
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
+    # One token creates until both workers have answered: far above its create rate and live quota.
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        "[limits]\ncreate_burst_per_token = 100000\nlive_sessions_per_token = 100000\ntoken_share = 1.0\n"
+    )
     env = {
         **os.environ,
+        "GATEWAY_CONFIG": str(config),
         "GATEWAY_PORT": str(port),
         "GATEWAY_METRICS_PORT": str(metrics_port),
         "GATEWAY_UPSTREAM_URL": url,
@@ -62,13 +67,20 @@ async def test_two_workers_share_the_port_and_one_scrape_counts_both(
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
             await wait_until(lambda: _answers(http, f"{base}/healthz"), within=20, what="both workers listening")
             await wait_until(lambda: _answers(http, f"http://127.0.0.1:{metrics_port}/metrics"), within=20)
-            sent = len(patients)
-            for p in patients:
-                async with http.get(base + TICKETS, headers=bearer(p.token)) as resp:
-                    assert resp.status == 200
-            # Each worker writes its samples to files of its own pid.
-            pids = {f.stem.rsplit("_", 1)[1] for f in metrics_dir.glob("counter_*.db")}
-            assert len(pids) == 2, f"requests reached {len(pids)} worker(s)"
+            sent = 0
+
+            async def both_workers_answered() -> bool:
+                # Workers start side by side; until the second binds, the first takes every
+                # connection. Each request's samples go to files of the answering worker's pid.
+                nonlocal sent
+                for _ in range(10):
+                    async with http.get(base + TICKETS, headers=bearer(p.token)) as resp:
+                        assert resp.status == 200
+                    sent += 1
+                pids = {f.stem.rsplit("_", 1)[1] for f in metrics_dir.glob("counter_*.db")}
+                return len(pids) == 2
+
+            await wait_until(both_workers_answered, within=30, what="requests answered by both workers")
             async with http.get(f"http://127.0.0.1:{metrics_port}/metrics") as resp:
                 text = await resp.text()
             assert _requests_counted(text, TICKETS) == sent

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from gateway.contract import CREATE_PATH, GatewayError, bearer_token
 from gateway.http import keys
-from gateway.http.middleware import Handler, route_template
+from gateway.http.routes import Handler, route_template
 from gateway.migration.brownout import DELAYED, REFUSED
 
 

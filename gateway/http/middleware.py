@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
@@ -16,24 +15,16 @@ from aiohttp import web
 from gateway.contract import ERRORS, OLD_ROUTES, GatewayError
 from gateway.http import keys
 from gateway.http.errors import error_response, kind_for_status
+from gateway.http.routes import Handler, route_template
 from gateway.observability.logs import access_line, begin_request
 from gateway.rollout.guardrails import cohort_of
 from gateway.store.base import StoreFull, StoreUnavailable
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 log = structlog.get_logger("gateway.access")
 # An incoming id is reused only if it is short and plain, so it is safe in logs and headers.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # The status class label of the statuses the gateway answers most, written once.
 STATUS_CLASSES = {status: f"{status // 100}xx" for status in (200, 400, 401, 404, 429, 502, 503, 504)}
-
-
-def route_template(request: web.Request) -> str:
-    """The route as registered (`/api/v2/old/visit/tickets/{session}`), never the raw path:
-    a session GUID in a log key or metric label would be unbounded."""
-    resource = request.match_info.route.resource
-    return resource.canonical if resource is not None else "unmatched"
 
 
 @web.middleware

