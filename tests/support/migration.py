@@ -15,7 +15,7 @@ from gateway.config import Config
 from gateway.http import keys
 from gateway.migration.clock import DAY, ManualClock
 from tests.support.fake_legacy import write_flags
-from tests.support.gateway import TICKETS, GatewayTestServer, bearer
+from tests.support.gateway import QUOTA_OFF, TICKETS, GatewayTestServer, bearer
 
 ADMIN_TOKEN = "migration-admin-token-0123456789"
 ADMIN = {"X-Admin-Token": ADMIN_TOKEN}
@@ -38,14 +38,6 @@ T0 = 1_793_577_600.0
 assert T0 % DAY == 0
 
 
-QUOTA_OFF = {
-    "create_rate_per_token": 1e6,
-    "create_burst_per_token": 10**6,
-    "live_sessions_per_token": 10**6,
-    "token_share": 1.0,
-}
-
-
 def iso(when: float) -> str:
     return datetime.datetime.fromtimestamp(when, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -58,8 +50,7 @@ def migration_config(upstream_url: str, tmp_path: Path | None = None, flags: str
         rollout["flags_file"] = str(path)
     rollout |= sections.pop("rollout", {})
     upstream = {"url": upstream_url, "retry_backoff": 0.0} | sections.pop("upstream", {})
-    # One token per app replays days of that app's creates: the per-token quota is out of the way
-    # (tests/sessions/test_token_fairness.py holds it).
+    # One token per app replays days of that app's creates.
     limits = QUOTA_OFF | sections.pop("limits", {})
     return Config().replace(upstream=upstream, rollout=rollout, clients=CLIENTS, limits=limits, **sections)
 
