@@ -33,6 +33,7 @@ from gateway.store.finished import FinishedCache
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore, redis_client
 from gateway.tasks import Tasks
+from gateway.upstream.answers import AnswerCaps
 from gateway.upstream.client import Upstream, new_client_session
 
 
@@ -71,7 +72,9 @@ async def _sessions(app: web.Application) -> AsyncIterator[None]:
     config, metrics, store, tasks = app[keys.CONFIG], app[keys.METRICS], app[keys.STORE], app[keys.TASKS]
     client = new_client_session(config.upstream)
     upstream = Upstream(config.upstream, client, metrics, config.limits)
-    fanout = Fanout(config.session, store, upstream, metrics, tasks, Leases(store, tasks, config.redis.lease_ttl))
+    caps = AnswerCaps(config.upstream.max_json_values, config.upstream.max_records, config.session.max_entry_bytes)
+    leases = Leases(store, tasks, config.redis.lease_ttl)
+    fanout = Fanout(config.session, store, upstream, metrics, tasks, leases, caps, config.limits.upstream_per_session)
     limits = SessionLimits(config.limits, metrics, config.session.ttl)
     app[keys.SESSIONS] = SessionService(config.session, store, upstream, fanout, limits, metrics)
     yield

@@ -227,8 +227,19 @@ class UpstreamConfig:
     lpu_query_param: str = "lpuGuid"
     call_timeout: float = _opt(_positive, default=5.0)
     connect_timeout: float = _opt(_positive, default=2.0)
+    # Bytes of one answer after decoding (gzip/deflate are inflated within this bound).
     max_body_bytes: int = _opt(_positive, default=2 * 1024 * 1024)
-    max_connections: int = _opt(_positive, default=256)
+    # JSON values (counted before parsing) and top-level records of one per-LPU answer.
+    max_json_values: int = _opt(_positive, default=100_000)
+    max_records: int = _opt(_positive, default=1000)
+    # Connections shared by every fan-out; size it as peak concurrent sessions ×
+    # limits.upstream_per_session (docs/upstream-isolation.md, "Upstream pool").
+    max_connections: int = _opt(_positive, default=1024)
+    # Seconds a call waits for one of them; then its LPU fails (`pool_wait`). Not part of
+    # call_timeout, which starts once the call has its connection. As long as the call timeout:
+    # a burst that fills the pool drains at the upstream's pace, and the session's deadline
+    # bounds the whole anyway; any wait at all is counted (gateway_upstream_pool_waits_total).
+    pool_wait: float = _opt(_positive, default=5.0)
     retries: int = _opt(_non_negative, default=2)
     retry_backoff: float = _opt(_non_negative, default=0.05)
     # Retries may add at most this fraction of first attempts (plus a small floor), so that an
@@ -252,6 +263,13 @@ class SessionConfig:
     # Seconds in which sessions created with the same token share one fan-out (gateway/sessions/reuse.py);
     # 0 turns sharing off.
     reuse_window: float = _opt(_non_negative, default=0.0)
+    # LPUs in one patient's MKAB list; a longer list fails the creation (502 `4502`): no patient
+    # has that many, and its fan-out would cost the upstream thousands of calls.
+    max_lpus: int = _opt(_positive, default=100)
+    # Bytes of one LPU's finished entry and of all of a session's entries; beyond, that LPU
+    # is Failed (`too_large`), so one hospital's huge answer cannot make every poll huge.
+    max_entry_bytes: int = _opt(_positive, default=2 * 1024 * 1024)
+    max_session_bytes: int = _opt(_positive, default=8 * 1024 * 1024)
     # MiB the in-process store may take at max_sessions; the gateway refuses to start when
     # max_sessions × SESSION_MEMORY_KIB exceeds it, rather than be OOM-killed when the store
     # fills. Not checked with Redis (sessions live there); 0: not checked.
@@ -306,6 +324,9 @@ class LimitsConfig:
     poll_burst: int = _opt(_positive, default=20)
     # Upstream calls in flight for one LPU; more wait (up to upstream.call_timeout) for a slot.
     upstream_per_lpu: int = _opt(_positive, default=32)
+    # Upstream calls in flight for one session (its LPUs' calls wait their turn, within the
+    # deadline), so one patient with a long LPU list cannot take the whole pool.
+    upstream_per_session: int = _opt(_positive, default=48)
     # Consecutive failed calls (timeout, connection error) that open an LPU's circuit, and how long
     # it stays open before one probe call is let through.
     breaker_failures: int = _opt(_positive, default=5)

@@ -62,6 +62,7 @@ LPU_FAILURE_REASONS = (
     "too_large",
     "circuit_open",
     "limited",
+    "pool_wait",
     "deadline",
     "internal",
 )

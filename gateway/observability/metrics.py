@@ -266,6 +266,16 @@ class Metrics:
         self.circuit_open = Counter(
             "gateway_upstream_circuit_open_total", "Upstream calls failed fast by an open circuit breaker.", registry=r
         )
+        self.upstream_pool_waits = Counter(
+            "gateway_upstream_pool_waits_total",
+            "Upstream calls that found every pooled connection taken and had to wait (size upstream.max_connections).",
+            registry=r,
+        )
+        self.store_write_retries = Counter(
+            "gateway_store_write_retries_total",
+            "LPU result writes retried because the store was unavailable (retried until the deadline).",
+            registry=r,
+        )
         # Retiring the old path (gateway/migration/): the ledger's view, and brownouts.
         self.migration_since_last_seen = Gauge(
             "gateway_migration_since_last_seen_seconds",

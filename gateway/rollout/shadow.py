@@ -340,7 +340,7 @@ class Shadow:
                 raise _Incomplete("store_unavailable") from None
             if session is None:
                 raise _Incomplete("candidate_failed")
-            now = time.time()
+            now = session.read_at  # the store's clock: see Session.read_at
             if session.is_final(now):
                 return json.loads(session.body(now)), time.monotonic()
             await asyncio.sleep(self._config.shadow_poll_interval)

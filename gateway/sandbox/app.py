@@ -7,7 +7,9 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
+import zlib
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -40,6 +42,27 @@ class Sandbox:
         # Per LPU GUID: calls being answered now, and the most ever answered at once.
         self.in_flight: dict[str, int] = {}
         self.peak: dict[str, int] = {}
+        self._bombs: dict[int, bytes] = {}
+        self._records: dict[int, bytes] = {}
+
+    def records(self, size: int) -> bytes:
+        """`[{},{},…]` of about `size` bytes, made once per size (the sandbox shares the loop
+        of the tests' gateway: its own CPU must not be what they measure)."""
+        if size not in self._records:
+            self._records[size] = b"[" + b",".join([b"{}"] * (size // 3)) + b"]"
+        return self._records[size]
+
+    def bomb(self, inflated: int) -> bytes:
+        """A gzip body inflating to `inflated` bytes of valid JSON (`[` spaces `]`): about a
+        thousandth of that on the wire. Made once per size (making it costs CPU)."""
+        if inflated not in self._bombs:
+            packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+            block = b" " * (1024 * 1024)
+            parts = [packer.compress(b"[")]
+            parts += [packer.compress(block) for _ in range(inflated // len(block))]
+            parts += [packer.compress(b"]"), packer.flush()]
+            self._bombs[inflated] = b"".join(parts)
+        return self._bombs[inflated]
 
     @property
     def release(self) -> asyncio.Event:
@@ -142,6 +165,15 @@ async def _faulty(request: web.Request, method: str, lpu: SandboxLpu, payload: A
         fault = "status" if seen[key] <= knobs.flaky_failures else "none"
     if fault == "none":
         return web.json_response(pascal(payload) if knobs.pascal_case else payload)
+    if fault in ("gzip", "deflate"):
+        body = json.dumps(pascal(payload) if knobs.pascal_case else payload).encode()
+        packed = gzip.compress(body) if fault == "gzip" else zlib.compress(body)
+        return web.Response(body=packed, content_type="application/json", headers={"Content-Encoding": fault})
+    if fault == "gzip_bomb":
+        bomb = request.app[SANDBOX].bomb(knobs.oversize_bytes)
+        return web.Response(body=bomb, content_type="application/json", headers={"Content-Encoding": "gzip"})
+    if fault == "many_records":
+        return web.Response(body=request.app[SANDBOX].records(knobs.oversize_bytes), content_type="application/json")
     if fault == "status":
         return _error(knobs.status, "Simulated failure")
     if fault == "hang":

@@ -169,6 +169,10 @@ FAULTS = (
     "oversize",  # 200 with a JSON array larger than `oversize_bytes`
     "oversize_chunked",  # the same, chunked: no Content-Length to refuse it by
     "flaky",  # `status` for the first `flaky_failures` calls, then normal
+    "gzip",  # the normal answer, gzip-encoded (Content-Encoding: gzip)
+    "deflate",  # the normal answer, deflate-encoded (zlib format)
+    "gzip_bomb",  # a small gzip body that inflates to `oversize_bytes` of valid JSON (whitespace)
+    "many_records",  # `[{},{},…]` of `oversize_bytes` bytes: a flood of default-filled records
 )
 
 

@@ -10,6 +10,7 @@ sessions of the same token share (gateway/sessions/reuse.py) are written to them
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,25 +26,24 @@ from gateway.sessions.reuse import SharedFanout
 from gateway.store.base import SessionStore, StoreUnavailable
 from gateway.store.session import Session, entry_bytes, entry_state, failed_entry
 from gateway.tasks import Tasks
-from gateway.upstream.client import Caller, CallFailure, Upstream
+from gateway.upstream.answers import AnswerCaps, CallFailure, map_answer, parse_answer
+from gateway.upstream.client import Caller, Upstream
 from gateway.upstream.mapping import MappingError, map_calls, map_disps, map_visits
 
 log = structlog.get_logger("gateway.fanout")
 
 GROUP = "fanout"
+# Seconds between retries of a result write the store refused as unavailable: the first wait,
+# and the most it doubles to.
+WRITE_RETRY_FIRST = 0.05
+WRITE_RETRY_MAX = 1.0
 # The mapper of each per-LPU method, in the contract's order (visits, calls, disps).
 MAPPERS = dict(zip(LPU_METHODS, (map_visits, map_calls, map_disps), strict=True))
 
 
-def dumps(value: Any) -> bytes:
-    """Compact UTF-8 JSON. orjson: a tenth of the stdlib's time on the fan-out's records
-    (docs/benchmarks.md). Its result holds a buffer of at least 4 KiB whatever its length:
-    fine for what is joined into an entry and dropped, not for what a session keeps."""
-    return orjson.dumps(value)
-
-
 def dumps_kept(value: Any) -> bytes:
-    """`dumps` for bytes a session keeps for its lifetime: an exact-size copy."""
+    """Compact UTF-8 JSON for bytes a session keeps for its lifetime: an exact-size copy, since
+    orjson's own result holds a buffer of at least 4 KiB whatever its length."""
     return bytes(memoryview(orjson.dumps(value)))
 
 
@@ -56,6 +56,15 @@ class LpuFailed(Exception):
         self.duration = duration  # of the failed call, retries included
 
 
+class _Run:
+    """What one run shares among its LPUs: the per-session bound on upstream calls in flight,
+    and the mapped bytes its entries hold so far (`session.max_session_bytes`)."""
+
+    def __init__(self, session: Session, calls_in_flight: int) -> None:
+        self.calls = asyncio.Semaphore(calls_in_flight)
+        self.entry_bytes = sum(len(entry) for entry in session.results.values())
+
+
 class Fanout:
     def __init__(
         self,
@@ -65,6 +74,8 @@ class Fanout:
         metrics: Metrics,
         tasks: Tasks,
         leases: Leases,
+        caps: AnswerCaps,
+        calls_per_session: int,
     ) -> None:
         self._config = config
         self._store = store
@@ -72,6 +83,8 @@ class Fanout:
         self._metrics = metrics
         self._tasks = tasks
         self.leases = leases
+        self._caps = caps
+        self._calls_per_session = calls_per_session
         self._lpu_complete = metrics.lpu_outcomes.labels("complete", "ok")
 
     @property
@@ -96,25 +109,42 @@ class Fanout:
 
     async def _finish(self, session: Session, index: int, entry: bytes, shared: SharedFanout | None) -> bool:
         """Writes LPU `index`'s terminal entry; returns whether this write won."""
-        won = await self._store.finish_lpu(session.guid, index, entry)
+        won = await self._write(session, session.guid, index, entry)
         if won and shared is not None:
             if entry_state(entry) == FAILED:
                 shared.failed = True
             for guid in list(shared.subscribers):
-                await self._store.finish_lpu(guid, index, entry)
+                await self._write(session, guid, index, entry)
         return won
+
+    async def _write(self, session: Session, guid: str, index: int, entry: bytes) -> bool:
+        """finish_lpu, retried while the store is unavailable until the session's deadline (the
+        run's own timeout cancels the wait then): a result the upstream gave is worth keeping
+        through a short store outage. Full-jitter backoff, doubled up to WRITE_RETRY_MAX, so
+        the fan-outs of a replica do not retry in step against a store coming back."""
+        backoff = WRITE_RETRY_FIRST
+        while True:
+            try:
+                return await self._store.finish_lpu(guid, index, entry)
+            except StoreUnavailable:
+                if time.time() >= session.deadline:
+                    raise
+            self._metrics.store_write_retries.inc()
+            await asyncio.sleep(random.uniform(0, backoff))
+            backoff = min(backoff * 2, WRITE_RETRY_MAX)
 
     async def _run(self, session: Session, caller: Caller, indices: list[int], shared: SharedFanout | None) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (session.deadline - time.time())
         pending = set(indices)
+        run = _Run(session, self._calls_per_session)
         self._metrics.sessions_in_flight.inc()
         try:
             try:
                 async with asyncio.timeout_at(deadline):
                     async with asyncio.TaskGroup() as group:
                         for index in indices:
-                            group.create_task(self._lpu(session, index, caller, pending, shared))
+                            group.create_task(self._lpu(session, index, caller, pending, shared, run))
             except TimeoutError:
                 self._metrics.sessions_deadline.inc()
                 waited = time.time() - session.created_at
@@ -122,8 +152,8 @@ class Fanout:
                     if await self._finish(session, index, failed_entry(session.lpus[index]), shared):
                         self.record_failure(session, index, LpuFailed("session", "deadline", "", waited))
         except* StoreUnavailable:
-            # The unwritten LPUs read as Failed at the deadline; the lease lapses, so a poll with
-            # the token may re-run them once the store is back (take_over).
+            # Only once the deadline has passed (writes are retried until then): the unwritten
+            # LPUs read as Failed.
             log.warning("fanout_store_unavailable", session=session.guid, unfinished=len(pending))
         finally:
             self._metrics.sessions_in_flight.dec()
@@ -133,37 +163,69 @@ class Fanout:
         self._metrics.session_complete.observe(time.time() - session.created_at)
 
     async def _lpu(
-        self, session: Session, index: int, caller: Caller, pending: set[int], shared: SharedFanout | None
+        self,
+        session: Session,
+        index: int,
+        caller: Caller,
+        pending: set[int],
+        shared: SharedFanout | None,
+        run: _Run,
     ) -> None:
         lpu_guid = session.lpu_guids[index]
+        started = time.perf_counter()
         try:
             # The first failed call fails the LPU and cancels its two siblings.
             async with asyncio.TaskGroup() as group:
-                calls = [group.create_task(self._fetch(method, lpu_guid, caller)) for method in LPU_METHODS]
+                calls = [group.create_task(self._fetch(method, lpu_guid, caller, run)) for method in LPU_METHODS]
+            visits, lpu_calls, disps = (task.result() for task in calls)
+            entry = entry_bytes(COMPLETE, session.lpus[index], visits, lpu_calls, disps)
+            self._check_size(entry, run, time.perf_counter() - started)
         except ExceptionGroup as group_error:
             first = group_error.exceptions[0]
             if not isinstance(first, LpuFailed):
                 raise
-            pending.discard(index)
-            if await self._finish(session, index, failed_entry(session.lpus[index]), shared):
-                self.record_failure(session, index, first)
+            await self._fail(session, index, first, pending, shared)
             return
-        visits, lpu_calls, disps = (task.result() for task in calls)
+        except LpuFailed as failure:
+            await self._fail(session, index, failure, pending, shared)
+            return
         pending.discard(index)
-        entry = entry_bytes(COMPLETE, session.lpus[index], visits, lpu_calls, disps)
         if await self._finish(session, index, entry, shared):
             self._lpu_complete.inc()
+        elif await self._finish(session, index, failed_entry(session.lpus[index]), shared):
+            # The store refused the Complete as late (past the deadline by its clock): it may
+            # already have been read as Failed, so Failed it stays.
+            self.record_failure(
+                session, index, LpuFailed("session", "deadline", "late", time.time() - session.created_at)
+            )
 
-    async def _fetch(self, method: str, lpu_guid: str, caller: Caller) -> bytes:
+    async def _fail(
+        self, session: Session, index: int, failure: LpuFailed, pending: set[int], shared: SharedFanout | None
+    ) -> None:
+        pending.discard(index)
+        if await self._finish(session, index, failed_entry(session.lpus[index]), shared):
+            self.record_failure(session, index, failure)
+
+    def _check_size(self, entry: bytes, run: _Run, duration: float) -> None:
+        """Counts a Complete entry against its session's bytes, or fails it (`too_large`)."""
+        if len(entry) > self._config.max_entry_bytes:
+            raise LpuFailed("session", "too_large", "entry bytes", duration)
+        if run.entry_bytes + len(entry) > self._config.max_session_bytes:
+            raise LpuFailed("session", "too_large", "session bytes", duration)
+        run.entry_bytes += len(entry)
+
+    async def _fetch(self, method: str, lpu_guid: str, caller: Caller, run: _Run) -> bytes:
         started = time.perf_counter()
         try:
-            return dumps(MAPPERS[method](await self._upstream.for_lpu(method, lpu_guid, caller)))
+            async with run.calls:
+                body = await self._upstream.for_lpu(method, lpu_guid, caller)
+            return await map_answer(parse_answer(body, self._caps), MAPPERS[method], self._caps)
         except CallFailure as failure:
             detail = f"status {failure.status}" if failure.status else failure.detail
             raise LpuFailed(method, failure.reason, detail, time.perf_counter() - started) from None
         except MappingError as exc:
             detail = f"{exc.path}: {exc.problem}"
-            raise LpuFailed(method, "invalid_body", detail, time.perf_counter() - started) from None
+            raise LpuFailed(method, exc.reason, detail, time.perf_counter() - started) from None
         except Exception as exc:  # a bug must fail one LPU, not every LPU of the session
             log.exception("lpu_internal_error", method=method, lpu=lpu_guid)
             raise LpuFailed(method, "internal", type(exc).__name__, time.perf_counter() - started) from None

@@ -29,7 +29,8 @@ from gateway.sessions.reuse import ReuseIndex, SharedFanout
 from gateway.sessions.tokens import same_hash, token_hash
 from gateway.store.base import SessionStore, StoreUnavailable, TokenLimited
 from gateway.store.session import Session, failed_entry
-from gateway.upstream.client import Caller, CallFailure, Upstream
+from gateway.upstream.answers import CallFailure
+from gateway.upstream.client import Caller, Upstream
 from gateway.upstream.mapping import MappingError, map_mkab_list
 
 log = structlog.get_logger("gateway.sessions")
@@ -101,6 +102,12 @@ class SessionService:
                     on_done()  # no fan-out of its own
                 return guid
         lpus = await self._patient_lpus(caller)
+        if len(lpus) > self._config.max_lpus:
+            # A list no patient has: refused whole rather than cut, so that no patient is shown
+            # a part of their tickets as if it were all (docs/upstream-isolation.md, "Upstream pool").
+            self._metrics.rejected.labels("max_lpus").inc()
+            log.warning("mkab_failed", method="mkab", reason="too_large", detail="lpus", lpus=len(lpus))
+            raise GatewayError("upstream_failed")
         now = time.time()
         session = Session(
             guid=str(uuid.uuid4()),
@@ -215,7 +222,9 @@ class SessionService:
         if session.orphaned:
             # The replica that ran this session is gone: finish it here (README, "Replicas and Redis").
             await self.take_over(session, caller() if caller is not None else None)
-        now = time.time()
+        # The store's clock at the read, which is the one it refuses late Completes by (a
+        # finished copy's is older, and harmless: nothing in it depends on the clock).
+        now = session.read_at
         final = session.is_final(now)
         self._metrics.child(self._metrics.polls, "true" if final else "false").inc()
         return Poll(session.body(now), final)

@@ -20,7 +20,7 @@ from gateway.store.base import (
     TokenLimited,
     TokenQuota,
 )
-from gateway.store.session import Session
+from gateway.store.session import Session, is_complete
 
 
 class _ExpiringCache(TTLCache):
@@ -122,11 +122,16 @@ class MemoryStore:
         (self._metrics.store_hits if session is not None else self._metrics.store_misses).inc()
         if session is not None:
             session.orphaned = guid not in self._leases
+            session.read_at = time.time()
         return session
 
     async def finish_lpu(self, guid: str, index: int, entry: bytes) -> bool:
         session = self._cache.get(guid)
         if session is None or index in session.results:
+            return False
+        # The same clock as `load`'s read_at: once a reader has rendered this LPU Failed, a
+        # Complete can no longer be written (only a Failed, which changes nothing it saw).
+        if is_complete(entry) and time.time() >= session.deadline:
             return False
         session.results[index] = entry
         return True

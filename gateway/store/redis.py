@@ -6,7 +6,7 @@ Keys (`prefix` is `redis.prefix`, "vg" by default):
   `h` token hash, `c` created at and `d` deadline (unix seconds), `n` number of LPUs,
   `l{i}` LPU i's JSON, `g{i}` LPU i's guid, `r{i}` LPU i's finished entry (written with HSETNX
   and only while the hash exists: the first terminal write wins, a late one cannot resurrect an
-  expired session).
+  expired session; a Complete is refused from `d` on, by Redis's clock).
 - `{prefix}:lease:{guid}`: string, the id of the replica running the session's fan-out, expiring
   `redis.lease_ttl` after its last renewal.
 - `{prefix}:sessions`: sorted set, session guid → expiry (ms, Redis clock): the bound on live
@@ -66,7 +66,7 @@ from gateway.store.base import (
     TokenLimited,
     TokenQuota,
 )
-from gateway.store.session import Session
+from gateway.store.session import Session, is_complete
 from gateway.tasks import Tasks
 
 log = structlog.get_logger("gateway.store")
@@ -186,10 +186,20 @@ return 0
 """
 )
 
-# KEYS: session. ARGV: field, entry. HSETNX on a missing key would create a hash with no TTL.
+# KEYS: session. ARGV: field, entry, "1" if the entry is Complete. HSETNX on a missing key would
+# create a hash with no TTL. A Complete is refused from the session's deadline on, by Redis's
+# clock: the clock `load` reads with (TIME in the same pipeline), so a reader that rendered the
+# LPU Failed never sees it Complete afterwards.
 _FINISH = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return 0
+end
+if ARGV[3] == '1' then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  if now >= tonumber(redis.call('HGET', KEYS[1], 'd')) then
+    return 0
+  end
 end
 return redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
 """
@@ -499,19 +509,23 @@ class RedisStore:
     async def load(self, guid: str) -> Session | None:
         async def read() -> list[Any]:
             async with self._redis.pipeline(transaction=False) as pipe:
+                # TIME first: any result written after it was judged late by a clock at least
+                # as far on (the finish script's TIME), so rendering with it never shows a
+                # Failed that later turns Complete.
+                pipe.time()
                 pipe.hgetall(self.session_key(guid))
                 pipe.exists(self.lease_key(guid))
                 return await pipe.execute()
 
-        raw, leased = await self._call(read, fail_fast=True)
-        return self._loaded(guid, raw, leased)
+        (seconds, micros), raw, leased = await self._call(read, fail_fast=True)
+        return self._loaded(guid, raw, leased, seconds + micros / 1_000_000)
 
-    def _loaded(self, guid: str, raw: dict[bytes, bytes], leased: int) -> Session | None:
+    def _loaded(self, guid: str, raw: dict[bytes, bytes], leased: int, read_at: float) -> Session | None:
         if not raw:
             self._metrics.store_misses.inc()
             return None
         self._metrics.store_hits.inc()
-        return _decode(guid, raw, orphaned=not leased)
+        return _decode(guid, raw, orphaned=not leased, read_at=read_at)
 
     async def read_poll(self, guid: str, binding: str | None) -> PollRead:
         if not self._poll_burst:
@@ -521,18 +535,23 @@ class RedisStore:
 
         async def read() -> list[Any]:
             async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.time()  # first, as in `load`: the clock the session is rendered with
                 pipe.hgetall(self.session_key(guid))
                 pipe.exists(self.lease_key(guid))
                 await self._count_poll(keys=keys, args=args, client=pipe)
                 return await pipe.execute()
 
-        raw, leased, over_ms = await self._call(read, fail_fast=True)
+        (seconds, micros), raw, leased, over_ms = await self._call(read, fail_fast=True)
         retry_after = _seconds(over_ms) if over_ms else None
-        return PollRead(self._loaded(guid, raw, leased), counted=True, retry_after=retry_after)
+        session = self._loaded(guid, raw, leased, seconds + micros / 1_000_000)
+        return PollRead(session, counted=True, retry_after=retry_after)
 
     async def finish_lpu(self, guid: str, index: int, entry: bytes) -> bool:
         written = await self._call(
-            lambda: self._finish(keys=[self.session_key(guid)], args=[b"r%d" % index, entry]), fail_fast=False
+            lambda: self._finish(
+                keys=[self.session_key(guid)], args=[b"r%d" % index, entry, b"1" if is_complete(entry) else b"0"]
+            ),
+            fail_fast=False,
         )
         return bool(written)
 
@@ -606,7 +625,7 @@ def _client(config: RedisConfig) -> Redis:
     )
 
 
-def _decode(guid: str, raw: dict[bytes, bytes], orphaned: bool) -> Session:
+def _decode(guid: str, raw: dict[bytes, bytes], orphaned: bool, read_at: float) -> Session:
     """A session from its hash: numbers and guids are decoded, JSON is kept as bytes."""
     count = int(raw[b"n"])
     results = {int(name[1:]): value for name, value in raw.items() if name[:1] == b"r"}
@@ -619,4 +638,5 @@ def _decode(guid: str, raw: dict[bytes, bytes], orphaned: bool) -> Session:
         lpu_guids=tuple(raw[b"g%d" % i].decode() for i in range(count)),
         results=results,
         orphaned=orphaned,
+        read_at=read_at,
     )

@@ -41,8 +41,12 @@ def failed_entry(lpu: bytes) -> bytes:
     return b'{"state":"Failed","lpu":' + lpu + _EMPTY_TAIL
 
 
+def is_complete(entry: bytes) -> bool:
+    return entry.startswith(b'{"state":"Complete"')
+
+
 def entry_state(entry: bytes) -> str:
-    return COMPLETE if entry.startswith(b'{"state":"Complete"') else FAILED
+    return COMPLETE if is_complete(entry) else FAILED
 
 
 @dataclass
@@ -51,6 +55,11 @@ class Session:
 
     `orphaned` is set by `load`: no replica held the session's lease when it was read, so no
     fan-out is running for it (see the README, "Replicas and Redis").
+
+    `read_at` is set by `load`: the store's clock (unix seconds) when it read the session. It is
+    the `now` a poll renders with, because it is the clock `finish_lpu` judges lateness by: a
+    reader that rendered an LPU Failed (read_at >= deadline) can never see a Complete written
+    after it (docs/upstream-isolation.md, "Terminal states").
     """
 
     guid: str
@@ -61,6 +70,7 @@ class Session:
     lpu_guids: tuple[str, ...]
     results: dict[int, bytes] = field(default_factory=dict)
     orphaned: bool = field(default=False, compare=False)
+    read_at: float = field(default=0.0, compare=False)
 
     def is_final(self, now: float) -> bool:
         return len(self.results) == len(self.lpus) or now >= self.deadline

@@ -4,36 +4,29 @@ bounded retries under a retry budget. Hosts come only from configuration."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import socket
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
-import orjson
 from yarl import URL
 
 from gateway.config import LimitsConfig, UpstreamConfig
 from gateway.contract import MKAB, UPSTREAM_METHODS
 from gateway.observability.metrics import Metrics
+from gateway.upstream.answers import CallFailure, parse_capped
 from gateway.upstream.breaker import Breakers
 from gateway.upstream.slots import LpuSlots, NoSlot
 
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
-
-
-class CallFailure(Exception):
-    """An upstream call that failed for good. `reason` is one of the metric reasons:
-    timeout, status, invalid_body, connection, too_large, circuit_open (failed fast by the
-    target's circuit breaker), limited (no per-LPU slot freed up within the call timeout)."""
-
-    def __init__(self, reason: str, status: int | None = None, detail: str = "") -> None:
-        super().__init__(f"{reason}{f' {status}' if status else ''}{f': {detail}' if detail else ''}")
-        self.reason = reason
-        self.status = status
-        self.detail = detail
+# What BoundedDecoder undoes; asked for explicitly (aiohttp would add "br" if brotli were installed).
+ACCEPT_ENCODING = "gzip, deflate"
 
 
 @dataclass(frozen=True)
@@ -44,7 +37,8 @@ class Caller:
     request_id: str
     client_app: str | None = None
 
-    def headers(self) -> dict[str, str]:
+    @functools.cached_property
+    def _headers(self) -> dict[str, str]:
         headers = {
             "Authorization": self.authorization,
             "X-Request-Id": self.request_id,
@@ -53,6 +47,11 @@ class Caller:
         if self.client_app is not None:
             headers["ClientApplication"] = self.client_app
         return headers
+
+    def headers(self) -> dict[str, str]:
+        """The headers of every upstream call made for this request (built once: a session's
+        fan-out makes three calls per LPU with the same ones)."""
+        return self._headers
 
 
 class RetryBudget:
@@ -84,17 +83,6 @@ class SpecialUseResolver(aiohttp.ThreadedResolver):
         return await super().resolve(host, port, family)
 
 
-def parse_body(body: bytes) -> Any:
-    """An upstream body as JSON, strictly: NaN and Infinity (which Python's parser accepts) would
-    pass through the mapper into answers that the apps' JSON parsers reject. orjson refuses them
-    (and numbers that overflow to infinity), and parses in a third of the stdlib's time
-    (docs/benchmarks.md)."""
-    try:
-        return orjson.loads(body)
-    except (ValueError, RecursionError):
-        raise CallFailure("invalid_body", detail="not JSON") from None
-
-
 def breaks_circuit(failure: CallFailure) -> bool:
     """Failures that say the target is unreachable. Only these count: they are what holds a
     connection (a 5xx comes back at once), and an error status may be about one patient's
@@ -104,11 +92,66 @@ def breaks_circuit(failure: CallFailure) -> bool:
 
 def new_client_session(config: UpstreamConfig) -> aiohttp.ClientSession:
     # One connector for the whole app, sized for fan-out: every LPU call of every session
-    # shares it, and keep-alive makes the 3×LPU calls of a session cheap.
+    # shares it, and keep-alive makes the 3×LPU calls of a session cheap. Its limit equals the
+    # pool gate's (Upstream), which is where calls wait, so the connector itself never queues.
     connector = aiohttp.TCPConnector(
         limit=config.max_connections, limit_per_host=0, ttl_dns_cache=300, resolver=SpecialUseResolver()
     )
-    return aiohttp.ClientSession(connector=connector, trust_env=False, raise_for_status=False)
+    # Bodies are decoded here, not by aiohttp: its decoder inflates a whole received chunk at
+    # once, so a small gzip bomb becomes hundreds of MB before any cap could look at it.
+    return aiohttp.ClientSession(
+        connector=connector,
+        trust_env=False,
+        raise_for_status=False,
+        auto_decompress=False,
+        headers={"Accept-Encoding": ACCEPT_ENCODING},
+    )
+
+
+class BoundedDecoder:
+    """A body's Content-Encoding undone chunk by chunk, never producing more than `cap` bytes:
+    zlib's `max_length` stops inflating at the cap, so a bomb costs at most `cap` of memory and
+    the CPU to inflate `cap` bytes. Identity, gzip and deflate (zlib or raw); anything else is
+    an invalid body (brotli is not advertised: no decoder is installed)."""
+
+    def __init__(self, encoding: str, cap: int) -> None:
+        self._cap = cap
+        self._size = 0
+        self._encoding = encoding.strip().lower() or "identity"
+        if self._encoding not in ("identity", "gzip", "x-gzip", "deflate"):
+            raise CallFailure("invalid_body", detail=f"content-encoding {self._encoding[:20]}")
+        self._inflater: Any = None
+        if self._encoding in ("gzip", "x-gzip"):
+            self._inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self._encoding == "identity":
+            return self._count(chunk)
+        if self._inflater is None:  # deflate: RFC 9110 says zlib; some servers send raw deflate
+            zlib_header = len(chunk) >= 2 and chunk[0] & 0x0F == 8 and (chunk[0] << 8 | chunk[1]) % 31 == 0
+            self._inflater = zlib.decompressobj(zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS)
+        parts = []
+        data = chunk
+        try:
+            while data:
+                parts.append(self._count(self._inflater.decompress(data, self._cap - self._size + 1)))
+                data = self._inflater.unconsumed_tail
+        except zlib.error:
+            raise CallFailure("invalid_body", detail="bad compressed body") from None
+        return b"".join(parts)
+
+    def end(self) -> bytes:
+        if self._inflater is None:
+            return b""
+        if not self._inflater.eof:
+            raise CallFailure("invalid_body", detail="truncated compressed body")
+        return self._count(self._inflater.flush())
+
+    def _count(self, data: bytes) -> bytes:
+        self._size += len(data)
+        if self._size > self._cap:
+            raise CallFailure("too_large", detail="decoded body")
+        return data
 
 
 class Upstream:
@@ -127,10 +170,15 @@ class Upstream:
             Breakers(limits.breaker_failures, limits.breaker_cooldown, limits.tracked_keys) if limits else None
         )
         self._slots = LpuSlots(limits.upstream_per_lpu, metrics) if limits else None
+        # The wait for a pooled connection, bounded on its own: a call that never got one fails
+        # `pool_wait` after `upstream.pool_wait`, and the call timeout starts only once it has.
+        self._pool = asyncio.Semaphore(config.max_connections)
         self._budget = RetryBudget(config.retry_budget_ratio, config.retry_budget_floor)
         base = config.url.rstrip("/")
         # Each method's path is the config key `upstream.<method>_path`.
-        self._urls = {method: URL(base + getattr(config, f"{method}_path")) for method in UPSTREAM_METHODS}
+        self._url_text = {method: base + getattr(config, f"{method}_path") for method in UPSTREAM_METHODS}
+        self._urls = {method: URL(text) for method, text in self._url_text.items()}
+        self._lpu_param = quote(config.lpu_query_param, safe="")
         self._timeout = aiohttp.ClientTimeout(total=config.call_timeout, sock_connect=config.connect_timeout)
         # labels() costs more than the observation itself; the common child is looked up once.
         self._ok_duration = {method: metrics.upstream_duration.labels(method, "ok") for method in self._urls}
@@ -141,14 +189,20 @@ class Upstream:
 
     async def mkab(self, caller: Caller) -> Any:
         # The MKAB list has one target, the host: its circuit fails creation fast when it is down.
-        return await self._guarded(MKAB, lambda: self.get_json(MKAB, caller))
+        body = await self._guarded(MKAB, lambda: self.get_body(MKAB, caller))
+        # Within the same caps as a per-LPU answer, before map_mkab_list looks at it.
+        return parse_capped(body, self._config.max_json_values, self._config.max_records)
 
-    async def for_lpu(self, method: str, lpu_guid: str, caller: Caller) -> Any:
-        params = {self._config.lpu_query_param: lpu_guid}
+    async def for_lpu(self, method: str, lpu_guid: str, caller: Caller) -> bytes:
+        """The decoded body of one LPU's answer (parsing and mapping it is the caller's: see
+        gateway/upstream/answers.py)."""
+        # The URL is written out, encoded once: yarl's query handling costs more than the rest
+        # of building a call.
+        url = URL(f"{self._url_text[method]}?{self._lpu_param}={quote(lpu_guid, safe='')}", encoded=True)
         # A circuit per LPU and method: after the cooldown each of the three calls has its own
         # probe, so the probe is one whole LPU fetch, which can complete the LPU.
         target = f"{lpu_guid}/{method}"
-        return await self._guarded(target, lambda: self._in_slot(lpu_guid, method, caller, params))
+        return await self._guarded(target, lambda: self._in_slot(lpu_guid, method, caller, url))
 
     async def _guarded(self, target: str, call: Callable[[], Awaitable[Any]]) -> Any:
         if self._breakers is None:
@@ -162,30 +216,30 @@ class Upstream:
             ok = True
             return result
         except CallFailure as failure:
-            # Waiting for our own slot says nothing about the target.
-            ok = None if failure.reason == "limited" else not breaks_circuit(failure)
+            # Waiting for our own slot or connection says nothing about the target.
+            ok = None if failure.reason in ("limited", "pool_wait") else not breaks_circuit(failure)
             raise
         finally:
             self._breakers.record(target, ok)
 
-    async def _in_slot(self, lpu_guid: str, method: str, caller: Caller, params: dict[str, str]) -> Any:
+    async def _in_slot(self, lpu_guid: str, method: str, caller: Caller, url: URL) -> bytes:
         if self._slots is None:
-            return await self.get_json(method, caller, params)
+            return await self.get_body(method, caller, url)
         try:
             async with self._slots.hold(lpu_guid, self._config.call_timeout):
-                return await self.get_json(method, caller, params)
+                return await self.get_body(method, caller, url)
         except NoSlot:
             raise CallFailure("limited") from None
 
-    async def get_json(self, method: str, caller: Caller, params: dict[str, str] | None = None) -> Any:
-        """The parsed JSON of a 200 answer, or CallFailure. Retries connect errors and
+    async def get_body(self, method: str, caller: Caller, url: URL | None = None) -> bytes:
+        """The decoded body of a 200 answer, or CallFailure. Retries connect errors and
         502/503/504 only: those are the failures where the upstream did no work."""
         attempt = 0
         self._budget.record_attempt()
         while True:
             started = time.perf_counter()
             try:
-                result = await self._attempt(method, caller, params)
+                result = await self._attempt(method, caller, url or self._urls[method])
             except CallFailure as failure:
                 self._metrics.upstream_duration.labels(method, failure.reason).observe(time.perf_counter() - started)
                 retryable = failure.status in RETRYABLE_STATUSES or failure.detail in ("connect", "dns")
@@ -201,11 +255,26 @@ class Upstream:
             self._ok_duration[method].observe(time.perf_counter() - started)
             return result
 
-    async def _attempt(self, method: str, caller: Caller, params: dict[str, str] | None) -> Any:
+    async def _attempt(self, method: str, caller: Caller, url: URL) -> bytes:
+        if not self._pool.locked():
+            await self._pool.acquire()  # a free place is taken at once: no timer on the common path
+        else:
+            self._metrics.upstream_pool_waits.inc()
+            try:
+                async with asyncio.timeout(self._config.pool_wait):
+                    await self._pool.acquire()
+            except TimeoutError:
+                self._metrics.rejected.labels("upstream_pool").inc()
+                raise CallFailure("pool_wait", detail="no pooled connection within upstream.pool_wait") from None
+        try:
+            return await self._call(caller, url)
+        finally:
+            self._pool.release()
+
+    async def _call(self, caller: Caller, url: URL) -> bytes:
         try:
             async with self._session.get(
-                self._urls[method],
-                params=params,
+                url,
                 headers=caller.headers(),
                 timeout=self._timeout,
                 allow_redirects=False,
@@ -223,19 +292,18 @@ class Upstream:
             raise CallFailure("connection", detail="connect") from None
         except (aiohttp.ClientError, OSError) as exc:
             raise CallFailure("connection", detail=type(exc).__name__) from None
-        return parse_body(body)
+        return body
 
     async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes:
+        """The body, decoded, at most `max_body_bytes` of it after decoding; a Content-Length
+        above the cap is refused before reading (a compressed body that large would inflate to
+        more anyway)."""
         cap = self._config.max_body_bytes
-        if resp.content_length is not None:
-            if resp.content_length > cap:
-                raise CallFailure("too_large")
-            return await resp.read()  # the parser stops at Content-Length: the cap holds
+        decoder = BoundedDecoder(resp.headers.get("Content-Encoding", ""), cap)
+        if resp.content_length is not None and resp.content_length > cap:
+            raise CallFailure("too_large", detail="content-length")
         chunks = []
-        size = 0
         async for chunk in resp.content.iter_chunked(64 * 1024):
-            size += len(chunk)
-            if size > cap:
-                raise CallFailure("too_large")
-            chunks.append(chunk)
+            chunks.append(decoder.feed(chunk))
+        chunks.append(decoder.end())
         return b"".join(chunks)

@@ -27,12 +27,26 @@ MAX_DEPTH = 32
 
 
 class MappingError(ValueError):
-    """Upstream JSON that cannot be turned into the old contract; `path` says where."""
+    """Upstream JSON that cannot be turned into the old contract; `path` says where, `reason`
+    is the LPU failure reason it is counted as."""
+
+    reason = "invalid_body"
 
     def __init__(self, path: str, problem: str) -> None:
         super().__init__(f"{path or '$'}: {problem}")
         self.path = path or "$"
         self.problem = problem
+
+
+class TooManyItems(MappingError):
+    """A list nested in a record (a visit's history) longer than MAX_NESTED_ITEMS: one record's
+    mapping is the unit of work the fan-out cannot split, so its size is bounded here."""
+
+    reason = "too_large"
+
+
+# Items of a list nested in one record; with it, mapping one record costs at most a few ms.
+MAX_NESTED_ITEMS = 1000
 
 
 # A field spec is (output key, kind, default). Kinds: "str", "int", "num", an object spec
@@ -159,6 +173,8 @@ def _value(value: Any, kind: Any, parent: str, name: str) -> Any:
     if isinstance(kind, tuple) and kind and kind[0] == "list":
         if value is None:
             return []
+        if isinstance(value, list) and len(value) > MAX_NESTED_ITEMS:
+            raise TooManyItems(f"{parent}.{name}", f"more than {MAX_NESTED_ITEMS} items")
         return map_list(value, kind[1], f"{parent}.{name}")
     if value is None:
         return None
@@ -173,6 +189,8 @@ def map_object(raw: Any, spec: Spec, path: str = "") -> dict[str, Any]:
     the same field in one record)."""
     if not isinstance(raw, Mapping):
         raise MappingError(path, "expected an object")
+    if len(raw) > MAX_NESTED_ITEMS:
+        raise TooManyItems(path, f"more than {MAX_NESTED_ITEMS} fields")
     folded: dict[str, Any] | None = None
     out: dict[str, Any] = {}
     for name, kind, default in spec:
@@ -192,10 +210,12 @@ def map_object(raw: Any, spec: Spec, path: str = "") -> dict[str, Any]:
     return out
 
 
-def map_list(raw: Any, spec: Spec, path: str = "") -> list[dict[str, Any]]:
+def map_list(raw: Any, spec: Spec, path: str = "", start: int = 0) -> list[dict[str, Any]]:
+    """A list of typed records; `start` is the index of raw[0] in the whole list (for paths),
+    when the list is mapped in slices."""
     if not isinstance(raw, list):
         raise MappingError(path, "expected an array")
-    return [map_object(item, spec, f"{path}[{i}]") for i, item in enumerate(raw)]
+    return [map_object(item, spec, f"{path}[{start + i}]") for i, item in enumerate(raw)]
 
 
 _LEADING_CAPS = re.compile(r"^[A-Z]+(?=[A-Z][a-z0-9]|$)|^[A-Z]")
@@ -207,31 +227,37 @@ def camel_key(key: str) -> str:
 
 
 def camelize(value: Any, path: str = "", depth: int = 0) -> Any:
-    """Keys of any JSON value camelCased, values untouched (for pass-through disp items)."""
+    """Keys of any JSON value camelCased, values untouched (for pass-through disp items).
+
+    An error's path names a pass-through key by its position (`disps[0].{2}`: the third key),
+    never by its text: the keys are the upstream's, may carry personal data, and the path is
+    logged with the LPU's failure."""
     if depth > MAX_DEPTH:
         raise MappingError(path, "nested too deep")
+    if isinstance(value, (dict, list)) and len(value) > MAX_NESTED_ITEMS:
+        raise TooManyItems(path, f"more than {MAX_NESTED_ITEMS} items")
     if isinstance(value, dict):
-        return {camel_key(k): camelize(v, f"{path}.{k}", depth + 1) for k, v in value.items()}
+        return {camel_key(k): camelize(v, f"{path}.{{{n}}}", depth + 1) for n, (k, v) in enumerate(value.items())}
     if isinstance(value, list):
         return [camelize(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value)]
     return value
 
 
-def map_visits(raw: Any) -> list[dict[str, Any]]:
-    return map_list(raw, VISIT, "visits")
+def map_visits(raw: Any, start: int = 0) -> list[dict[str, Any]]:
+    return map_list(raw, VISIT, "visits", start)
 
 
-def map_calls(raw: Any) -> list[dict[str, Any]]:
-    return map_list(raw, CALL, "calls")
+def map_calls(raw: Any, start: int = 0) -> list[dict[str, Any]]:
+    return map_list(raw, CALL, "calls", start)
 
 
-def map_disps(raw: Any) -> list[dict[str, Any]]:
+def map_disps(raw: Any, start: int = 0) -> list[dict[str, Any]]:
     if not isinstance(raw, list):
         raise MappingError("disps", "expected an array")
     for i, item in enumerate(raw):
         if not isinstance(item, dict):
-            raise MappingError(f"disps[{i}]", "expected an object")
-    return camelize(raw, "disps")
+            raise MappingError(f"disps[{start + i}]", "expected an object")
+    return [camelize(item, f"disps[{start + i}]", 1) for i, item in enumerate(raw)]
 
 
 def map_lpu_info(raw: Any, path: str = "lpu") -> dict[str, Any]:

@@ -44,12 +44,16 @@ class LpuSlots:
             slot = self._slots[key] = _Slot(self._limit)
         slot.users += 1
         try:
-            try:
-                async with asyncio.timeout(wait):
-                    await slot.semaphore.acquire()
-            except TimeoutError:
-                self._metrics.rejected.labels("upstream_per_lpu").inc()
-                raise NoSlot(key) from None
+            if slot.semaphore.locked():
+                try:
+                    async with asyncio.timeout(wait):
+                        await slot.semaphore.acquire()
+                except TimeoutError:
+                    self._metrics.rejected.labels("upstream_per_lpu").inc()
+                    raise NoSlot(key) from None
+            else:
+                # A free slot is taken at once: no timer to arm and cancel on the common path.
+                await slot.semaphore.acquire()
             try:
                 yield
             finally:

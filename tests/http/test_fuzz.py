@@ -25,7 +25,7 @@ from gateway.config import Config
 from gateway.http.runner import ThreadedServer
 from gateway.sandbox.app import Sandbox, create_sandbox_app
 from gateway.upstream import mapping
-from gateway.upstream.client import CallFailure, parse_body
+from gateway.upstream.answers import CallFailure, parse_body
 from gateway.upstream.mapping import MappingError
 from tests.support.fake_legacy import FakeLegacy, create_legacy_app
 from tests.support.gateway import LOG, TICKETS, new_token, patient

@@ -58,12 +58,16 @@ async def test_redis_down_answers_503_at_once_and_service_resumes_when_it_is_bac
     await assert_unavailable_at_once(client, TICKETS, p.token)
     assert sandbox.count("mkab") == mkab_calls, "no upstream call for a session that cannot be kept"
     await assert_unavailable_at_once(client, f"{TICKETS}/{done}", p.token)
-    # The fan-out that was running when Redis went away ends (its result cannot be written).
-    await wait_until(lambda: _true(client.app[keys.SESSIONS].fanout.running == 0))
+    # The fan-out that was running when Redis went away keeps retrying its result write (until
+    # the session's deadline)...
+    await wait_until(lambda: sample(client, "gateway_store_write_retries_total") > 0)
+    assert client.app[keys.SESSIONS].fanout.running == 1
     assert sample(client, "gateway_store_up") == 0
 
     await asyncio.to_thread(redis_server.start)  # empty: Redis keeps no data across restarts here
     await wait_until(lambda: _is(status_of(client, "/readyz"), 200))
+    # ...and ends once the store answers that the session is gone.
+    await wait_until(lambda: _true(client.app[keys.SESSIONS].fanout.running == 0))
     body, _ = await poll_until_final(client, await create(client, p.token), bearer(p.token))
     assert [e["state"] for e in body] == ["Complete"]
     assert await status_of(client, f"{TICKETS}/{in_flight}", slow.token) == 404, "sessions did not survive Redis"
@@ -110,6 +114,37 @@ async def test_redis_hanging_answers_503_within_the_timeout_then_at_once(
     await wait_until(lambda: _is(status_of(client, "/readyz"), 200))
     body, _ = await poll_until_final(client, guid, bearer(p.token))
     assert [e["state"] for e in body] == ["Complete"], "the session outlived the stall"
+
+
+PAUSE = 3.0
+
+
+async def test_results_that_arrive_during_a_redis_pause_are_written_once_it_is_back(
+    upstream: Any, gateway: Any, redis_server: Any
+) -> None:
+    """Row 10 of issue 11: Redis pauses for 3 s while the upstream answers; sessions polled
+    without a token (no takeover can re-run them) must still end Complete."""
+    patients = [patient(LpuKnobs(delay=0.5), LpuKnobs(delay=0.8)) for _ in range(5)]
+    sandbox, url = await upstream(*patients)
+    client = await gateway(url, redis={"url": redis_server.url} | FAST_PROBE, session={"deadline": 12.0})
+    guids = [await create(client, p.token) for p in patients]
+    loop = asyncio.get_running_loop()
+    redis_server.proc.send_signal(signal.SIGSTOP)
+    paused = loop.time()
+    try:
+        # Every answer arrives while Redis is paused, and its write is refused and retried.
+        await sandbox.wait_calls(5 + 5 * 2 * 3, within=PAUSE)
+        await wait_until(lambda: sample(client, "gateway_store_write_retries_total") >= 10, within=PAUSE)
+        assert all([await status_of(client, f"{TICKETS}/{g}") == 503 for g in guids]), "polls while paused"
+        await asyncio.sleep(max(0.0, paused + PAUSE - loop.time()))  # the fault's length: the workload
+    finally:
+        redis_server.proc.send_signal(signal.SIGCONT)
+    await wait_until(lambda: _is(status_of(client, "/readyz"), 200))
+    for guid in guids:
+        body, _ = await poll_until_final(client, guid)  # without a token, as old apps poll
+        assert [e["state"] for e in body] == ["Complete", "Complete"]
+        assert all(e["visits"] for e in body)
+    assert sample(client, "gateway_lpu_outcomes_total", outcome="failed", reason="deadline") == 0
 
 
 async def test_sessions_leave_redis_at_their_ttl(upstream: Any, gateway: Any, redis_server: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -42,7 +43,7 @@ def session(guid: str, lpus: int = 2, deadline: float = 60.0, token: str = "h") 
 
 @pytest.fixture(params=["memory", "redis"])
 async def make_store(request: pytest.FixtureRequest) -> AsyncIterator[StoreFactory]:
-    """make_store(max_sessions=, ttl=, lease_ttl=, metrics=) → a store of the parametrized kind.
+    """make_store(max_sessions=, ttl=, lease_ttl=, metrics=, redis_timeout=) → a store of the parametrized kind.
     Redis stores made in one test share one server: each is another replica."""
     stores: list[Any] = []
     url = request.getfixturevalue("redis_server").url if request.param == "redis" else ""
@@ -53,12 +54,14 @@ async def make_store(request: pytest.FixtureRequest) -> AsyncIterator[StoreFacto
         lease_ttl: float = 3.0,
         metrics: Metrics | None = None,
         limits: LimitsConfig | None = None,
+        redis_timeout: float = 0.5,
     ) -> SessionStore:
         metrics = metrics or Metrics()
         sessions = SessionConfig(ttl=ttl, max_sessions=max_sessions)
         store: Any
         if url:
-            store = RedisStore(RedisConfig(url=url, lease_ttl=lease_ttl), sessions, metrics, limits=limits)
+            config = RedisConfig(url=url, lease_ttl=lease_ttl, timeout=redis_timeout)
+            store = RedisStore(config, sessions, metrics, limits=limits)
             await store.start()
         else:
             quota = TokenQuota.of(sessions, limits) if limits is not None else None
@@ -133,6 +136,85 @@ async def test_admission_waits_for_the_later_of_the_two_limits(make_store: Store
     with pytest.raises(TokenLimited) as info:
         await store.admit("a")
     assert info.value.limit == CREATE_RATE_PER_TOKEN and info.value.retry_after > 30, "100 s of rate beat 30 s of TTL"
+
+
+async def test_a_complete_written_after_the_deadline_is_refused(make_store: StoreFactory) -> None:
+    store = await make_store()
+    s = session("a", deadline=0.3)
+    await store.create(s)
+    assert await store.finish_lpu("a", 0, entry_bytes(COMPLETE, s.lpus[0]))
+    await wait_until(lambda: time.time() >= s.deadline, within=5, what="the deadline")
+    assert not await store.finish_lpu("a", 1, entry_bytes(COMPLETE, s.lpus[1]))
+    assert await store.finish_lpu("a", 1, failed_entry(s.lpus[1]))  # a Failed is still written
+    loaded = await store.load("a")
+    assert loaded is not None and loaded.read_at >= loaded.deadline
+    assert loaded.states(loaded.read_at) == ["Complete", "Failed"]
+
+
+RACE_SESSIONS = 10
+RACE_LPUS = 40  # 400 LPUs finishing within ±RACE_SPREAD of their session's deadline
+RACE_DEADLINE = 1.0
+RACE_SPREAD = 0.3
+RACE_READERS = 3
+
+
+async def test_no_reader_sees_failed_then_complete_when_lpus_finish_around_the_deadline(
+    make_store: StoreFactory,
+) -> None:
+    """Row 8 of issue 11: writers finish LPUs (Complete) at random moments around the deadline
+    while readers poll every session as a gateway does (render with the store's read clock).
+    Once any reader saw an LPU Failed, no reader may see it Complete; and a Complete may win
+    only if it was sent before the deadline."""
+    # A generous Redis timeout: the test is about ordering, and the machine is shared.
+    store = await make_store(max_sessions=RACE_SESSIONS, redis_timeout=5.0)
+    sessions = [session(f"race-{n}", lpus=RACE_LPUS, deadline=RACE_DEADLINE) for n in range(RACE_SESSIONS)]
+    for s in sessions:
+        await store.create(s)
+    rng = random.Random(11)
+    won_late: list[tuple[str, int, float]] = []
+    seen: dict[tuple[str, int], list[str]] = {}
+    end = max(s.deadline for s in sessions) + RACE_SPREAD + 0.2
+
+    async def finish(s: Session, index: int, at: float) -> None:
+        await asyncio.sleep(max(0.0, at - time.time()))  # the workload: a write at a chosen moment
+        sent = time.time()
+        if await store.finish_lpu(s.guid, index, entry_bytes(COMPLETE, s.lpus[index])):
+            if sent >= s.deadline:
+                won_late.append((s.guid, index, sent - s.deadline))
+        else:
+            await store.finish_lpu(s.guid, index, failed_entry(s.lpus[index]))  # what the fan-out does
+
+    async def read() -> None:
+        # From just before the first write: the readers' CPU must not make the writers late.
+        await asyncio.sleep(max(0.0, min(s.deadline for s in sessions) - RACE_SPREAD - 0.05 - time.time()))
+        for _ in range(2000):  # bounded in count as well as time
+            if time.time() >= end:
+                return
+            for s in sessions:
+                loaded = await store.load(s.guid)
+                assert loaded is not None
+                for index, state in enumerate(loaded.states(loaded.read_at)):
+                    states = seen.setdefault((s.guid, index), [])
+                    if not states or states[-1] != state:
+                        states.append(state)
+            await asyncio.sleep(0.01)  # leave the loop and the store's connections to the writers too
+
+    async with asyncio.timeout(20):
+        await asyncio.gather(
+            *(
+                finish(s, i, s.deadline + rng.uniform(-RACE_SPREAD, RACE_SPREAD))
+                for s in sessions
+                for i in range(RACE_LPUS)
+            ),
+            *(read() for _ in range(RACE_READERS)),
+        )
+    moved = {key: states for key, states in seen.items() if "Failed" in states and states[-1] == "Complete"}
+    assert not moved, f"{len(moved)} LPUs read Failed and then Complete, e.g. {next(iter(moved.items()))}"
+    assert not won_late, f"{len(won_late)} Completes sent after the deadline were written"
+    finals = [states[-1] for states in seen.values()]
+    # The race was real: both outcomes occurred, and readers watched LPUs change state.
+    assert finals.count("Complete") > 40 and finals.count("Failed") > 40, (finals.count("Complete"), len(finals))
+    assert sum(len(states) > 1 for states in seen.values()) > 100
 
 
 async def test_full_store_refuses_instead_of_evicting(make_store: StoreFactory) -> None:
