@@ -30,7 +30,7 @@ from gateway.sessions.fanout import Fanout
 from gateway.sessions.leases import Leases
 from gateway.sessions.limits import SessionLimits
 from gateway.sessions.service import SessionService
-from gateway.store.base import SessionStore
+from gateway.store.base import SessionStore, TokenQuota
 from gateway.store.finished import FinishedCache
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore, redis_client
@@ -51,7 +51,7 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
     app[keys.METRICS].store_max_sessions.set(config.session.max_sessions)
     store: SessionStore
     if config.redis.url:
-        redis_store = RedisStore(config.redis, config.session, app[keys.METRICS], app[keys.TASKS])
+        redis_store = RedisStore(config.redis, config.session, app[keys.METRICS], app[keys.TASKS], limits=config.limits)
         await redis_store.start()
         store = redis_store
         if config.redis.finished_cache_sessions:
@@ -59,7 +59,11 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
             store = FinishedCache(redis_store, config.redis.finished_cache_sessions, config.session.ttl, hits)
     else:
         store = MemoryStore(
-            config.session.max_sessions, config.session.ttl, app[keys.METRICS], lease_ttl=config.redis.lease_ttl
+            config.session.max_sessions,
+            config.session.ttl,
+            app[keys.METRICS],
+            lease_ttl=config.redis.lease_ttl,
+            quota=TokenQuota.of(config.session, config.limits),
         )
     app[keys.STORE] = store
     yield
@@ -180,7 +184,8 @@ def create_app(config: Config, metrics: Metrics | None = None, clock: Clock | No
     app.cleanup_ctx.extend([_tasks, _store, _sessions, _rollout, _migration(clock or SystemClock())])
     tickets.add_routes(app)
     health.add_routes(app)
-    admin.add_routes(app)
+    if not admin.admin_listener(app):
+        admin.add_routes(app, app)
     if config.metrics.port == 0:
         scrape.add_routes(app)
     openapi.add_routes(app)

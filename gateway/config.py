@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import tomllib
@@ -162,9 +163,34 @@ def _versions(v: tuple[str, ...]) -> str | None:
     return f"versions must be major.minor without leading zeros (got {bad[0]!r})" if bad else None
 
 
+ADMIN_TOKEN_MIN_LENGTH = 32
+ADMIN_TOKEN_MIN_DISTINCT = 8
+ADMIN_TOKEN_MIN_BITS = 80.0
+
+
+def entropy_bits(v: str) -> float:
+    """An estimate of a string's randomness: its length times the Shannon entropy of its
+    characters. A repeated or patterned word scores low; 32 random hex digits score about 110."""
+    counts = [v.count(c) for c in set(v)]
+    return -sum(n * math.log2(n / len(v)) for n in counts) if v else 0.0
+
+
 def _admin_token(v: str) -> str | None:
-    # An admin token short enough to guess would make the inspection endpoint public.
-    return None if not v or len(v) >= 16 else "must be empty (no admin endpoint) or at least 16 characters"
+    # A guessable admin token would make the inspection endpoint public: it must look random.
+    if not v:
+        return None
+    periodic = v in (v + v)[1:-1]  # a shorter string repeated: "0123456789abcdef" * 2
+    weak = len(set(v)) < ADMIN_TOKEN_MIN_DISTINCT or entropy_bits(v) < ADMIN_TOKEN_MIN_BITS or periodic
+    if len(v) < ADMIN_TOKEN_MIN_LENGTH or weak:
+        return (
+            f"must be empty (no admin endpoint) or a random string of at least {ADMIN_TOKEN_MIN_LENGTH} characters"
+            " (e.g. `openssl rand -hex 32`)"
+        )
+    return None
+
+
+def _share(v: float) -> str | None:
+    return None if 0 < v <= 1 else "must be a fraction in (0, 1]"
 
 
 def _opt(check: Callable[[Any], str | None] | None = None, secret: bool = False, **kw: Any) -> Any:
@@ -275,6 +301,10 @@ class RedisConfig:
     lease_ttl: float = _opt(_positive, default=3.0)
     # How often reachability is checked, and so how soon a recovered Redis is used again.
     probe_interval: float = _opt(_positive, default=1.0)
+    # Consecutive timed-out calls that mark the store down. A timeout of a cheap call (the probe,
+    # a lease), or one followed by an unanswered PING, marks it down at once; a slow read or write
+    # of one big session does not, alone.
+    down_after_timeouts: int = _opt(_positive, default=3)
     # Finished sessions each replica answers from memory instead of Redis (a finished session
     # never changes); 0 turns the copy off. About 20 KiB per 5-LPU session (docs/sizing.md).
     finished_cache_sessions: int = _opt(_non_negative, default=2000)
@@ -288,6 +318,14 @@ class LimitsConfig:
     # answers 429 (per token) or 503 (in total) at once, before any upstream call.
     sessions_per_token: int = _opt(_positive, default=5)
     sessions_in_flight: int = _opt(_positive, default=5000)
+    # Per token, for the sessions' whole TTL, reused ones included: live sessions (never more than
+    # `token_share` of session.max_sessions) and the create rate (token bucket: per second,
+    # burst). Counted across replicas with Redis. Beyond them creation answers 429 with the
+    # seconds until it would be admitted.
+    live_sessions_per_token: int = _opt(_positive, default=60)
+    token_share: float = _opt(_share, default=0.01)
+    create_rate_per_token: float = _opt(_positive, default=0.2)
+    create_burst_per_token: int = _opt(_positive, default=10)
     # Token bucket per session: refill per second, and burst.
     poll_rate: float = _opt(_positive, default=20.0)
     poll_burst: int = _opt(_positive, default=20)
@@ -360,6 +398,20 @@ class RolloutConfig:
     shadow_noise_absolute: float = _opt(_fraction, default=0.03)
     guardrail_interval: float = _opt(_positive, default=1.0)
     admin_token: str = _opt(_admin_token, default="", secret=True)
+    # Wrong admin tokens allowed per minute from one client address, and from all together;
+    # beyond them the admin routes answer 429 for the rest of the minute, right token or not.
+    admin_failures_per_client: int = _opt(_positive, default=10)
+    admin_failures_total: int = _opt(_positive, default=100)
+    # true: the admin routes are served on the admin listener (metrics.host:metrics.port), not on
+    # server.port (needs metrics.port != 0).
+    admin_on_metrics_port: bool = False
+    # Guesses: polls of GUIDs neither the gateway nor the legacy service knows (legacy answers
+    # 404), per second and burst, per client address and in total (per replica). Beyond them,
+    # polls of GUIDs the gateway does not hold answer 429 without reaching the legacy service.
+    legacy_guess_rate_per_client: float = _opt(_positive, default=1.0)
+    legacy_guess_burst_per_client: int = _opt(_positive, default=20)
+    legacy_guess_rate: float = _opt(_positive, default=50.0)
+    legacy_guess_burst: int = _opt(_positive, default=200)
 
 
 @dataclass(frozen=True)

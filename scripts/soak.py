@@ -325,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         config = Config().replace(
             upstream={"url": f"http://127.0.0.1:{upstream_port}", "call_timeout": 1.0, "max_body_bytes": MAX_BODY},
             session={"deadline": DEADLINE, "ttl": TTL},
+            # 40 synthetic patients create about once a second each, far above a person's pace.
+            limits={"create_rate_per_token": 20.0, "create_burst_per_token": 40},
         )
         app = create_app(config)
         port = served.serve(app)

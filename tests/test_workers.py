@@ -44,8 +44,14 @@ async def test_two_workers_share_the_port_and_one_scrape_counts_both(
     port, metrics_port = free_port(), free_port()
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
+    # One token creates until both workers have answered: far above its create rate and live quota.
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        "[limits]\ncreate_burst_per_token = 100000\nlive_sessions_per_token = 100000\ntoken_share = 1.0\n"
+    )
     env = {
         **os.environ,
+        "GATEWAY_CONFIG": str(config),
         "GATEWAY_PORT": str(port),
         "GATEWAY_METRICS_PORT": str(metrics_port),
         "GATEWAY_UPSTREAM_URL": url,

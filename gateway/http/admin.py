@@ -5,16 +5,24 @@ flags file's version, the guardrails and each cohort's state, why and since when
 `POST /admin/rollout/guardrails/<cohort>/rearm` (a tripped cohort back to what the flags say;
 docs/rollout-guardrails.md).
 
-All need `X-Admin-Token: <rollout.admin_token>`. Without a configured token the routes do not
-exist; with a wrong or missing token they answer exactly like a route that does not exist.
+All need `X-Admin-Token: <rollout.admin_token>` (a random string of 32+ characters, checked at
+start by gateway/config.py). Without a configured token the routes do not exist; with a wrong or
+missing token they answer exactly like a route that does not exist. Wrong tokens are counted
+(`gateway_admin_auth_failures_total`) and limited per client address and in total
+(`rollout.admin_failures_per_client`, `admin_failures_total` per minute): beyond, the routes
+answer 429 until the allowance refills, so guessing runs at a few attempts a minute. With
+`rollout.admin_on_metrics_port` they live on the admin listener instead of the public port.
 """
 
 from __future__ import annotations
 
 import hmac
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from gateway.buckets import KeyedBuckets
+from gateway.config import RolloutConfig
 from gateway.contract import GatewayError
 from gateway.http import keys
 
@@ -23,37 +31,58 @@ ROLLOUT_PATH = "/admin/rollout"
 SHADOW_PATH = "/admin/rollout/shadow"
 REARM_PATH = "/admin/rollout/guardrails/{cohort}/rearm"
 MIGRATION_PATH = "/admin/migration"
+# The one key of the all-clients allowance.
+_ALL = ""
+# Client addresses remembered for the per-client allowance (least recently used forgotten).
+_TRACKED_CLIENTS = 10_000
+
+View = Callable[[web.Request, web.Application], Awaitable[web.Response]]
 
 
-def _authorize(request: web.Request, method: str = "GET") -> None:
-    """The token first, then the method: without the token not even a 405 tells the route exists."""
-    expected = request.app[keys.CONFIG].rollout.admin_token
-    given = request.headers.get(ADMIN_HEADER, "")
-    if not hmac.compare_digest(given.encode(), expected.encode()):
-        raise GatewayError("route_not_found")
-    if request.method != method:
-        raise web.HTTPMethodNotAllowed(request.method, [method])
+class AdminGuard:
+    """The admin token check and its failure allowances."""
+
+    def __init__(self, config: RolloutConfig) -> None:
+        self._token = config.admin_token.encode()
+        per_client, total = config.admin_failures_per_client, config.admin_failures_total
+        self._per_client = KeyedBuckets(per_client / 60, per_client, _TRACKED_CLIENTS)
+        self._total = KeyedBuckets(total / 60, total, 1)
+
+    def authorize(self, request: web.Request, gateway: web.Application, method: str) -> None:
+        """The allowance first, then the token, then the method: without the token not even a
+        405 tells the route exists."""
+        client = request.remote or "unknown"
+        metrics = gateway[keys.METRICS]
+        wait = max(self._per_client.wait(client), self._total.wait(_ALL))
+        if wait:
+            metrics.rejected.labels("admin_failures").inc()
+            raise GatewayError("too_many_requests", retry_after=wait)
+        given = request.headers.get(ADMIN_HEADER, "").encode("utf-8", "surrogateescape")
+        if not hmac.compare_digest(given, self._token):
+            metrics.admin_failures.inc()
+            self._per_client.spend(client)
+            self._total.spend(_ALL)
+            raise GatewayError("route_not_found")
+        if request.method != method:
+            raise web.HTTPMethodNotAllowed(request.method, [method])
 
 
-async def rollout_state(request: web.Request) -> web.Response:
-    _authorize(request)
-    state = request.app[keys.ROLLOUT].describe()
-    shadow = request.app.get(keys.SHADOW)
+async def rollout_state(request: web.Request, gateway: web.Application) -> web.Response:
+    state = gateway[keys.ROLLOUT].describe()
+    shadow = gateway.get(keys.SHADOW)
     state["shadow"] = {"running": shadow.running} if shadow is not None else None
     return web.json_response(state)
 
 
-async def shadow_samples(request: web.Request) -> web.Response:
-    _authorize(request)
-    shadow = request.app.get(keys.SHADOW)
+async def shadow_samples(request: web.Request, gateway: web.Application) -> web.Response:
+    shadow = gateway.get(keys.SHADOW)
     if shadow is None:
         return web.json_response({"mismatches": [], "fields": None})
     return web.json_response({"mismatches": shadow.samples(), "fields": shadow.report()})
 
 
-async def rearm(request: web.Request) -> web.Response:
-    _authorize(request, "POST")
-    rails = request.app[keys.ROLLOUT].guardrails
+async def rearm(request: web.Request, gateway: web.Application) -> web.Response:
+    rails = gateway[keys.ROLLOUT].guardrails
     cohort = request.match_info["cohort"]
     if rails is None or not await rails.rearm(cohort):
         # Not tripped (or no such cohort): nothing to do, and the answer says so.
@@ -61,15 +90,32 @@ async def rearm(request: web.Request) -> web.Response:
     return web.json_response({"cohort": cohort, "rearmed": True})
 
 
-async def migration_report(request: web.Request) -> web.Response:
-    _authorize(request)
-    return web.json_response(await request.app[keys.MIGRATION].report())
+async def migration_report(request: web.Request, gateway: web.Application) -> web.Response:
+    return web.json_response(await gateway[keys.MIGRATION].report())
 
 
-def add_routes(app: web.Application) -> None:
-    if not app[keys.CONFIG].rollout.admin_token:
+def admin_listener(gateway: web.Application) -> bool:
+    """Whether the admin routes are on the admin listener rather than the gateway's own port."""
+    config = gateway[keys.CONFIG]
+    return config.rollout.admin_on_metrics_port and config.metrics.port != 0
+
+
+def add_routes(app: web.Application, gateway: web.Application) -> None:
+    """Adds the admin routes to `app` (the gateway itself, or its admin listener's app), serving
+    `gateway`'s rollout."""
+    config = gateway[keys.CONFIG].rollout
+    if not config.admin_token:
         return
-    app.router.add_route("*", ROLLOUT_PATH, rollout_state)
-    app.router.add_route("*", SHADOW_PATH, shadow_samples)
-    app.router.add_route("*", REARM_PATH, rearm)
-    app.router.add_route("*", MIGRATION_PATH, migration_report)
+    guard = AdminGuard(config)
+
+    def guarded(view: View, method: str = "GET") -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handler(request: web.Request) -> web.Response:
+            guard.authorize(request, gateway, method)
+            return await view(request, gateway)
+
+        return handler
+
+    app.router.add_route("*", ROLLOUT_PATH, guarded(rollout_state))
+    app.router.add_route("*", SHADOW_PATH, guarded(shadow_samples))
+    app.router.add_route("*", REARM_PATH, guarded(rearm, "POST"))
+    app.router.add_route("*", MIGRATION_PATH, guarded(migration_report))

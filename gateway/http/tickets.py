@@ -75,9 +75,15 @@ def origin_form(raw_target: str, relative: str) -> str:
     return raw_target if raw_target.startswith("/") else relative
 
 
+def _outgoing(request: web.Request) -> tuple[str, dict[str, str]]:
+    """The target and headers a forwarded request carries to the legacy service."""
+    return origin_form(request.raw_path, str(request.rel_url)), forwarded_headers(
+        request.headers, request[keys.REQUEST_ID], request[keys.TRACE]
+    )
+
+
 async def _forward(request: web.Request, route: str) -> LegacyAnswer:
-    headers = forwarded_headers(request.headers, request[keys.REQUEST_ID], request[keys.TRACE])
-    target = origin_form(request.raw_path, str(request.rel_url))
+    target, headers = _outgoing(request)
     return await request.app[keys.LEGACY].forward(request.method, target, headers, route)
 
 
@@ -99,7 +105,8 @@ async def _create_on_legacy(request: web.Request, token: str | None, shadow: boo
 
 async def _poll_on_legacy(request: web.Request, guid: str) -> web.Response:
     request[keys.SERVED_BY] = LEGACY
-    answer = await _forward(request, "poll")
+    target, headers = _outgoing(request)
+    answer = await request.app[keys.LEGACY].forward_unknown_poll(request.remote or "unknown", target, headers)
     request.app[keys.SHADOW].offer(guid, answer.status, answer.body)
     return as_response(answer)
 

@@ -150,6 +150,15 @@ class Metrics:
         self.store_rejected = Counter(
             "gateway_store_rejected_total", "Sessions refused because the store was full.", registry=r
         )
+        self.store_refused = Counter(
+            "gateway_store_refused_total",
+            "Store calls refused by a store that is up (oom: Redis at maxmemory; error: any other), by reason.",
+            ("reason",),
+            registry=r,
+        )
+        self.admin_failures = Counter(
+            "gateway_admin_auth_failures_total", "Admin requests with a missing or wrong X-Admin-Token.", registry=r
+        )
         self.store_sessions = Gauge(
             "gateway_store_sessions", "Sessions held by the store.", registry=r, multiprocess_mode="livemax"
         )
@@ -345,6 +354,8 @@ class Metrics:
         self.lpu_outcomes.labels("complete", "ok")
         for final in ("true", "false"):
             self.polls.labels(final)
+        for reason in ("oom", "error"):
+            self.store_refused.labels(reason)
         for result in ("ok", "failed"):
             self.migration_ledger_flushes.labels(result)
         # The rollout creates its own decision and shadow series (gateway/rollout/flags.py, shadow.py).

@@ -162,7 +162,16 @@ def _apps(data: dict[str, Any], key: str) -> frozenset[str]:
 
 def parse_flags(raw: bytes, default_mode: str) -> Flags:
     """The flags of a TOML flags file, or FlagsError. Unknown keys are errors: a misspelt
-    `kill_swich = true` must not be silently ignored."""
+    `kill_swich = true` must not be silently ignored.
+
+    A truncated file is refused (docs/rollout-flags.md): its required `version` must be the last
+    plain key (after every other, before any table) and the file must end with a newline. A file
+    rewritten in place is read empty, or cut anywhere, for a moment; every such prefix that does
+    not hold all the plain keys (the kill switch, the mode, the percentage, the lists) is empty,
+    does not parse, or lacks the version or its final newline. Replacing the file by a rename
+    never shows a prefix at all."""
+    if not raw.strip():
+        raise FlagsError("empty file (truncated, or being rewritten in place?)")
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
@@ -192,6 +201,14 @@ def parse_flags(raw: bytes, default_mode: str) -> Flags:
         migration = parse_migration(data.get("migration", {}))
     except (GuardrailsError, SignalsError) as exc:
         raise FlagsError(str(exc)) from None
+    # Checked last, so that a complete file's own mistake is the one reported. Tables come after
+    # every plain key in TOML: `version` is the last plain key, right before the first table.
+    plain = [key for key, value in data.items() if not isinstance(value, dict)]
+    if str(version) == "" or not plain or plain[-1] != "version" or not raw.endswith(b"\n"):
+        raise FlagsError(
+            "truncated: `version` must be the last plain key (after every other, before any table)"
+            " and the file must end with a newline"
+        )
     return Flags(
         mode=mode or default_mode,
         mode_source="file" if mode else "config",

@@ -3,7 +3,10 @@
 A forwarded request keeps its method, path and query, and the headers listed in
 FORWARDED_HEADERS; the request id goes as X-Request-Id. The legacy status and body come back
 unchanged. Only `rollout.legacy_url`'s host is ever called, with a total timeout, so a slow or
-dead legacy service is a 504 or a 502 in the standard error shape, never a hang.
+dead legacy service is a 504 or a 502 in the standard error shape, never a hang. Polls of GUIDs
+the gateway does not hold are forwarded within an allowance of guesses (GUIDs legacy does not
+know either) per client address and in total (`rollout.legacy_guess_*`), so that guessing
+GUIDs cannot load the legacy service.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import structlog
 from yarl import URL
 
 from gateway import USER_AGENT
+from gateway.buckets import KeyedBuckets
 from gateway.config import RolloutConfig
 from gateway.contract import GatewayError
 from gateway.observability.metrics import Metrics
@@ -29,6 +33,10 @@ log = structlog.get_logger("gateway.legacy")
 FORWARDED_HEADERS = ("Authorization", "ClientApplication", "User-Agent", "Accept", "Accept-Language")
 # Response headers passed back besides the body: its type, and when to retry a 429/503.
 RETURNED_HEADERS = ("Content-Type", "Retry-After")
+# The unknown-GUID poll allowance: client addresses remembered (LRU beyond), and the key of the
+# all-clients one.
+_TRACKED_CLIENTS = 100_000
+_ALL = ""
 
 
 class LegacyFailure(Exception):
@@ -83,6 +91,38 @@ class Legacy:
             headers={"User-Agent": USER_AGENT},
             trace_configs=trace_configs or None,
         )
+        # Guesses (polls of GUIDs legacy does not know): per client address and in total (one key).
+        self._per_client = KeyedBuckets(
+            config.legacy_guess_rate_per_client, config.legacy_guess_burst_per_client, _TRACKED_CLIENTS
+        )
+        self._total = KeyedBuckets(config.legacy_guess_rate, config.legacy_guess_burst, 1)
+
+    async def forward_unknown_poll(self, client: str, path_qs: str, headers: dict[str, str]) -> LegacyAnswer:
+        """A poll of a GUID the gateway does not hold, forwarded within the guess allowance of
+        this client address and of all: guessing GUIDs must not become load on the one-replica
+        legacy service. Only guesses count, polls legacy answers 404: a legacy session polled
+        any number of times spends nothing (its poll rate is legacy's business), so clients
+        behind one address (a NAT, a load balancer) are not limited by each other's polling.
+        Each poll reserves a guess before it is sent, and gives it back unless legacy answered
+        404, so that concurrent guesses cannot overrun the allowance either."""
+        wait = self._per_client.wait(client)
+        limit = "legacy_guesses_per_client"
+        if not wait:
+            wait, limit = self._total.wait(_ALL), "legacy_guesses"
+        if wait:
+            self._metrics.rejected.labels(limit).inc()
+            raise GatewayError("too_many_requests", retry_after=wait)
+        self._per_client.spend(client)
+        self._total.spend(_ALL)
+        guessed = False
+        try:
+            answer = await self.forward("GET", path_qs, headers, "poll")
+            guessed = answer.status == 404
+            return answer
+        finally:
+            if not guessed:
+                self._per_client.give_back(client)
+                self._total.give_back(_ALL)
 
     async def call(self, method: str, path_qs: str, headers: dict[str, str], route: str) -> LegacyAnswer:
         """One call; LegacyFailure when there is no complete answer. `path_qs` is the raw path and

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,8 +26,8 @@ from gateway.observability.metrics import Metrics
 from gateway.sessions.fanout import Fanout, LpuFailed, dumps_kept
 from gateway.sessions.limits import SessionLimits
 from gateway.sessions.reuse import ReuseIndex, SharedFanout
-from gateway.sessions.tokens import same_token, token_hash
-from gateway.store.base import SessionStore, StoreUnavailable
+from gateway.sessions.tokens import same_hash, token_hash
+from gateway.store.base import SessionStore, StoreUnavailable, TokenLimited
 from gateway.store.session import Session, failed_entry
 from gateway.upstream.answers import CallFailure
 from gateway.upstream.client import Caller, Upstream
@@ -68,23 +68,36 @@ class SessionService:
         `admit=False` skips the per-token and per-replica admission: for the shadow compare's
         own sessions, which no client waits on and which have their own cap."""
         if not admit:
-            return await self._open(token, caller, None)
+            return await self._open(token, caller, None, count_token=False)
         # Admitted before the MKAB call: a refused creation costs the upstream nothing.
-        admission = self.limits.admit(token_hash(token))
+        key = token_hash(token)
+        admission = self.limits.admit(key)
         try:
+            await self._token_quota(self.store.admit(key))
             return await self._open(token, caller, admission.release)
         except BaseException:
             admission.release()
             raise
 
-    async def _open(self, token: str, caller: Caller, on_done: Callable[[], None] | None) -> str:
+    async def _token_quota(self, step: Awaitable[None]) -> None:
+        """Runs a store step that applies the token's quota; its refusal is a 429 that says when a
+        create of this token would be admitted."""
+        try:
+            await step
+        except TokenLimited as limited:
+            self._metrics.rejected.labels(limited.limit).inc()
+            raise GatewayError("too_many_requests", retry_after=limited.retry_after) from None
+
+    async def _open(
+        self, token: str, caller: Caller, on_done: Callable[[], None] | None, *, count_token: bool = True
+    ) -> str:
         if not await self.store.ready():
             # Before the upstream call: with the store down the session could not be kept anyway.
             raise StoreUnavailable
         key = token_hash(token)
         if self._reuse is not None:
             shared = self._reuse.find(key, time.monotonic())
-            if shared is not None and (guid := await self._share(shared)) is not None:
+            if shared is not None and (guid := await self._share(shared, count_token)) is not None:
                 if on_done is not None:
                     on_done()  # no fan-out of its own
                 return guid
@@ -104,7 +117,7 @@ class SessionService:
             lpus=tuple(dumps_kept(lpu) for lpu in lpus),
             lpu_guids=tuple(lpu["guid"] for lpu in lpus),
         )
-        await self._store_new(session)
+        await self._store_new(session, count_token)
         shared = self._reuse.add(key, session.guid, time.monotonic()) if self._reuse is not None else None
         if lpus:
             self.fanout.start(session, caller, range(len(lpus)), on_done, shared)
@@ -115,11 +128,11 @@ class SessionService:
                 on_done()
         return session.guid
 
-    async def _store_new(self, session: Session) -> None:
-        await self.store.create(session)
+    async def _store_new(self, session: Session, count_token: bool) -> None:
+        await self._token_quota(self.store.create(session, count_token=count_token))
         self._metrics.sessions_created.inc()
 
-    async def _share(self, shared: SharedFanout) -> str | None:
+    async def _share(self, shared: SharedFanout, count_token: bool) -> str | None:
         """A new session with the shared fan-out's results (see gateway/sessions/reuse.py), or
         None when that fan-out cannot be shared (gone from the store, or an LPU Failed)."""
         source = await self.store.load(shared.guid)
@@ -135,7 +148,7 @@ class SessionService:
             lpus=source.lpus,
             lpu_guids=source.lpu_guids,
         )
-        await self._store_new(session)
+        await self._store_new(session, count_token)
         try:
             running = self.fanout.leases.running(shared.guid)
             if shared.running and running is not None:
@@ -193,12 +206,19 @@ class SessionService:
         calls (a takeover), None for a poll without an Authorization header (served by the GUID
         alone, as the legacy service did). A token that is not the session's gets the same 404
         as an unknown GUID: never reveal that a session exists."""
-        session = await self.store.load(guid.lower())
+        key = token_hash(token) if token is not None else None
+        # A poll with credentials counts against the session's poll limit only with its own token.
+        read = await self.store.read_poll(guid.lower(), None if caller is None else key or "")
+        session = read.session
         if session is None:
             return None
-        if caller is not None and (token is None or not same_token(session.token_hash, token)):
+        if caller is not None and (key is None or not same_hash(session.token_hash, key)):
             raise GatewayError("session_not_found")
-        self.limits.check_poll(session.guid)
+        if read.retry_after is not None:
+            self._metrics.child(self._metrics.rejected, "poll_rate").inc()
+            raise GatewayError("too_many_requests", retry_after=read.retry_after)
+        if not read.counted:
+            self.limits.check_poll(session.guid)
         if session.orphaned:
             # The replica that ran this session is gone: finish it here (docs/replicas.md).
             await self.take_over(session, caller() if caller is not None else None)

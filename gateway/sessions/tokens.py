@@ -11,5 +11,6 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(b"visit-gateway/session-token\0" + token.encode()).hexdigest()
 
 
-def same_token(stored_hash: str, token: str) -> bool:
-    return hmac.compare_digest(stored_hash, token_hash(token))
+def same_hash(stored_hash: str, key: str) -> bool:
+    """Whether a poll's token hash (`token_hash` of its token) is the session's, in constant time."""
+    return hmac.compare_digest(stored_hash, key)

@@ -17,7 +17,7 @@ from typing import Any
 
 from cachetools import TLRUCache
 
-from gateway.store.base import SessionStore
+from gateway.store.base import PollRead, SessionStore
 from gateway.store.session import Session
 
 
@@ -44,7 +44,7 @@ class FinishedCache:
     def __len__(self) -> int:
         return len(self._copies)
 
-    async def load(self, guid: str) -> Session | None:
+    async def _copy(self, guid: str) -> Session | None:
         session = self._copies.get(guid)
         # While the shared store is down, polls answer as every other replica's do (503), not
         # from whichever copies this one happens to hold.
@@ -52,13 +52,34 @@ class FinishedCache:
             if self._on_hit is not None:
                 self._on_hit()
             return session
-        session = await self._inner.load(guid)
+        return None
+
+    def _keep(self, guid: str, session: Session | None) -> None:
         if session is not None and len(session.results) == len(session.lpus):
             self._copies[guid] = session
+
+    async def load(self, guid: str) -> Session | None:
+        if (session := await self._copy(guid)) is not None:
+            return session
+        session = await self._inner.load(guid)
+        self._keep(guid, session)
         return session
 
-    async def create(self, session: Session) -> None:
-        await self._inner.create(session)
+    async def read_poll(self, guid: str, binding: str | None) -> PollRead:
+        # A copy is answered without a round trip, so its poll is not counted in the shared
+        # store: this replica's own bucket (gateway/sessions/limits.py) limits it. It costs
+        # neither Redis nor the upstream, only this replica's CPU, which that bucket bounds.
+        if (session := await self._copy(guid)) is not None:
+            return PollRead(session)
+        read = await self._inner.read_poll(guid, binding)
+        self._keep(guid, read.session)
+        return read
+
+    async def admit(self, token_key: str) -> None:
+        await self._inner.admit(token_key)
+
+    async def create(self, session: Session, *, count_token: bool = True) -> None:
+        await self._inner.create(session, count_token=count_token)
 
     async def finish_lpu(self, guid: str, index: int, entry: bytes) -> bool:
         return await self._inner.finish_lpu(guid, index, entry)

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import heapq
+import math
 import time
 from collections.abc import Callable, Collection
 from typing import Any
 
 from cachetools import TTLCache
 
+from gateway.buckets import KeyedBuckets
 from gateway.observability.metrics import Metrics
-from gateway.store.base import StoreFull
+from gateway.store.base import (
+    CREATE_RATE_PER_TOKEN,
+    LIVE_SESSIONS_PER_TOKEN,
+    PollRead,
+    StoreFull,
+    TokenLimited,
+    TokenQuota,
+)
 from gateway.store.session import Session, is_complete
 
 
@@ -44,10 +54,26 @@ class MemoryStore:
 
     Leases work as in the shared store, so both pass the same contract tests; with one replica a
     lease only lapses if this process stalls for `lease_ttl`.
+
+    The per-token `quota` (None: none) is kept here as in Redis: per token, a heap of its live
+    sessions' expiry times (forgotten `ttl` after the token's last create, when all have expired:
+    at most one entry per live session), and a create-rate bucket. Polls are counted by
+    gateway/sessions/limits.py: with one replica, in-process is exact.
     """
 
-    def __init__(self, max_sessions: int, ttl: float, metrics: Metrics, lease_ttl: float = 3.0) -> None:
+    def __init__(
+        self,
+        max_sessions: int,
+        ttl: float,
+        metrics: Metrics,
+        lease_ttl: float = 3.0,
+        quota: TokenQuota | None = None,
+    ) -> None:
         self._metrics = metrics
+        self._ttl = ttl
+        self._quota = quota
+        self._live: TTLCache[str, list[float]] = TTLCache(maxsize=max_sessions, ttl=ttl, timer=time.monotonic)
+        self._rates = KeyedBuckets(quota.rate, quota.burst, max_sessions) if quota is not None else None
         self._cache: _ExpiringCache = _ExpiringCache(
             max_sessions, ttl, metrics.store_expired.inc, metrics.store_evictions.inc
         )
@@ -55,13 +81,41 @@ class MemoryStore:
         self._leases: TTLCache[str, bool] = TTLCache(maxsize=max_sessions, ttl=lease_ttl, timer=time.monotonic)
         metrics.store_sessions.set_function(lambda: len(self._cache))
 
-    async def create(self, session: Session) -> None:
+    def _live_wait(self, token_key: str, now: float) -> int:
+        """0, or the seconds until the token's oldest live session expires when it holds its quota."""
+        expiries = self._live.get(token_key)
+        if expiries is None or self._quota is None:
+            return 0
+        while expiries and expiries[0] <= now:
+            heapq.heappop(expiries)
+        return math.ceil(expiries[0] - now) if len(expiries) >= self._quota.live else 0
+
+    async def admit(self, token_key: str) -> None:
+        if self._rates is None:
+            return
+        # The later of the two is when a create would be admitted: that is the Retry-After.
+        live, rate = self._live_wait(token_key, time.monotonic()), self._rates.wait(token_key)
+        if live or rate:
+            raise TokenLimited(LIVE_SESSIONS_PER_TOKEN if live >= rate else CREATE_RATE_PER_TOKEN, max(live, rate))
+        self._rates.spend(token_key)
+
+    async def create(self, session: Session, *, count_token: bool = True) -> None:
         self._cache.expire()
         if len(self._cache) >= self._cache.maxsize:
             self._metrics.store_rejected.inc()
             raise StoreFull
+        now = time.monotonic()
+        if count_token and self._quota is not None:
+            if waited := self._live_wait(session.token_hash, now):
+                raise TokenLimited(LIVE_SESSIONS_PER_TOKEN, waited)
+            expiries = self._live.pop(session.token_hash, [])
+            heapq.heappush(expiries, now + self._ttl)
+            self._live[session.token_hash] = expiries  # re-set: lives `ttl` from this create
         self._cache[session.guid] = session
         self._leases[session.guid] = True
+
+    async def read_poll(self, guid: str, binding: str | None) -> PollRead:
+        return PollRead(await self.load(guid))
 
     async def load(self, guid: str) -> Session | None:
         session = self._cache.get(guid)

@@ -11,20 +11,29 @@ Keys (`prefix` is `redis.prefix`, "vg" by default):
   `redis.lease_ttl` after its last renewal.
 - `{prefix}:sessions`: sorted set, session guid → expiry (ms, Redis clock): the bound on live
   sessions (`session.max_sessions`, counted across all replicas).
+- `{prefix}:t:{token hash}`: sorted set, the token's live sessions (guid → expiry ms), and
+  `{prefix}:tc:{token hash}`: hash, the token's create bucket (`t` tokens, `at` ms): the per-token
+  quota (gateway/store/base.py TokenQuota), shared by every replica.
+- `{prefix}:p:{guid}`: hash, the session's poll bucket (`t` tokens, `at` ms; `limits.poll_rate`,
+  `poll_burst`), shared by every replica.
 
 A session is created (bound check, hash, TTL, lease) by one Lua script, so no replica ever sees a
-session without its lease or its TTL. A poll is one round trip (HGETALL of the hash and EXISTS of
-the lease, pipelined) and joins the stored bytes.
+session without its lease or its TTL; a create that Redis out of memory refuses writes nothing
+(503 store_full). A poll is one round trip (HGETALL of the hash, EXISTS of the lease and the
+poll count script, pipelined) and joins the stored bytes.
 
 Every call is bounded by `redis.timeout` (socket timeouts and an asyncio timeout around it).
 While Redis is unreachable, request-path calls fail at once with StoreUnavailable instead of
-waiting; a probe every `redis.probe_interval` notices when it is back.
+waiting; a probe every `redis.probe_interval` notices when it is back. Only connection errors,
+a timed-out cheap call or `redis.down_after_timeouts` timeouts in a row mark it unreachable
+(Reachability); an error answer (out of memory) fails that call alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Collection
@@ -35,11 +44,28 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import (
+    BusyLoadingError,
+    MasterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.config import RedisConfig, SessionConfig, parse_sentinel_url
+from gateway.config import LimitsConfig, RedisConfig, SessionConfig, parse_sentinel_url
 from gateway.observability.metrics import Metrics
-from gateway.store.base import StoreFull, StoreUnavailable
+from gateway.store.base import (
+    CREATE_RATE_PER_TOKEN,
+    LIVE_SESSIONS_PER_TOKEN,
+    PollRead,
+    StoreFull,
+    StoreRefused,
+    StoreUnavailable,
+    TokenLimited,
+    TokenQuota,
+)
 from gateway.store.session import Session, is_complete
 from gateway.tasks import Tasks
 
@@ -47,26 +73,118 @@ log = structlog.get_logger("gateway.store")
 
 T = TypeVar("T")
 
-# KEYS: index, session, lease. ARGV: ttl ms, lease ms, max sessions, owner, guid, field, value, ...
-# Returns {created (1) or full (0), sessions removed from the index as expired, live sessions}.
-_CREATE = """
+# Lua the scripts share: Redis's clock in ms (`now`), and the tokens a bucket holds now (a hash of
+# `t` tokens and `at` ms; full when missing, so a bucket forgotten once full changes nothing).
+_LUA_NOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local expired = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local live = redis.call('ZCARD', KEYS[1])
+"""
+_LUA_BUCKET = """
+local function tokens_in(key, rate, burst)
+  local bucket = redis.call('HMGET', key, 't', 'at')
+  if not bucket[1] then
+    return burst
+  end
+  return math.min(burst, tonumber(bucket[1]) + (now - tonumber(bucket[2])) * rate)
+end
+"""
+
+# KEYS: index, session, lease, token's sessions. ARGV: ttl ms, lease ms, max sessions, owner,
+# guid, the token's quota of live sessions (0: not counted), field, value, ...
+# Returns {created (1), full (0) or the token's quota reached (2), sessions removed from the
+# index as expired, live sessions, ms until the token's oldest live session expires}.
+# Reads come first and the first write is ZADD, which Redis refuses when it is at maxmemory: an
+# out-of-memory Redis answers OOM before anything is written, never a half-made session that
+# was answered 200 (a script's first write decides; after it Redis lets the script finish).
+_CREATE = (
+    _LUA_NOW
+    + """
+local live = redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
 if live >= tonumber(ARGV[3]) then
-  return {0, expired, live}
+  return {0, 0, live, 0}
+end
+local quota = tonumber(ARGV[6])
+if quota > 0 and redis.call('ZCOUNT', KEYS[4], '(' .. now, '+inf') >= quota then
+  local oldest = redis.call('ZRANGEBYSCORE', KEYS[4], '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+  return {2, 0, live, tonumber(oldest[2]) - now}
 end
 local ttl = tonumber(ARGV[1])
 redis.call('ZADD', KEYS[1], now + ttl, ARGV[5])
+local expired = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 redis.call('PEXPIRE', KEYS[1], ttl)
-for i = 6, #ARGV, 2 do
+if quota > 0 then
+  redis.call('ZADD', KEYS[4], now + ttl, ARGV[5])
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+  redis.call('PEXPIRE', KEYS[4], ttl)
+end
+for i = 7, #ARGV, 2 do
   redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
 end
 redis.call('PEXPIRE', KEYS[2], ttl)
 redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[2])
-return {1, expired, live + 1}
+return {1, expired, live + 1, 0}
 """
+)
+
+# KEYS: token's sessions, token's create bucket. ARGV: quota of live sessions, refill per ms,
+# burst, session ttl ms (the bucket outlives neither its refill nor the sessions).
+# Returns {0 (admitted), 1 (live quota reached) or 2 (rate spent), ms to wait}. A refused
+# create spends nothing, so the wait is true.
+_ADMIT = (
+    _LUA_NOW
+    + _LUA_BUCKET
+    + """
+local reason, wait = 0, 0
+if redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf') >= tonumber(ARGV[1]) then
+  local oldest = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+  reason, wait = 1, tonumber(oldest[2]) - now
+end
+local rate, burst = tonumber(ARGV[2]), tonumber(ARGV[3])
+local tokens = tokens_in(KEYS[2], rate, burst)
+if tokens < 1 then
+  local refill = math.ceil((1 - tokens) / rate)
+  if refill > wait then
+    reason, wait = 2, refill
+  end
+end
+if reason > 0 then
+  return {reason, wait}
+end
+redis.call('HSET', KEYS[2], 't', tostring(tokens - 1), 'at', now)
+redis.call('PEXPIRE', KEYS[2], math.min(math.ceil(burst / rate), tonumber(ARGV[4])))
+return {0, 0}
+"""
+)
+
+# KEYS: session, the session's poll bucket. ARGV: "1" when the poll has credentials, then the
+# hash they must match to be counted; refill per ms; burst. Returns the ms until the bucket holds
+# a poll when this one is over the limit, else 0. The same token bucket as the in-process one
+# (limits.poll_rate, poll_burst), shared by every replica and pipelined with the poll's read (one
+# round trip; the read itself stays outside the script, so a big session is not copied through
+# Lua). Its write is a pcall: Redis out of memory refuses the count, not the poll, and a missing
+# session or another token's poll counts nothing.
+_COUNT_POLL = (
+    _LUA_NOW
+    + _LUA_BUCKET
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+if ARGV[1] == '1' and redis.call('HGET', KEYS[1], 'h') ~= ARGV[2] then
+  return 0
+end
+local rate, burst = tonumber(ARGV[3]), tonumber(ARGV[4])
+local tokens = tokens_in(KEYS[2], rate, burst)
+if tokens < 1 then
+  return math.ceil((1 - tokens) / rate)
+end
+local written = redis.pcall('HSET', KEYS[2], 't', tostring(tokens - 1), 'at', now)
+if type(written) == 'number' then
+  redis.call('PEXPIRE', KEYS[2], math.ceil(burst / rate))
+end
+return 0
+"""
+)
 
 # KEYS: session. ARGV: field, entry, "1" if the entry is Complete. HSETNX on a missing key would
 # create a hash with no TTL. A Complete is refused from the session's deadline on, by Redis's
@@ -121,17 +239,32 @@ return 0
 
 
 class Reachability:
-    """Whether the store answers; each change is logged once and counted."""
+    """Whether the store answers; each change is logged once and counted.
 
-    def __init__(self, metrics: Metrics) -> None:
+    Only what says Redis is gone marks it down: a connection error (refused, reset, lost
+    authentication, a replica that became read-only or is loading), a timed-out cheap call, or
+    `down_after` timed-out calls in a row. A timed-out expensive call is followed by a PING:
+    if Redis does not answer that either, it is stalled and marked down at once. An answer, even
+    an error (out of memory, a refused script), shows Redis is up; one slow command on one big
+    session is that call's failure."""
+
+    def __init__(self, metrics: Metrics, down_after: int = 3) -> None:
         self._metrics = metrics
+        self._down_after = down_after
+        self._timeouts = 0
         self.up = True
         metrics.store_up.set(1)
 
     def ok(self) -> None:
+        self._timeouts = 0
         if not self.up:
             self._change(True)
             log.info("store_reachable", store="redis")
+
+    def timed_out(self, error: BaseException, cheap: bool) -> bool:
+        """Records a timed-out call; True when it marks the store down."""
+        self._timeouts += 1
+        return self.failed(error) if cheap or self._timeouts >= self._down_after else False
 
     def failed(self, error: BaseException) -> bool:
         """Records a failed call; True when it is the one that marks the store down."""
@@ -151,20 +284,63 @@ def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
+def _seconds(ms: int) -> int:
+    return max(1, math.ceil(ms / 1000))
+
+
+# Errors in which Redis answered, but about the server as a whole: treated as the store gone.
+_SERVER_WIDE = (ReadOnlyError, BusyLoadingError, MasterDownError)
+
+
+class _OutOfMemory(StoreRefused):
+    """Redis at maxmemory refused a write: a create answers 503 store_full, any other write is
+    that call's failure (the fan-out's result write, a lease), never the store marked down."""
+
+
+# What the gateway needs of Redis (docs/redis.md, "Settings"), from CONFIG GET maxmemory*.
+def redis_setting_problems(settings: dict[str, str]) -> list[str]:
+    problems = []
+    policy = settings.get("maxmemory-policy")
+    if policy is not None and policy != "noeviction":
+        problems.append(
+            f"maxmemory-policy is {policy}: Redis may evict sessions and leases (polls answer 404 mid-flow,"
+            " fan-outs are taken over twice); set noeviction"
+        )
+    if settings.get("maxmemory") == "0":
+        problems.append("maxmemory is 0: Redis can grow until the host kills it; set a limit (with noeviction)")
+    return problems
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 class RedisStore:
     def __init__(
-        self, config: RedisConfig, session: SessionConfig, metrics: Metrics, tasks: Tasks | None = None
+        self,
+        config: RedisConfig,
+        session: SessionConfig,
+        metrics: Metrics,
+        tasks: Tasks | None = None,
+        *,
+        limits: LimitsConfig | None = None,
     ) -> None:
         self.owner = uuid.uuid4().hex
         self._config = config
         self._ttl_ms = _ms(session.ttl)
         self._lease_ms = _ms(config.lease_ttl)
         self._max_sessions = session.max_sessions
+        # Per-token quota and the shared poll bucket (None: neither, for tools and store tests).
+        self._quota = TokenQuota.of(session, limits) if limits is not None else None
+        self._poll_rate_ms = limits.poll_rate / 1000 if limits is not None else 0.0
+        self._poll_burst = limits.poll_burst if limits is not None else 0
         self._metrics = metrics
         self._prefix = config.prefix
         self._index = f"{config.prefix}:sessions"
         self._redis = _client(config)
         self._create = self._redis.register_script(_CREATE)
+        self._admit = self._redis.register_script(_ADMIT)
+        self._count_poll = self._redis.register_script(_COUNT_POLL)
         self._finish = self._redis.register_script(_FINISH)
         self._acquire = self._redis.register_script(_ACQUIRE)
         self._renew = self._redis.register_script(_RENEW)
@@ -172,15 +348,35 @@ class RedisStore:
         # At most max_connections calls at once, whatever the pool kind: the others wait (within
         # their timeout) instead of failing.
         self._slots = asyncio.Semaphore(config.max_connections)
-        self.reachability = Reachability(metrics)
+        self.reachability = Reachability(metrics, config.down_after_timeouts)
+        self._settings_checked = False
         # The app's task owner; a store made on its own (tools, tests) owns its probe itself.
         self._tasks = tasks or Tasks()
 
     async def start(self) -> None:
-        """Checks Redis once (the gateway starts either way, not ready while Redis is down) and
-        starts the reachability probe."""
-        await self.probe()
+        """Checks Redis once (the gateway starts either way, not ready while Redis is down), warns
+        about settings that would lose sessions (docs/redis.md), and starts the reachability probe."""
+        if await self.probe():
+            await self.check_settings()
         self._tasks.spawn(self._probe_forever(), "redis_probe")
+
+    async def check_settings(self) -> list[str]:
+        """The problems with Redis's settings, each logged as a warning (docs/redis.md says why the
+        gateway warns rather than refuses to start). A Redis that hides CONFIG (managed services
+        often do) is logged as not checked."""
+        try:
+            got = await self._call(lambda: self._redis.config_get("maxmemory*"), fail_fast=False, cheap=True)
+        except StoreRefused:
+            self._settings_checked = True
+            log.info("redis_settings_not_checked", reason="CONFIG GET refused")
+            return []
+        except StoreUnavailable:
+            return []  # checked when the probe first reaches Redis
+        self._settings_checked = True
+        problems = redis_setting_problems({_text(k): _text(v) for k, v in got.items()})
+        for problem in problems:
+            log.warning("redis_setting_unsafe", problem=problem)
+        return problems
 
     def session_key(self, guid: str) -> str:
         return f"{self._prefix}:s:{guid}"
@@ -188,28 +384,76 @@ class RedisStore:
     def lease_key(self, guid: str) -> str:
         return f"{self._prefix}:lease:{guid}"
 
-    async def _call(self, op: Callable[[], Awaitable[T]], *, fail_fast: bool) -> T:
+    def token_keys(self, token_key: str) -> tuple[str, str]:
+        """The token's live sessions (sorted set guid → expiry ms) and its create bucket (hash)."""
+        return f"{self._prefix}:t:{token_key}", f"{self._prefix}:tc:{token_key}"
+
+    def poll_key(self, guid: str) -> str:
+        return f"{self._prefix}:p:{guid}"
+
+    async def _call(self, op: Callable[[], Awaitable[T]], *, fail_fast: bool, cheap: bool = False) -> T:
+        """Runs one Redis call within `redis.timeout`. Raises StoreFull when Redis is out of
+        memory, StoreRefused for another error about this call only, StoreUnavailable when Redis
+        is (or is now marked) down. `cheap`: a call that cannot be slow for its size, so that its
+        timeout means Redis itself is slow."""
         if fail_fast and not self.reachability.up:
             raise StoreUnavailable
         try:
             async with asyncio.timeout(self._config.timeout), self._slots:
                 result = await op()
-        except (RedisError, OSError, TimeoutError) as exc:
-            if self.reachability.failed(exc):
-                # Idle pooled connections to the Redis that went away are dead too; used after a
-                # recovery, each would fail once and flap the store down again.
-                with contextlib.suppress(Exception):
-                    async with asyncio.timeout(self._config.timeout):
-                        await self._redis.connection_pool.disconnect()
+        except OutOfMemoryError:
+            self.reachability.ok()
+            self._metrics.store_refused.labels("oom").inc()
+            raise _OutOfMemory from None
+        except _SERVER_WIDE as exc:
+            await self._down(exc)
+            raise StoreUnavailable from None
+        except ResponseError as exc:
+            # A refused script or command, about this call: Redis is up for every other one.
+            self.reachability.ok()
+            self._metrics.store_refused.labels("error").inc()
+            log.warning("store_call_refused", store="redis", error=type(exc).__name__)
+            raise StoreRefused from None
+        except (RedisTimeoutError, TimeoutError) as exc:
+            # A slow call on one big session, or Redis itself stalled? A cheap PING tells: a
+            # stalled Redis does not answer it either, and is marked down now, before the next
+            # request waits for it too (this call then took at most twice redis.timeout).
+            if self.reachability.timed_out(exc, cheap or not await self._answers()):
+                await self._drop_connections()
+            raise StoreUnavailable from None
+        except (RedisError, OSError) as exc:
+            await self._down(exc)
             raise StoreUnavailable from None
         self.reachability.ok()
         return result
+
+    async def _answers(self) -> bool:
+        """Whether Redis answers a PING within redis.timeout."""
+        try:
+            async with asyncio.timeout(self._config.timeout), self._slots:
+                await self._redis.ping()
+        except Exception:
+            return False
+        return True
+
+    async def _down(self, exc: BaseException) -> None:
+        if self.reachability.failed(exc):
+            await self._drop_connections()
+
+    async def _drop_connections(self) -> None:
+        # Idle pooled connections to the Redis that went away are dead too; used after a
+        # recovery, each would fail once and flap the store down again.
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(self._config.timeout):
+                await self._redis.connection_pool.disconnect()
 
     async def probe(self) -> bool:
         """One reachability check; also refreshes the count of live sessions."""
         now_ms = int(time.time() * 1000)
         try:
-            live = await self._call(lambda: self._redis.zcount(self._index, now_ms, "+inf"), fail_fast=False)
+            live = await self._call(
+                lambda: self._redis.zcount(self._index, now_ms, "+inf"), fail_fast=False, cheap=True
+            )
         except StoreUnavailable:
             return False
         self._metrics.store_sessions.set(live)
@@ -219,21 +463,45 @@ class RedisStore:
         while True:
             await asyncio.sleep(self._config.probe_interval)
             try:
-                await self.probe()
+                if await self.probe() and not self._settings_checked:
+                    await self.check_settings()  # Redis was down at start
             except Exception:  # a bug here must not leave the store marked down for good
                 log.exception("store_probe_failed")
 
-    async def create(self, session: Session) -> None:
+    async def admit(self, token_key: str) -> None:
+        if self._quota is None:
+            return
+        keys = list(self.token_keys(token_key))
+        args = [self._quota.live, self._quota.rate / 1000, self._quota.burst, self._ttl_ms]
+        try:
+            refused, wait_ms = await self._call(lambda: self._admit(keys=keys, args=args), fail_fast=True, cheap=True)
+        except _OutOfMemory:
+            raise StoreFull from None
+        if refused:
+            limit = LIVE_SESSIONS_PER_TOKEN if refused == 1 else CREATE_RATE_PER_TOKEN
+            raise TokenLimited(limit, _seconds(wait_ms))
+
+    async def create(self, session: Session, *, count_token: bool = True) -> None:
         fields: list[Any] = [b"h", session.token_hash, b"c", repr(session.created_at)]
         fields += [b"d", repr(session.deadline), b"n", len(session.lpus)]
         for i, (lpu, lpu_guid) in enumerate(zip(session.lpus, session.lpu_guids, strict=True)):
             fields += [b"l%d" % i, lpu, b"g%d" % i, lpu_guid]
-        keys = [self._index, self.session_key(session.guid), self.lease_key(session.guid)]
-        args = [self._ttl_ms, self._lease_ms, self._max_sessions, self.owner, session.guid, *fields]
-        created, expired, live = await self._call(lambda: self._create(keys=keys, args=args), fail_fast=True)
+        token_sessions, _ = self.token_keys(session.token_hash)
+        keys = [self._index, self.session_key(session.guid), self.lease_key(session.guid), token_sessions]
+        quota = self._quota.live if count_token and self._quota is not None else 0
+        args = [self._ttl_ms, self._lease_ms, self._max_sessions, self.owner, session.guid, quota, *fields]
+        try:
+            created, expired, live, wait_ms = await self._call(
+                lambda: self._create(keys=keys, args=args), fail_fast=True
+            )
+        except _OutOfMemory:
+            self._metrics.store_rejected.inc()
+            raise StoreFull from None
         if expired:
             self._metrics.store_expired.inc(expired)
         self._metrics.store_sessions.set(live)
+        if created == 2:
+            raise TokenLimited(LIVE_SESSIONS_PER_TOKEN, _seconds(wait_ms))
         if not created:
             self._metrics.store_rejected.inc()
             raise StoreFull
@@ -250,11 +518,33 @@ class RedisStore:
                 return await pipe.execute()
 
         (seconds, micros), raw, leased = await self._call(read, fail_fast=True)
+        return self._loaded(guid, raw, leased, seconds + micros / 1_000_000)
+
+    def _loaded(self, guid: str, raw: dict[bytes, bytes], leased: int, read_at: float) -> Session | None:
         if not raw:
             self._metrics.store_misses.inc()
             return None
         self._metrics.store_hits.inc()
-        return _decode(guid, raw, orphaned=not leased, read_at=seconds + micros / 1_000_000)
+        return _decode(guid, raw, orphaned=not leased, read_at=read_at)
+
+    async def read_poll(self, guid: str, binding: str | None) -> PollRead:
+        if not self._poll_burst:
+            return PollRead(await self.load(guid))
+        keys = [self.session_key(guid), self.poll_key(guid)]
+        args = ["0" if binding is None else "1", binding or "", self._poll_rate_ms, self._poll_burst]
+
+        async def read() -> list[Any]:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.time()  # first, as in `load`: the clock the session is rendered with
+                pipe.hgetall(self.session_key(guid))
+                pipe.exists(self.lease_key(guid))
+                await self._count_poll(keys=keys, args=args, client=pipe)
+                return await pipe.execute()
+
+        (seconds, micros), raw, leased, over_ms = await self._call(read, fail_fast=True)
+        retry_after = _seconds(over_ms) if over_ms else None
+        session = self._loaded(guid, raw, leased, seconds + micros / 1_000_000)
+        return PollRead(session, counted=True, retry_after=retry_after)
 
     async def finish_lpu(self, guid: str, index: int, entry: bytes) -> bool:
         written = await self._call(
@@ -267,7 +557,9 @@ class RedisStore:
 
     async def acquire_lease(self, guid: str) -> bool:
         keys = [self.lease_key(guid), self.session_key(guid)]
-        taken = await self._call(lambda: self._acquire(keys=keys, args=[self.owner, self._lease_ms]), fail_fast=False)
+        taken = await self._call(
+            lambda: self._acquire(keys=keys, args=[self.owner, self._lease_ms]), fail_fast=False, cheap=True
+        )
         return bool(taken)
 
     async def renew_leases(self, guids: Collection[str]) -> set[str]:
@@ -289,7 +581,9 @@ class RedisStore:
         return {guid for guid, ok in zip(order, held, strict=True) if not ok}
 
     async def release_lease(self, guid: str) -> None:
-        await self._call(lambda: self._release(keys=[self.lease_key(guid)], args=[self.owner]), fail_fast=False)
+        await self._call(
+            lambda: self._release(keys=[self.lease_key(guid)], args=[self.owner]), fail_fast=False, cheap=True
+        )
 
     async def ready(self) -> bool:
         return self.reachability.up

@@ -264,7 +264,7 @@ async def test_a_kubelet_style_update_of_the_mounted_flags_is_picked_up(tmp_path
     def publish(version: str) -> None:
         data = tmp_path / f"..{time.time_ns()}"
         data.mkdir()
-        (data / "flags.toml").write_text(f'version = "{version}"\nmode = "{base["mode"]}"\n')
+        (data / "flags.toml").write_text(f'mode = "{base["mode"]}"\nversion = "{version}"\n')
         staged = tmp_path / "..data_tmp"
         staged.symlink_to(data.name)
         staged.rename(tmp_path / "..data")

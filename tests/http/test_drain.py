@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.support.gateway import TICKETS, bearer, patient, wait_until
+from tests.support.gateway import QUOTA_OFF, TICKETS, bearer, patient, wait_until
 from tests.support.redis_server import RedisServer
 from tests.support.replicas import Replica, ReplicaFactory
 
@@ -156,7 +156,12 @@ async def test_a_rolling_restart_of_three_replicas_on_redis_loses_no_request(
 ) -> None:
     patients = [patient(None, None, None) for _ in range(6)]
     _, url = await upstream(*patients)
-    settings = {"server": {"drain_seconds": 1.5}, "redis": {"lease_ttl": 1.0}}
+    settings: dict[str, Any] = {
+        "server": {"drain_seconds": 1.5},
+        "redis": {"lease_ttl": 1.0},
+        # Each patient creates again as soon as its session is final: far above a person's pace.
+        "limits": QUOTA_OFF,
+    }
     old = await replicas(3, url, redis_server.url, deadline=5.0, **settings)
     stop = asyncio.Event()
     seen = Outcomes()

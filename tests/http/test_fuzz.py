@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from collections.abc import Iterator
 from typing import Any
 
@@ -244,7 +245,7 @@ def test_polls_of_a_real_session_with_any_authorization(live: LiveGateway, auth:
 
 # --- the HTTP surface with the rollout on, in raw bytes -----------------------------------------
 
-ADMIN_TOKEN = "fuzz-admin-" + "k" * 24
+ADMIN_TOKEN = "fuzz-admin-" + secrets.token_hex(16)  # random: weak admin tokens are refused at start
 
 
 class LiveRollout:
@@ -258,8 +259,26 @@ class LiveRollout:
         legacy_port = server.serve(create_legacy_app(FakeLegacy()))
         config = Config().replace(
             upstream={"url": f"http://127.0.0.1:{upstream_port}"},
-            limits={"poll_rate": 10_000.0, "poll_burst": 10_000, "sessions_per_token": 10_000},
-            rollout={"legacy_url": f"http://127.0.0.1:{legacy_port}", "mode": "legacy", "admin_token": ADMIN_TOKEN},
+            limits={
+                "poll_rate": 10_000.0,
+                "poll_burst": 10_000,
+                "sessions_per_token": 10_000,
+                "create_rate_per_token": 10_000.0,
+                "create_burst_per_token": 10_000,
+            },
+            # The fuzzer guesses GUIDs by the thousand from one address; the guess allowance has
+            # its own tests (tests/rollout/test_legacy_protection.py).
+            rollout={
+                "legacy_url": f"http://127.0.0.1:{legacy_port}",
+                "mode": "legacy",
+                "admin_token": ADMIN_TOKEN,
+                "legacy_guess_rate_per_client": 10_000.0,
+                "legacy_guess_burst_per_client": 10_000,
+                "legacy_guess_rate": 10_000.0,
+                "legacy_guess_burst": 10_000,
+                "admin_failures_per_client": 10_000,
+                "admin_failures_total": 10_000,
+            },
         )
         self.port = server.serve(create_app(config))
         reply = send("127.0.0.1", self.port, request("GET", TICKETS, [("Authorization", f"Bearer {self.token}")]))

@@ -39,6 +39,7 @@ GUARDS = Guards(min_requests=20, max_share=0.2, max_error_rate=0.2)
 def brownout_flags(mode: str = "fail", share: float = 1.0, extra: str = "", **more: Any) -> str:
     lines = "".join(f"{k} = {json.dumps(v)}\n" for k, v in more.items())
     return f"""
+version = 1
 [migration]
 {extra}
 [[migration.brownout]]

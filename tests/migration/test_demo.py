@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import subprocess
 import sys
 from typing import Any
@@ -72,7 +73,7 @@ async def test_the_report_command_needs_the_admin_token(upstream: Any, aiohttp_c
 
     no_token, wrong, right = await asyncio.gather(
         asyncio.to_thread(report, None),
-        asyncio.to_thread(report, "x" * 32),
+        asyncio.to_thread(report, secrets.token_hex(16)),  # well-formed, not the gateway's
         asyncio.to_thread(report, ADMIN_TOKEN, "--json"),
     )
     assert no_token.returncode == 2 and "admin_token" in no_token.stderr

@@ -44,6 +44,7 @@ def test_the_example_flags_files_migration_table_is_valid_once_uncommented() -> 
     text = (ROOT / "config" / "rollout.example.toml").read_text()
     block = text[text.index("# [migration]") :]
     uncommented = "\n".join(line.removeprefix("# ") for line in block.splitlines() if line.startswith("# "))
-    migration = parse_flags(uncommented.encode(), "legacy").migration
+    # A complete flags file around it: the required `version`, a final newline.
+    migration = parse_flags(f"version = 1\n{uncommented}\n".encode(), "legacy").migration
     assert [d.selector.app for d in migration.deprecations] == ["beta"]
     assert [(b.name, b.mode, b.share) for b in migration.brownouts] == [("beta-first", "dry_run", 0.25)]

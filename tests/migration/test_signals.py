@@ -58,6 +58,7 @@ def test_header_values_follow_the_grammar_and_parse_back(when: int) -> None:
 
 
 FLAGS = """
+version = 1
 [migration]
 link = "https://example.org/migrate"
 

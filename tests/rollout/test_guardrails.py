@@ -85,6 +85,7 @@ def test_a_tripped_cohort_goes_to_legacy_before_the_allow_list_but_after_the_kil
 def test_the_flags_file_guardrails_table() -> None:
     text = """
 mode = "gateway"
+version = 1
 [guardrails]
 cooldown = 120
 [[guardrails.rule]]
@@ -116,6 +117,7 @@ CLIENTS = {"by_user_agent": {"^app-a/": "app-a", "^app-b/": "app-b"}}
 AGENT_A, AGENT_B = {"User-Agent": "app-a/1.0"}, {"User-Agent": "app-b/1.0"}
 GUARDRAIL = """
 mode = "gateway"
+version = "{version}"
 [guardrails]
 cooldown = {cooldown}
 [[guardrails.rule]]
@@ -141,7 +143,7 @@ async def guarded(gateway: Any, url: str, legacy_url: str, flags: Path, text: st
 
 async def start_guarded(gateway: Any, url: str, legacy_url: str, flags: Path, **rules: Any) -> Any:
     return await guarded(
-        gateway, url, legacy_url, flags, GUARDRAIL.format(**({"cooldown": 0, "min_sessions": 3} | rules))
+        gateway, url, legacy_url, flags, GUARDRAIL.format(**({"cooldown": 0, "min_sessions": 3, "version": 1} | rules))
     )
 
 
@@ -210,11 +212,11 @@ async def test_a_flags_change_re_arms_and_the_cool_down_stops_a_flap(
     _, url = await upstream(broken)
     fake, legacy_url = await start_legacy(aiohttp_server)
     flags = tmp_path / "flags.toml"
-    client = await start_guarded(gateway, url, legacy_url, flags, cooldown=3600, min_sessions=1)
+    client = await start_guarded(gateway, url, legacy_url, flags, cooldown=3600, min_sessions=1, version=1)
     await session_on(client, broken.token, AGENT_A)
     await wait_until(lambda: sample(client, "gateway_guardrail_tripped", cohort="app-a:other") == 1, what="trip")
     # New flags (a new version): the trip was made under the old ones.
-    write_flags(flags, 'version = "2"\n' + GUARDRAIL.format(cooldown=3600, min_sessions=1))
+    write_flags(flags, GUARDRAIL.format(cooldown=3600, min_sessions=1, version=2))
     await wait_until(
         lambda: sample(client, "gateway_guardrail_rearms_total", cohort="app-a:other", how="flags") == 1,
         within=15.0,
@@ -246,7 +248,7 @@ async def test_step_up_promotes_a_healthy_cohort_and_holds_an_inconclusive_one(
         url,
         legacy_url,
         flags,
-        'mode = "shadow"\ngateway_percent = 0\n[guardrails]\ncooldown = 0\n'
+        'mode = "shadow"\ngateway_percent = 0\nversion = 1\n[guardrails]\ncooldown = 0\n'
         '[[guardrails.rule]]\nsignal = "mismatch_ratio"\nabove = 0.1\nwindow = 60\nmin_sessions = 2\n'
         "[guardrails.step_up]\nstep = 50\nevery = 1\n",
     )
@@ -317,7 +319,7 @@ async def test_a_regression_ratio_takes_a_shadowed_cohort_out_of_shadow(
         url,
         legacy_url,
         flags,
-        'mode = "shadow"\n[guardrails]\ncooldown = 0\n'
+        'mode = "shadow"\nversion = 1\n[guardrails]\ncooldown = 0\n'
         '[[guardrails.rule]]\nsignal = "mismatch_ratio"\nabove = 0.5\nwindow = 60\nmin_sessions = 3\n',
     )
     cohort = {"cohort": "app-a:other"}
@@ -352,7 +354,7 @@ async def test_gateway_side_5xx_trip_an_error_ratio_rule(
         url,
         legacy_url,
         flags,
-        'mode = "gateway"\n[guardrails]\ncooldown = 0\n'
+        'mode = "gateway"\nversion = 1\n[guardrails]\ncooldown = 0\n'
         '[[guardrails.rule]]\nsignal = "error_ratio"\nabove = 0.5\nwindow = 60\nmin_sessions = 3\n',
     )
     cohort = {"cohort": "app-a:other"}

@@ -27,6 +27,7 @@ AGENT_A, AGENT_B = {"User-Agent": "app-a/1.0"}, {"User-Agent": "app-b/1.0"}
 COHORT = "app-a:other"
 FLAGS = """
 mode = "gateway"
+version = 1
 [guardrails]
 cooldown = 0
 [[guardrails.rule]]

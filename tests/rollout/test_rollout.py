@@ -89,7 +89,7 @@ async def test_legacy_mode_end_to_end(aiohttp_server: Any, upstream: Any, gatewa
     sandbox, url = await upstream(p)
     fake, legacy_url = await start_legacy(aiohttp_server)
     fake.in_progress_polls = 2
-    client = await start(gateway, url, legacy_url, tmp_path / "flags.toml", 'mode = "legacy"\n')
+    client = await start(gateway, url, legacy_url, tmp_path / "flags.toml", 'mode = "legacy"\nversion = 1\n')
     guid = await create(client, p.token)
     body, seen = await poll_until_final(client, guid, headers=bearer(p.token))
     assert body == GOLDEN
@@ -103,7 +103,7 @@ async def test_gateway_mode_end_to_end(aiohttp_server: Any, upstream: Any, gatew
     p = patient(None, None)
     sandbox, url = await upstream(p)
     fake, legacy_url = await start_legacy(aiohttp_server)
-    client = await start(gateway, url, legacy_url, tmp_path / "flags.toml", 'mode = "gateway"\n')
+    client = await start(gateway, url, legacy_url, tmp_path / "flags.toml", 'mode = "gateway"\nversion = 1\n')
     body, _ = await poll_until_final(client, await create(client, p.token), headers=bearer(p.token))
     assert [e["state"] for e in body] == ["Complete", "Complete"]
     assert sandbox.count() == 1 + 3 * 2
@@ -116,7 +116,7 @@ async def test_an_unknown_guid_goes_to_the_legacy_service(
 ) -> None:
     _, url = await upstream()
     fake, legacy_url = await start_legacy(aiohttp_server)
-    client = await start(gateway, url, legacy_url, tmp_path / "flags.toml", 'mode = "gateway"\n')
+    client = await start(gateway, url, legacy_url, tmp_path / "flags.toml", 'mode = "gateway"\nversion = 1\n')
     token = new_token()
     made_before = fake.existing(token)  # a session the legacy service made before the gateway
     resp = await client.get(f"{TICKETS}/{made_before}", headers=bearer(token))
@@ -134,15 +134,15 @@ async def test_a_poll_follows_the_side_that_created_the_session(
     sandbox, url = await upstream(p)
     fake, legacy_url = await start_legacy(aiohttp_server)
     flags = tmp_path / "flags.toml"
-    client = await start(gateway, url, legacy_url, flags, 'mode = "legacy"\n')
+    client = await start(gateway, url, legacy_url, flags, 'mode = "legacy"\nversion = 1\n')
     on_legacy = await create(client, p.token)
-    await change_flags(client, flags, 'mode = "legacy"\ngateway_percent = 100\n')
+    await change_flags(client, flags, 'mode = "legacy"\ngateway_percent = 100\nversion = 1\n')
     on_gateway = await create(client, p.token)
-    await change_flags(client, flags, "kill_switch = true\ngateway_percent = 100\n")
+    await change_flags(client, flags, "kill_switch = true\ngateway_percent = 100\nversion = 1\n")
     again_legacy = await create(client, p.token)
     assert on_legacy in fake.sessions and again_legacy in fake.sessions and on_gateway not in fake.sessions
 
-    for flags_now in ('mode = "gateway"\n', "kill_switch = true\n"):
+    for flags_now in ('mode = "gateway"\nversion = 1\n', "kill_switch = true\nversion = 1\n"):
         await change_flags(client, flags, flags_now)
         legacy_polls, upstream_calls = len(fake.polls()), sandbox.count()
         for guid in (on_legacy, again_legacy):
@@ -165,12 +165,12 @@ async def test_client_app_lists_and_the_kill_switch(
     _, url = await upstream(p)
     fake, legacy_url = await start_legacy(aiohttp_server)
     flags = tmp_path / "flags.toml"
-    text = f'mode = "legacy"\nallow_apps = ["{APP_A.upper()}", "{APP_B}"]\ndeny_apps = ["{APP_B}"]\n'
+    text = f'mode = "legacy"\nallow_apps = ["{APP_A.upper()}", "{APP_B}"]\ndeny_apps = ["{APP_B}"]\nversion = 1\n'
     client = await start(gateway, url, legacy_url, flags, text)
     assert await side_of(client, fake, p.token, ClientApplication=APP_A) == "gateway"
     assert await side_of(client, fake, p.token, ClientApplication=APP_B) == "legacy", "deny wins over allow"
     assert await side_of(client, fake, p.token) == "legacy"
-    await change_flags(client, flags, text + "kill_switch = true\n")
+    await change_flags(client, flags, "kill_switch = true\n" + text)
     assert await side_of(client, fake, p.token, ClientApplication=APP_A) == "legacy"
     assert decisions(client, "gateway", "allow_list") == 1
     assert decisions(client, "legacy", "deny_list") == 1
@@ -183,7 +183,7 @@ async def test_a_percentage_sends_that_share_of_patients_and_keeps_each_on_its_s
     patients = [patient(None) for _ in range(40)]
     _, url = await upstream(*patients)
     fake, legacy_url = await start_legacy(aiohttp_server)
-    client = await start(gateway, url, legacy_url, tmp_path / "flags.toml", "gateway_percent = 50\n")
+    client = await start(gateway, url, legacy_url, tmp_path / "flags.toml", "gateway_percent = 50\nversion = 1\n")
     first = [await side_of(client, fake, p.token) for p in patients]
     again = [await side_of(client, fake, p.token) for p in patients]
     assert first == again, "each patient's sessions land on the same side"
@@ -197,9 +197,9 @@ async def test_reload_applies_a_valid_file_and_keeps_the_last_good_flags_for_a_b
     _, url = await upstream(p)
     fake, legacy_url = await start_legacy(aiohttp_server)
     flags = tmp_path / "flags.toml"
-    client = await start(gateway, url, legacy_url, flags, 'version = "v1"\nmode = "legacy"\n')
+    client = await start(gateway, url, legacy_url, flags, 'mode = "legacy"\nversion = "v1"\n')
     assert await side_of(client, fake, p.token) == "legacy"
-    await change_flags(client, flags, 'version = "v2"\nmode = "gateway"\n')
+    await change_flags(client, flags, 'mode = "gateway"\nversion = "v2"\n')
     on_gateway = await create(client, p.token)
     assert on_gateway not in fake.sessions
     state = await admin_state(client)
@@ -208,7 +208,7 @@ async def test_reload_applies_a_valid_file_and_keeps_the_last_good_flags_for_a_b
 
     rollout = client.app[keys.ROLLOUT]
     logged = LOG.getvalue().count('"rollout_flags_invalid"')
-    write_flags(flags, 'version = "v3"\nmode = "legacy"\ngateway_percent = 250\n')
+    write_flags(flags, 'mode = "legacy"\ngateway_percent = 250\nversion = "v3"\n')
     await wait_until(lambda: sample(client, "gateway_rollout_flags_valid") == 0, what="the broken file refused")
     for _ in range(3):  # further checks of the same broken file: no new error
         await rollout.reload()
@@ -227,7 +227,7 @@ async def test_reload_applies_a_valid_file_and_keeps_the_last_good_flags_for_a_b
     await rollout.reload(force=True)
     assert (await admin_state(client))["flags"]["version"] == "v2"
 
-    await change_flags(client, flags, 'version = "v4"\nmode = "legacy"\n')
+    await change_flags(client, flags, 'mode = "legacy"\nversion = "v4"\n')
     assert sample(client, "gateway_rollout_flags_valid") == 1
     assert await side_of(client, fake, p.token) == "legacy"
     body, _ = await poll_until_final(client, on_gateway, headers=bearer(p.token))
@@ -240,7 +240,9 @@ async def test_a_broken_file_at_start_leaves_the_configured_mode(
     p = patient(None)
     _, url = await upstream(p)
     fake, legacy_url = await start_legacy(aiohttp_server)
-    client = await start(gateway, url, legacy_url, tmp_path / "flags.toml", "gateway_percent = \n", mode="legacy")
+    client = await start(
+        gateway, url, legacy_url, tmp_path / "flags.toml", "gateway_percent = \nversion = 1\n", mode="legacy"
+    )
     assert sample(client, "gateway_rollout_flags_valid") == 0
     assert (await admin_state(client))["flags"]["mode_source"] == "config"
     assert await side_of(client, fake, p.token) == "legacy"
@@ -251,7 +253,7 @@ async def test_the_inspection_endpoint_needs_the_admin_token_and_is_read_only(
 ) -> None:
     _, url = await upstream()
     _, legacy_url = await start_legacy(aiohttp_server)
-    text = 'version = "2024-06-03.1"\nmode = "shadow"\ngateway_percent = 12.5\n'
+    text = 'mode = "shadow"\ngateway_percent = 12.5\nversion = "2024-06-03.1"\n'
     client = await start(gateway, url, legacy_url, tmp_path / "flags.toml", text)
     for headers in ({}, {"X-Admin-Token": "wrong"}, {"X-Admin-Token": ADMIN["X-Admin-Token"] + "x"}):
         for method in ("GET", "POST"):
@@ -288,7 +290,7 @@ async def test_served_by_names_the_side_of_each_old_path_request(
     _, url = await upstream(p)
     _, legacy_url = await start_legacy(aiohttp_server)
     flags = tmp_path / "flags.toml"
-    write_flags(flags, 'mode = "shadow"\n')
+    write_flags(flags, 'mode = "shadow"\nversion = 1\n')
     config = Config().replace(upstream={"url": url}, rollout={"legacy_url": legacy_url, "flags_file": str(flags)})
     app = create_app(config)
     served: list[tuple[str, str | None]] = []
@@ -314,7 +316,7 @@ def test_rollout_settings_from_the_environment() -> None:
             "GATEWAY_LEGACY_URL": "http://127.0.0.1:9090",
             "GATEWAY_ROLLOUT_MODE": "shadow",
             "GATEWAY_ROLLOUT_FLAGS_FILE": "/etc/gateway/flags.toml",
-            "GATEWAY_ROLLOUT_ADMIN_TOKEN": "x" * 16,
+            "GATEWAY_ROLLOUT_ADMIN_TOKEN": ADMIN["X-Admin-Token"],
         }
     )
     assert config.rollout.legacy_url == "http://127.0.0.1:9090" and config.rollout.mode == "shadow"
@@ -379,7 +381,7 @@ async def test_without_a_legacy_url_the_routing_flags_are_ignored(upstream: Any,
     p = patient(None)
     sandbox, url = await upstream(p)
     flags = tmp_path / "flags.toml"
-    write_flags(flags, "kill_switch = true\n")
+    write_flags(flags, "kill_switch = true\nversion = 1\n")
     client = await gateway(url, rollout={"flags_file": str(flags), "admin_token": ADMIN["X-Admin-Token"]})
     await create(client, p.token)
     assert sandbox.count("mkab") == 1 and decisions(client, "gateway", "no_legacy") == 1
@@ -387,3 +389,44 @@ async def test_without_a_legacy_url_the_routing_flags_are_ignored(upstream: Any,
     # Read for its [migration] table (docs/migration.md), which applies to either side; the
     # routing rules in it are not.
     assert state["enabled"] is False and state["file"]["valid"] is True
+
+
+async def test_a_flags_file_truncated_and_rewritten_in_place_keeps_the_kill_switch(
+    aiohttp_server: Any, upstream: Any, gateway: Any, tmp_path: Path
+) -> None:
+    """Issue 11, row 9: an editor or a script that rewrites the file in place (truncate, then
+    write) leaves an empty and then a partial file for a moment; neither is taken as flags."""
+    p = patient(None)
+    _, url = await upstream(p)
+    fake, legacy_url = await start_legacy(aiohttp_server)
+    flags = tmp_path / "flags.toml"
+    whole = b'mode = "gateway"\ngateway_percent = 100\nkill_switch = true\nversion = "k1"\n'
+    client = await start(gateway, url, legacy_url, flags, whole.decode())
+    rollout = client.app[keys.ROLLOUT]
+    assert await side_of(client, fake, p.token) == "legacy"
+    inode = flags.stat().st_ino
+
+    async def creates_in_the_gap() -> None:
+        for _ in range(25):  # the watcher reads the file every 50 ms meanwhile
+            assert await side_of(client, fake, p.token) == "legacy"
+
+    # In place: same inode, as `>` in a shell or an editor saving over the file does (a local
+    # file, written between the gateway's reads: blocking is the point).
+    with open(flags, "r+b") as fh:  # noqa: ASYNC230
+        fh.truncate(0)
+        fh.flush()
+        await rollout.reload()
+        assert rollout.file is not None and "empty file" in str(rollout.file.error)
+        await creates_in_the_gap()
+        fh.write(whole[: whole.index(b"kill_switch")])  # a partial write: everything but the switch
+        fh.flush()
+        await rollout.reload()
+        assert "truncated" in str(rollout.file.error)
+        await creates_in_the_gap()
+        fh.write(whole[whole.index(b"kill_switch") :])
+    assert flags.stat().st_ino == inode
+    await wait_until(lambda: rollout.file is not None and rollout.file.valid, what="the rewritten file in force")
+    assert await side_of(client, fake, p.token) == "legacy"
+    assert decisions(client, "gateway", "percentage") == 0, "no create went to the gateway in the gap"
+    assert decisions(client, "legacy", "kill_switch") == 52
+    assert sample(client, "gateway_rollout_flags_reloads_total", result="invalid") >= 1

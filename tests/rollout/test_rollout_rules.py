@@ -132,21 +132,21 @@ def test_the_example_flags_file_is_valid() -> None:
 
 
 def test_a_file_without_mode_takes_the_configured_one() -> None:
-    flags = parse_flags(b"gateway_percent = 5\n", default_mode=SHADOW)
+    flags = parse_flags(b"gateway_percent = 5\nversion = 1\n", default_mode=SHADOW)
     assert (flags.mode, flags.mode_source, flags.gateway_percent) == (SHADOW, "config", 5.0)
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("kill_swich = true\n", "unknown key 'kill_swich'"),
-        ("kill_switch = 1\n", "kill_switch must be true or false"),
-        ('mode = "canary"\n', "mode must be one of legacy, gateway, shadow"),
-        ("gateway_percent = 101\n", "gateway_percent must be a number from 0 to 100"),
-        ('gateway_percent = "10"\n', "gateway_percent must be a number from 0 to 100"),
-        ('allow_apps = "app"\n', "allow_apps must be a list"),
-        ('deny_apps = [""]\n', "deny_apps must hold non-empty strings"),
-        ("gateway_percent = [\n", "not valid TOML"),
+        ("kill_swich = true\nversion = 1\n", "unknown key 'kill_swich'"),
+        ("kill_switch = 1\nversion = 1\n", "kill_switch must be true or false"),
+        ('mode = "canary"\nversion = 1\n', "mode must be one of legacy, gateway, shadow"),
+        ("gateway_percent = 101\nversion = 1\n", "gateway_percent must be a number from 0 to 100"),
+        ('gateway_percent = "10"\nversion = 1\n', "gateway_percent must be a number from 0 to 100"),
+        ('allow_apps = "app"\nversion = 1\n', "allow_apps must be a list"),
+        ('deny_apps = [""]\nversion = 1\n', "deny_apps must hold non-empty strings"),
+        ("gateway_percent = [\nversion = 1\n", "not valid TOML"),
     ],
 )
 def test_invalid_flags_name_the_problem(text: str, message: str) -> None:

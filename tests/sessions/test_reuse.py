@@ -83,6 +83,10 @@ async def test_a_failed_lpu_forces_a_fresh_fetch(upstream: Any, gateway: Any) ->
     assert sandbox.count() == 2 * one_fanout(2)
 
 
+# An app opening the screen every 50 ms is far above the per-token create rate (a test's pace).
+OPEN_OFTEN = {"create_rate_per_token": 100.0, "create_burst_per_token": 100}
+
+
 async def opens_until_fetched_again(client: Any, sandbox: Any, token: str) -> int:
     """Opens the screen every 50 ms until a create calls the upstream again; returns how many
     opens that took."""
@@ -99,7 +103,7 @@ async def test_the_window_expires(upstream: Any, gateway: Any) -> None:
     window = 0.5
     p = patient(None)
     sandbox, url = await upstream(p)
-    client = await gateway(url, session={"reuse_window": window})
+    client = await gateway(url, session={"reuse_window": window}, limits=OPEN_OFTEN)
     started = time.monotonic()
     await poll_until_final(client, await create(client, p.token))
     opens = await opens_until_fetched_again(client, sandbox, p.token)
@@ -111,7 +115,7 @@ async def test_the_window_expires(upstream: Any, gateway: Any) -> None:
 async def test_an_expired_shared_session_forces_a_fresh_fetch(upstream: Any, gateway: Any) -> None:
     p = patient(None)
     sandbox, url = await upstream(p)
-    client = await gateway(url, session={"reuse_window": 60, "ttl": 0.5})
+    client = await gateway(url, session={"reuse_window": 60, "ttl": 0.5}, limits=OPEN_OFTEN)
     first = await create(client, p.token)
     await poll_until_final(client, first)
     await opens_until_fetched_again(client, sandbox, p.token)

@@ -11,11 +11,11 @@ from tests.support.gateway import TICKETS, bearer, create, patient, poll_until_f
 
 
 async def test_full_store_answers_503_with_retry_after(upstream: Any, gateway: Any) -> None:
-    p = patient(None)
-    _, url = await upstream(p)
+    p, other = patient(None), patient(None)
+    _, url = await upstream(p, other)
     client = await gateway(url, session={"max_sessions": 1})
     first = await create(client, p.token)
-    resp = await client.get(TICKETS, headers=bearer(p.token))
+    resp = await client.get(TICKETS, headers=bearer(other.token))
     assert resp.status == 503 and int(resp.headers["Retry-After"]) >= 1
     assert await resp.json() == {
         "code": 503,

@@ -10,10 +10,17 @@ from typing import Any
 
 import pytest
 
-from gateway.config import RedisConfig, SessionConfig
+from gateway.config import LimitsConfig, RedisConfig, SessionConfig
 from gateway.contract import COMPLETE
 from gateway.observability.metrics import Metrics
-from gateway.store.base import SessionStore, StoreFull
+from gateway.store.base import (
+    CREATE_RATE_PER_TOKEN,
+    LIVE_SESSIONS_PER_TOKEN,
+    SessionStore,
+    StoreFull,
+    TokenLimited,
+    TokenQuota,
+)
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore
 from gateway.store.session import Session, entry_bytes, failed_entry, in_progress_entry
@@ -22,11 +29,11 @@ from tests.support.gateway import wait_until
 StoreFactory = Callable[..., Awaitable[SessionStore]]
 
 
-def session(guid: str, lpus: int = 2, deadline: float = 60.0) -> Session:
+def session(guid: str, lpus: int = 2, deadline: float = 60.0, token: str = "h") -> Session:
     now = time.time()
     return Session(
         guid=guid,
-        token_hash="h",
+        token_hash=token,
         created_at=now,
         deadline=now + deadline,
         lpus=tuple(b'{"guid":"%d","name":"\xd0\x9b\xd0\x9f\xd0\xa3"}' % i for i in range(lpus)),
@@ -46,19 +53,19 @@ async def make_store(request: pytest.FixtureRequest) -> AsyncIterator[StoreFacto
         ttl: float = 60.0,
         lease_ttl: float = 3.0,
         metrics: Metrics | None = None,
+        limits: LimitsConfig | None = None,
         redis_timeout: float = 0.5,
     ) -> SessionStore:
         metrics = metrics or Metrics()
+        sessions = SessionConfig(ttl=ttl, max_sessions=max_sessions)
         store: Any
         if url:
-            store = RedisStore(
-                RedisConfig(url=url, lease_ttl=lease_ttl, timeout=redis_timeout),
-                SessionConfig(ttl=ttl, max_sessions=max_sessions),
-                metrics,
-            )
+            config = RedisConfig(url=url, lease_ttl=lease_ttl, timeout=redis_timeout)
+            store = RedisStore(config, sessions, metrics, limits=limits)
             await store.start()
         else:
-            store = MemoryStore(max_sessions, ttl, metrics, lease_ttl=lease_ttl)
+            quota = TokenQuota.of(sessions, limits) if limits is not None else None
+            store = MemoryStore(max_sessions, ttl, metrics, lease_ttl=lease_ttl, quota=quota)
         stores.append(store)
         return store
 
@@ -100,6 +107,35 @@ async def test_unfinished_lpus_read_as_failed_after_the_deadline(make_store: Sto
     assert loaded.states(loaded.deadline - 0.1) == ["InProgress", "InProgress"]
     assert loaded.states(loaded.deadline) == ["Failed", "Failed"]
     assert loaded.body(loaded.deadline) == b"[" + b",".join(failed_entry(lpu) for lpu in loaded.lpus) + b"]"
+
+
+async def test_a_tokens_quota_is_kept_by_the_store(make_store: StoreFactory) -> None:
+    limits = LimitsConfig(live_sessions_per_token=2, create_rate_per_token=0.01, create_burst_per_token=3)
+    store = await make_store(max_sessions=1000, ttl=30.0, limits=limits)
+    for _ in range(3):
+        await store.admit("a")
+    with pytest.raises(TokenLimited) as info:
+        await store.admit("a")
+    assert info.value.limit == CREATE_RATE_PER_TOKEN and 90 <= info.value.retry_after <= 100, "1 / 0.01 per s"
+    await store.admit("b")  # another token's rate is its own
+    await store.create(session("a1", token="a"))
+    await store.create(session("a2", token="a"))
+    with pytest.raises(TokenLimited) as info:
+        await store.create(session("a3", token="a"))
+    assert info.value.limit == LIVE_SESSIONS_PER_TOKEN and 29 <= info.value.retry_after <= 30
+    assert await store.load("a3") is None, "a refused session is not stored"
+    await store.create(session("a4", token="a"), count_token=False)  # not counted (the shadow's own)
+    await store.create(session("b1", token="b"))
+
+
+async def test_admission_waits_for_the_later_of_the_two_limits(make_store: StoreFactory) -> None:
+    limits = LimitsConfig(live_sessions_per_token=1, create_rate_per_token=0.01, create_burst_per_token=1)
+    store = await make_store(max_sessions=1000, ttl=30.0, limits=limits)
+    await store.admit("a")
+    await store.create(session("a1", token="a"))
+    with pytest.raises(TokenLimited) as info:
+        await store.admit("a")
+    assert info.value.limit == CREATE_RATE_PER_TOKEN and info.value.retry_after > 30, "100 s of rate beat 30 s of TTL"
 
 
 async def test_a_complete_written_after_the_deadline_is_refused(make_store: StoreFactory) -> None:

@@ -29,6 +29,14 @@ from tests.support import golden
 # gateway's own constant.
 TICKETS = "/api/v2/old/visit/tickets"
 TOKENS: set[str] = set()
+# [limits] for tests that replay many creates with one token (a synthetic app or workload): the
+# per-token quota out of their way. tests/sessions/test_token_fairness.py holds the quota itself.
+QUOTA_OFF = {
+    "create_rate_per_token": 1e6,
+    "create_burst_per_token": 10**6,
+    "live_sessions_per_token": 10**6,
+    "token_share": 1.0,
+}
 LOG = io.StringIO()
 
 

@@ -15,7 +15,7 @@ from gateway.config import Config
 from gateway.http import keys
 from gateway.migration.clock import DAY, ManualClock
 from tests.support.fake_legacy import write_flags
-from tests.support.gateway import TICKETS, GatewayTestServer, bearer
+from tests.support.gateway import QUOTA_OFF, TICKETS, GatewayTestServer, bearer
 
 ADMIN_TOKEN = "migration-admin-token-0123456789"
 ADMIN = {"X-Admin-Token": ADMIN_TOKEN}
@@ -50,7 +50,9 @@ def migration_config(upstream_url: str, tmp_path: Path | None = None, flags: str
         rollout["flags_file"] = str(path)
     rollout |= sections.pop("rollout", {})
     upstream = {"url": upstream_url, "retry_backoff": 0.0} | sections.pop("upstream", {})
-    return Config().replace(upstream=upstream, rollout=rollout, clients=CLIENTS, **sections)
+    # One token per app replays days of that app's creates.
+    limits = QUOTA_OFF | sections.pop("limits", {})
+    return Config().replace(upstream=upstream, rollout=rollout, clients=CLIENTS, limits=limits, **sections)
 
 
 async def serve(aiohttp_client: Any, config: Config, clock: ManualClock) -> TestClient:

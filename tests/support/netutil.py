@@ -6,7 +6,10 @@ import contextlib
 import os
 import socket
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urlsplit
+
+import aiohttp
 
 from gateway.config import Config
 
@@ -58,3 +61,11 @@ def hold_ports(ports: list[int]) -> Iterator[list[int]]:
     finally:
         for sock in held:
             sock.close()
+
+
+async def get_from(local: str, url: str, headers: dict[str, str] | None = None) -> tuple[int, Any, str | None]:
+    """GET `url` from the loopback address `local` (127.0.0.2, ...: another client address for the
+    per-address limits): (status, JSON body, Retry-After)."""
+    connector = aiohttp.TCPConnector(local_addr=(local, 0))
+    async with aiohttp.ClientSession(connector=connector) as http, http.get(url, headers=headers) as resp:
+        return resp.status, await resp.json(), resp.headers.get("Retry-After")

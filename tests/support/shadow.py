@@ -22,7 +22,7 @@ async def shadow_gateway(
     gateway: Any, url: str, legacy_url: str, tmp_path: Path, sections: dict[str, Any] | None = None, **rollout: Any
 ) -> Any:
     flags = tmp_path / "flags.toml"
-    write_flags(flags, 'mode = "shadow"\n')
+    write_flags(flags, 'mode = "shadow"\nversion = 1\n')
     settings = {
         "legacy_url": legacy_url,
         "flags_file": str(flags),

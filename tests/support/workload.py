@@ -24,7 +24,7 @@ from gateway.app import create_app
 from gateway.config import Config
 from gateway.http.scrape import create_metrics_app
 from gateway.sandbox.data import LpuKnobs, SandboxPatient
-from tests.support.gateway import TICKETS, bearer, golden_patient, new_token, patient
+from tests.support.gateway import QUOTA_OFF, TICKETS, bearer, golden_patient, new_token, patient
 
 DEADLINE = 3.0
 ANDROID_GUID = "8b0a7ab4-1b8f-4c5b-8d1e-1c0f3b0e5a11"
@@ -48,10 +48,10 @@ APPS: dict[str, tuple[dict[str, str], str]] = {
 # gateway, web is denied (legacy), every other app is shadowed (legacy answers, the gateway
 # compares its own answer in the background).
 ROLLOUT_FLAGS = f"""
-version = "metrics-workload"
 mode = "shadow"
 allow_apps = ["{ANDROID_GUID}"]
 deny_apps = ["{WEB_GUID}"]
+version = "metrics-workload"
 """
 
 
@@ -73,7 +73,10 @@ def workload_config(upstream_url: str, deadline: float = DEADLINE, **sections: d
         "retry_budget_ratio": 0.0,
         "retry_budget_floor": 1,
     }
-    return Config().replace(upstream=upstream, session={"deadline": deadline}, clients=CLIENTS, **sections)
+    limits = QUOTA_OFF | sections.pop("limits", {})  # a workload replays many creates per token
+    return Config().replace(
+        upstream=upstream, session={"deadline": deadline}, clients=CLIENTS, limits=limits, **sections
+    )
 
 
 @dataclass
