@@ -190,3 +190,17 @@ def create_app(config: Config, metrics: Metrics | None = None, clock: Clock | No
         scrape.add_routes(app)
     openapi.add_routes(app)
     return app
+
+
+def create_metrics_app(gateway: web.Application) -> web.Application:
+    """The admin listener's app: the gateway's own registry, off the route the apps use (a load
+    balancer that forwards the public port never exposes it), and the admin routes when
+    `rollout.admin_on_metrics_port` puts them here. No access log, no request metrics: a
+    scrape every few seconds is not traffic. Errors answer in the standard shape."""
+    app = web.Application(middlewares=[errors])
+    app[keys.METRICS] = gateway[keys.METRICS]
+    app[keys.CONFIG] = gateway[keys.CONFIG]
+    scrape.add_routes(app)
+    if admin.admin_listener(gateway):
+        admin.add_routes(app, gateway)
+    return app

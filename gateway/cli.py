@@ -15,13 +15,12 @@ import structlog
 from aiohttp import web
 
 from gateway import __version__
-from gateway.app import create_app
+from gateway.app import create_app, create_metrics_app
 from gateway.config import Config, ConfigError, load_config_with_sources, render_toml
 from gateway.http import keys
 from gateway.http.admin import ADMIN_HEADER, MIGRATION_PATH
 from gateway.http.health import start_draining
 from gateway.http.runner import GatewayRunner, raise_fd_limit
-from gateway.http.scrape import create_metrics_app
 from gateway.migration.report import render_table
 from gateway.observability import otel
 from gateway.observability.logs import configure_logging

@@ -14,9 +14,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from gateway.app import create_app
+from gateway.app import create_app, create_metrics_app
 from gateway.config import Config, ConfigError, load_config
-from gateway.http.scrape import create_metrics_app
 from tests.support import ROOT
 from tests.support.gateway import sample
 from tests.support.netutil import free_port, get_from

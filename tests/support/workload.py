@@ -20,9 +20,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from gateway.app import create_app
+from gateway.app import create_app, create_metrics_app
 from gateway.config import Config
-from gateway.http.scrape import create_metrics_app
 from gateway.sandbox.data import LpuKnobs, SandboxPatient
 from tests.support.gateway import QUOTA_OFF, TICKETS, bearer, golden_patient, new_token, patient
 
