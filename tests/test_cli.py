@@ -26,7 +26,7 @@ def test_check_config_prints_the_effective_configuration() -> None:
 
 
 def test_check_config_masks_secrets() -> None:
-    token, password = "admin-token-0123456789abcdef", "redis-pass-42"
+    token, password = "Jz8kQ2mV5xR7pL0wN3cT6yB9dF4hG1sK", "redis-pass-42"
     proc = _gateway(
         "check-config",
         env={"GATEWAY_ROLLOUT_ADMIN_TOKEN": token, "GATEWAY_REDIS_URL": f"redis://app:{password}@127.0.0.1:6379/2"},

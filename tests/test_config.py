@@ -103,7 +103,14 @@ def test_bad_config_stops_the_start_with_one_line() -> None:
 
 # --- Every key by environment ------------------------------------------------------------------
 
-_STRING_CANDIDATES = ("127.0.0.2", "http://127.0.0.1:1", "/other", "redis://127.0.0.1:1/0", "vgx", "A" * 16)
+_STRING_CANDIDATES = (
+    "127.0.0.2",
+    "http://127.0.0.1:1",
+    "/other",
+    "redis://127.0.0.1:1/0",
+    "vgx",
+    "Jz8kQ2mV5xR7pL0wN3cT6yB9dF4hG1sK",
+)
 
 
 def _valid_other_value(section: str, fdef: Any) -> tuple[str, Any]:
