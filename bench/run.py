@@ -32,11 +32,11 @@ from bench.report import render
 
 FIGURES = ("overhead", "calls", "polls", "redis", "workers", "memory", "amplification")
 # (concurrent sessions, LPUs each, upstream delay s) → bursts (full, quick). Every wait is bounded.
-OVERHEAD = {(1, 10, 0.1): (20, 5), (20, 10, 0.1): (10, 3), (40, 8, 0.2): (10, 3)}
+OVERHEAD = {(1, 10, 0.1): (10, 5), (20, 10, 0.1): (6, 3), (40, 8, 0.2): (6, 3)}
 SIZES = {
-    "calls_sessions": (300, 100),
-    "polls": (20000, 6000),
-    "memory_sessions": (2000, 500),
+    "calls_sessions": (150, 100),
+    "polls": (8000, 6000),
+    "memory_sessions": (1000, 500),
     "amplification": ((20, 4), (10, 3)),  # (patients, opens each)
 }
 PATIENTS_PER_GROUP = 200
