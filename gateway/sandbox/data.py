@@ -11,6 +11,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.contract import LPU_METHODS
+
 SEED_LPU_TALDOM: dict[str, Any] = {
     "guid": "12ab9992-9875-4fb6-a9c0-8504170c1429",
     "name": " ",
@@ -183,7 +185,7 @@ class LpuKnobs:
     delay: float = 0.0
     fault: str = "none"
     status: int = 500
-    methods: tuple[str, ...] = ("visit", "calldoctor", "disp")
+    methods: tuple[str, ...] = LPU_METHODS
     drip_interval: float = 0.2
     oversize_bytes: int = 4 * 1024 * 1024
     flaky_failures: int = 1
