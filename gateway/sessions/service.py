@@ -12,6 +12,7 @@ contract's words; the HTTP edge renders both.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -61,6 +62,9 @@ class SessionService:
         self.limits = limits
         self._metrics = metrics
         self._reuse = ReuseIndex(config.reuse_window, config.max_sessions) if config.reuse_window > 0 else None
+        # Token hash → the create of that token now fetching its LPU list (with the window on):
+        # at most one per token, gone when its fetch ends.
+        self._opening: dict[str, asyncio.Future[SharedFanout | None]] = {}
 
     async def create(self, token: str, caller: Caller, *, admit: bool = True) -> str:
         """Creates a session for `token` and starts its fan-out; returns the session GUID.
@@ -95,12 +99,39 @@ class SessionService:
             # Before the upstream call: with the store down the session could not be kept anyway.
             raise StoreUnavailable
         key = token_hash(token)
+        opening: asyncio.Future[SharedFanout | None] | None = None
         if self._reuse is not None:
             shared = self._reuse.find(key, time.monotonic())
+            if shared is None and key in self._opening:
+                # Another create of this token is fetching the LPU list right now (an app opens
+                # its screen twice within one MKAB call): share that fan-out rather than start
+                # a second one. Its failure leaves this create to fetch on its own.
+                shared = await asyncio.shield(self._opening[key])
             if shared is not None and (guid := await self._share(shared, count_token)) is not None:
                 if on_done is not None:
                     on_done()  # no fan-out of its own
                 return guid
+            if key not in self._opening:
+                opening = self._opening[key] = asyncio.get_running_loop().create_future()
+        try:
+            guid = await self._fetch_and_start(key, caller, on_done, count_token, opening)
+        finally:
+            if opening is not None:
+                del self._opening[key]
+                if not opening.done():
+                    opening.set_result(None)
+        return guid
+
+    async def _fetch_and_start(
+        self,
+        key: str,
+        caller: Caller,
+        on_done: Callable[[], None] | None,
+        count_token: bool,
+        opening: asyncio.Future[SharedFanout | None] | None,
+    ) -> str:
+        """The MKAB list, the new session stored, its fan-out started; `opening` learns the
+        fan-out the creates waiting on this one may share."""
         lpus = await self._patient_lpus(caller)
         if len(lpus) > self._config.max_lpus:
             # A list no patient has: refused whole rather than cut, so that no patient is shown
@@ -119,6 +150,8 @@ class SessionService:
         )
         await self._store_new(session, count_token)
         shared = self._reuse.add(key, session.guid, time.monotonic()) if self._reuse is not None else None
+        if opening is not None:
+            opening.set_result(shared)
         if lpus:
             self.fanout.start(session, caller, range(len(lpus)), on_done, shared)
         else:

@@ -48,6 +48,35 @@ async def test_a_create_during_the_fanout_receives_its_results(upstream: Any, ga
     assert sandbox.count() == one_fanout(3)
 
 
+async def test_creates_during_the_first_ones_lpu_list_call_share_its_fanout(upstream: Any, gateway: Any) -> None:
+    # An app that opens its screen twice within one MKAB call: the second create waits for the
+    # first one's list instead of fetching its own.
+    p = patient(None, LpuKnobs(delay=0.1))
+    p.mkab_delay = 0.3
+    sandbox, url = await upstream(p)
+    client = await gateway(url, session={"reuse_window": 60})
+    guids = await asyncio.gather(*(create(client, p.token) for _ in range(3)))
+    assert len(set(guids)) == 3, "every create gets its own GUID"
+    bodies = [(await poll_until_final(client, guid))[0] for guid in guids]
+    assert bodies[0] == bodies[1] == bodies[2]
+    assert [e["state"] for e in bodies[0]] == ["Complete", "Complete"]
+    assert sandbox.count("mkab") == 1
+    assert sandbox.count() == one_fanout(2)
+
+
+async def test_a_failed_lpu_list_leaves_the_waiting_creates_to_fetch_on_their_own(upstream: Any, gateway: Any) -> None:
+    p = patient(None)
+    p.mkab_delay, p.mkab_status = 0.3, 503
+    sandbox, url = await upstream(p)
+    client = await gateway(url, session={"reuse_window": 60}, upstream={"retries": 0})
+    statuses = [
+        (await resp.read(), resp.status)[1]
+        for resp in await asyncio.gather(*(client.get(TICKETS, headers=bearer(p.token)) for _ in range(2)))
+    ]
+    assert statuses == [502, 502]
+    assert sandbox.count("mkab") == 2, "the waiting create made its own call once the first had failed"
+
+
 async def test_window_off_fetches_for_every_create(upstream: Any, gateway: Any) -> None:
     p = patient(None, None)
     sandbox, url = await upstream(p)
