@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from tests.support import ROOT
+from tests.support.dashboards import ALERT_NAMES
 
 PROMETHEUS_DIR = ROOT / "prometheus"
 
@@ -37,18 +38,7 @@ def test_promtool_is_clean(args: tuple[str, ...]) -> None:
 def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
     rules = yaml.safe_load((PROMETHEUS_DIR / "alerts.yml").read_text())
     alerts = {rule["alert"] for group in rules["groups"] for rule in group["rules"]}
-    assert alerts == {
-        "GatewayStoreDown",
-        "GatewayOldRoutesErrorRatioHigh",
-        "GatewayTargetDown",
-        "GatewayStoreNearFull",
-        "GatewayFlagsFileInvalid",
-        "GatewayLpuFailureRatioHigh",
-        "GatewaySessionsHittingDeadline",
-        "GatewayUpstreamErrorRateHigh",
-        "GatewayRetiredAppCallingAgain",
-        "GatewayGuardrailTripped",
-    }
+    assert alerts == ALERT_NAMES
     fires: set[str] = set()
     quiet: set[str] = set()
     for path in PROMETHEUS_DIR.glob("*_test.yml"):

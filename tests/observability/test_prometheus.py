@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.support.dashboards import ALERTS, panel_queries, substitute
+from tests.support.dashboards import ALERT_NAMES, ALERTS, panel_queries, substitute
 from tests.support.fake_legacy import start_legacy
 from tests.support.gateway import create, patient, poll_until_final
 from tests.support.prometheus_server import SCRAPE_INTERVAL
@@ -121,18 +121,7 @@ async def test_every_panel_has_data_from_a_real_prometheus(
 
         # The alert rules load and evaluate against the real series without errors.
         rules = await prom.wait_for_rules()
-        assert {r["name"] for r in rules} == {
-            "GatewayStoreDown",
-            "GatewayOldRoutesErrorRatioHigh",
-            "GatewayTargetDown",
-            "GatewayStoreNearFull",
-            "GatewayFlagsFileInvalid",
-            "GatewayLpuFailureRatioHigh",
-            "GatewaySessionsHittingDeadline",
-            "GatewayUpstreamErrorRateHigh",
-            "GatewayRetiredAppCallingAgain",
-            "GatewayGuardrailTripped",
-        }
+        assert {r["name"] for r in rules} == ALERT_NAMES
         assert all(r["health"] == "ok" and not r.get("lastError") for r in rules), rules
 
 

@@ -12,6 +12,22 @@ from tests.support import ROOT
 
 DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
 ALERTS = ROOT / "prometheus" / "alerts.yml"
+# Every alert rule the repo ships, written out: a test that reads them from the file itself could
+# not notice one going missing.
+ALERT_NAMES = frozenset(
+    {
+        "GatewayStoreDown",
+        "GatewayOldRoutesErrorRatioHigh",
+        "GatewayTargetDown",
+        "GatewayStoreNearFull",
+        "GatewayFlagsFileInvalid",
+        "GatewayLpuFailureRatioHigh",
+        "GatewaySessionsHittingDeadline",
+        "GatewayUpstreamErrorRateHigh",
+        "GatewayRetiredAppCallingAgain",
+        "GatewayGuardrailTripped",
+    }
+)
 
 _METRIC = re.compile(r"\bgateway_[a-z0-9_]+")
 _HISTOGRAM_SUFFIX = re.compile(r"_(bucket|count|sum)$")
