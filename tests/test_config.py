@@ -263,8 +263,8 @@ def test_rendered_configuration_loads_back_to_the_same_config() -> None:
     ("env", "start"),
     [
         ({"GATEWAY_SERVICE_HOST": "10.0.0.1"}, "config error: unknown environment variable GATEWAY_SERVICE_HOST"),
-        ({"GATEWAY_PORT_8080_TCP_ADDR": "10.0.0.1"}, "config error: unknown environment variable GATEWAY_PORT_8080"),
-        ({"GATEWAY_PORT": "tcp://10.0.0.1:8080"}, "config error: GATEWAY_PORT looks like a service link, not a value"),
+        ({"GATEWAY_PORT_8443_TCP_ADDR": "10.0.0.1"}, "config error: unknown environment variable GATEWAY_PORT_8443"),
+        ({"GATEWAY_PORT": "tcp://10.0.0.1:8443"}, "config error: GATEWAY_PORT looks like a service link, not a value"),
     ],
 )
 def test_kubernetes_service_links_are_named_as_such(env: dict[str, str], start: str) -> None:
