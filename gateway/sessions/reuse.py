@@ -5,7 +5,9 @@ An app opens its visits screen several times a minute and every open creates a s
 reuse each one costs the upstream a full fan-out (the MKAB list and three calls per LPU). With
 it, the first create of a token starts the fan-out and every create of the same token within the
 window gets a new session GUID holding the same results: copied from the shared session when
-they are already in, written to it by the shared fan-out as they arrive otherwise.
+they are already in, written to it by the shared fan-out as they arrive otherwise. A create
+that arrives while the token's first one is still fetching the LPU list waits for it and shares
+its fan-out (gateway/sessions/service.py).
 
 A fresh fetch is forced when:
 - the window is off (0) or has passed since the shared fan-out started;
