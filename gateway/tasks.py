@@ -1,5 +1,6 @@
 """The app's background tasks, owned in one place: fan-outs, the lease keeper, shadow compares,
-the flags watcher and the Redis probe are all started with `Tasks.spawn`, named, and cancelled
+the flags watcher and the Redis probe are all started with `Tasks.spawn` (a periodic one with
+`Tasks.every`, the one interval loop of the package), named, and cancelled
 and awaited by `cancel` (a component's own group, when it closes) or `close` (whatever is left,
 when the app's cleanup context ends). A task that dies of an exception is logged with its
 traceback and counted by group; it never dies silently.
@@ -10,7 +11,7 @@ Imports nothing of the package but what it is given: the count goes through `on_
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import structlog
@@ -29,6 +30,49 @@ class Tasks:
         self._groups.setdefault(group, set()).add(task)
         task.add_done_callback(lambda done: self._done(group, done))
         return task
+
+    def every(
+        self,
+        interval: float | Callable[[], float],
+        tick: Callable[[], Awaitable[Any]],
+        group: str,
+        *,
+        wake: asyncio.Event | None = None,
+    ) -> asyncio.Task[Any]:
+        """Runs `tick` every `interval` seconds (a callable is read before each wait, so a tick
+        may change it) as a task of `group`, until the group is cancelled or `tick` returns
+        `Tasks.STOP`. Setting `wake` runs the next tick at once (it is cleared before the tick).
+        A tick that raises is logged and counted like a crashed task, and the loop goes on: one
+        bad tick must not end the renewals, probes or flushes that every later request needs."""
+        return self.spawn(self._every(interval, tick, group, wake), group)
+
+    STOP: Any = object()
+
+    async def _every(
+        self,
+        interval: float | Callable[[], float],
+        tick: Callable[[], Awaitable[Any]],
+        group: str,
+        wake: asyncio.Event | None,
+    ) -> None:
+        while True:
+            seconds = interval() if callable(interval) else interval
+            if wake is None:
+                await asyncio.sleep(seconds)
+            else:
+                try:
+                    async with asyncio.timeout(seconds):
+                        await wake.wait()
+                except TimeoutError:
+                    pass
+                wake.clear()
+            try:
+                if await tick() is Tasks.STOP:
+                    return
+            except Exception as exc:
+                log.error("background_tick_failed", task=group, error=type(exc).__name__, exc_info=exc)
+                if self._on_crash is not None:
+                    self._on_crash(group)
 
     def _done(self, group: str, task: asyncio.Task[Any]) -> None:
         self._groups[group].discard(task)

@@ -66,3 +66,43 @@ async def test_an_app_crash_is_counted_in_its_metrics(aiohttp_client: Any) -> No
         "gateway_background_task_failures_total", {"task": "lease_keeper"}
     )
     assert value == 1
+
+
+async def test_every_runs_on_its_interval_survives_a_bad_tick_and_stops_on_cancel() -> None:
+    crashed: list[str] = []
+    tasks = Tasks(on_crash=crashed.append)
+    ticks: list[int] = []
+    third = asyncio.Event()
+
+    async def tick() -> None:
+        ticks.append(len(ticks))
+        if len(ticks) == 2:
+            raise RuntimeError("one bad tick")
+        if len(ticks) == 3:
+            third.set()
+
+    tasks.every(0.001, tick, "probe")
+    async with asyncio.timeout(5):
+        await third.wait()
+    # The second tick raised: it was counted, and the loop went on to the third.
+    assert crashed == ["probe"] and ticks[:3] == [0, 1, 2]
+    assert await tasks.cancel("probe") == 1 and tasks.count("probe") == 0
+
+
+async def test_every_wakes_at_once_and_stops_when_the_tick_says_so() -> None:
+    tasks = Tasks()
+    wake = asyncio.Event()
+    ran = asyncio.Event()
+
+    async def tick() -> object:
+        ran.set()
+        return Tasks.STOP
+
+    # An hour's interval: only the wake can run the tick within the test's bound.
+    task = tasks.every(3600, tick, "flags_watcher", wake=wake)
+    wake.set()
+    async with asyncio.timeout(5):
+        await ran.wait()
+        await task
+    # The loop ended by itself, not by a cancel, and the wake was consumed.
+    assert not task.cancelled() and not wake.is_set()
