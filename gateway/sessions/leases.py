@@ -1,4 +1,4 @@
-"""This replica's session leases: which sessions it runs (or feeds from a shared fan-out), and
+"""This replica's session leases: which sessions it runs (or writes as targets of a run), and
 the one task that renews their leases in the store several times per `lease_ttl`.
 
 Another replica tells a running session from an orphaned one by its lease (docs/replicas.md,
@@ -38,13 +38,12 @@ class Leases:
             self._tasks.spawn(self._keep(), GROUP)
 
     def share(self, guid: str, task: asyncio.Task[None]) -> None:
+        """Session `guid` is a target of the fan-out `task` (gateway/sessions/fanout.py, `Run`):
+        its lease is renewed while that runs."""
         self._shared[guid] = task
 
-    def running(self, guid: str) -> asyncio.Task[None] | None:
-        """The task running `guid`'s own fan-out here, if any."""
-        return self._own.get(guid)
-
     def holds(self, guid: str) -> bool:
+        """Whether `guid`'s lease is renewed here (its own fan-out or one it is a target of)."""
         return guid in self._own or guid in self._shared
 
     def drop(self, guid: str, task: asyncio.Task[None] | None, shared: list[str]) -> None:
