@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -49,6 +50,7 @@ class Rig:
     fanout: Fanout
     upstream: GatedUpstream
     tasks: Tasks
+    crashes: list[str]  # groups whose task or tick raised
 
     async def session(self) -> Session:
         """A new session of the two LPUs, stored (which takes its lease here)."""
@@ -67,13 +69,14 @@ class Rig:
 @pytest.fixture
 async def rig() -> AsyncIterator[Rig]:
     config = Config().replace(redis={"lease_ttl": 0.3})
-    metrics, tasks = Metrics(), Tasks()
+    crashes: list[str] = []
+    metrics, tasks = Metrics(), Tasks(on_crash=crashes.append)
     store = MemoryStore(100, 60.0, metrics, lease_ttl=config.redis.lease_ttl)
     upstream = GatedUpstream()
     leases = Leases(store, tasks, config.redis.lease_ttl)
     caps = AnswerCaps(1000, 100, config.session.max_entry_bytes)
     fanout = Fanout(config.session, store, upstream, metrics, tasks, leases, caps, 6)  # type: ignore[arg-type]
-    yield Rig(store, fanout, upstream, tasks)
+    yield Rig(store, fanout, upstream, tasks, crashes)
     await fanout.close()
     await tasks.close()
 
@@ -135,18 +138,38 @@ async def test_a_run_with_nothing_to_run_has_ended_at_once(rig: Rig) -> None:
     assert rig.tasks.count(KEEPER) == 0, "no lease to renew, no keeper"
 
 
-async def test_the_keeper_renews_while_a_run_lasts_stops_when_idle_and_starts_again(rig: Rig) -> None:
+def count_renewals(rig: Rig, monkeypatch: pytest.MonkeyPatch, fail_first: bool = False) -> list[set[str]]:
+    """The guids of each renewal the keeper makes from now on (the first raising, if asked)."""
+    renewals: list[set[str]] = []
+    renew = rig.store.renew_leases
+
+    async def counted(guids: Any) -> set[str]:
+        renewals.append(set(guids))
+        if fail_first and len(renewals) == 1:
+            raise RuntimeError("a bug in one renewal")
+        return await renew(guids)
+
+    monkeypatch.setattr(rig.store, "renew_leases", counted)
+    return renewals
+
+
+async def not_orphaned(rig: Rig, *guids: str) -> bool:
+    loaded = [await rig.store.load(guid) for guid in guids]
+    return all(session is not None and not session.orphaned for session in loaded)
+
+
+async def test_the_keeper_renews_while_a_run_lasts_stops_when_idle_and_starts_again(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    renewals = count_renewals(rig, monkeypatch)
     source, target = await rig.session(), await rig.session()
     run = rig.fanout.start(source, CALLER, range(2))
     assert run.add_target(target.guid)
     assert rig.tasks.count(KEEPER) == 1
-    # Several lease periods (0.3 s) pass while the run waits: both leases are renewed, so
-    # neither session reads as orphaned.
-    started = time.monotonic()
-    await wait_until(lambda: time.monotonic() - started > 1.0, what="three lease periods")
-    for guid in (source.guid, target.guid):
-        loaded = await rig.store.load(guid)
-        assert loaded is not None and not loaded.orphaned
+    # Past several lease periods (0.3 s) while the run waits, both leases are held.
+    await wait_until(lambda: len(renewals) >= 4, what="four renewals")
+    assert renewals[-1] == {source.guid, target.guid}
+    assert await not_orphaned(rig, source.guid, target.guid)
     for gate in rig.upstream.gates.values():
         gate.set()
     await run_to_end(run)
@@ -154,3 +177,17 @@ async def test_the_keeper_renews_while_a_run_lasts_stops_when_idle_and_starts_ag
     second = rig.fanout.start(await rig.session(), CALLER, range(2))
     assert rig.tasks.count(KEEPER) == 1, "a new run starts a keeper again"
     await run_to_end(second)
+
+
+async def test_a_renewal_that_raises_is_counted_and_the_keeper_goes_on(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    renewals = count_renewals(rig, monkeypatch, fail_first=True)
+    session = await rig.session()
+    run = rig.fanout.start(session, CALLER, range(2))
+    await wait_until(lambda: len(renewals) >= 3, what="renewals after the broken one")
+    assert rig.crashes == [KEEPER] and rig.tasks.count(KEEPER) == 1
+    assert await not_orphaned(rig, session.guid)
+    for gate in rig.upstream.gates.values():
+        gate.set()
+    await run_to_end(run)
