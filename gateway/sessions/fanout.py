@@ -21,11 +21,11 @@ import orjson
 import structlog
 
 from gateway.config import SessionConfig
-from gateway.contract import COMPLETE, FAILED, LPU_METHODS
+from gateway.contract import COMPLETE, LPU_METHODS
 from gateway.observability.metrics import Metrics
 from gateway.sessions.leases import Leases
 from gateway.store.base import SessionStore, StoreUnavailable
-from gateway.store.session import Session, entry_bytes, entry_state, failed_entry
+from gateway.store.session import Session, entry_bytes, failed_entry
 from gateway.tasks import Tasks
 from gateway.upstream.answers import AnswerCaps, CallFailure, map_answer, parse_answer
 from gateway.upstream.client import Caller, Upstream
@@ -159,8 +159,6 @@ class Fanout:
         session = run.session
         won = await self._write(session, session.guid, index, entry)
         if won:
-            if entry_state(entry) == FAILED:
-                run.failed = True
             for guid in list(run.targets):
                 await self._write(session, guid, index, entry)
         return won
@@ -196,8 +194,7 @@ class Fanout:
                 self._metrics.sessions_deadline.inc()
                 waited = time.time() - session.created_at
                 for index in sorted(run.pending):
-                    if await self._finish(run, index, failed_entry(session.lpus[index])):
-                        self._record_failure(session, index, LpuFailed("session", "deadline", "", waited))
+                    await self._write_failed(run, index, LpuFailed("session", "deadline", "", waited))
         except* StoreUnavailable:
             # Only once the deadline has passed (writes are retried until then): the unwritten
             # LPUs read as Failed.
@@ -230,16 +227,21 @@ class Fanout:
         run.pending.discard(index)
         if await self._finish(run, index, entry):
             self._lpu_complete.inc()
-        elif await self._finish(run, index, failed_entry(session.lpus[index])):
+        else:
             # The store refused the Complete as late (past the deadline by its clock): it may
             # already have been read as Failed, so Failed it stays.
-            self._record_failure(
-                session, index, LpuFailed("session", "deadline", "late", time.time() - session.created_at)
-            )
+            late = LpuFailed("session", "deadline", "late", time.time() - session.created_at)
+            await self._write_failed(run, index, late)
 
     async def _fail(self, run: Run, index: int, failure: LpuFailed) -> None:
         run.pending.discard(index)
+        await self._write_failed(run, index, failure)
+
+    async def _write_failed(self, run: Run, index: int, failure: LpuFailed) -> None:
+        """Writes LPU `index` Failed; if that write won, the run has a Failed LPU (the reuse
+        window shares it no more) and the failure is counted and logged."""
         if await self._finish(run, index, failed_entry(run.session.lpus[index])):
+            run.failed = True
             self._record_failure(run.session, index, failure)
 
     def _check_size(self, entry: bytes, run: Run, duration: float) -> None:
