@@ -79,7 +79,7 @@ async def _sessions(app: web.Application) -> AsyncIterator[None]:
     caps = AnswerCaps(config.upstream.max_json_values, config.upstream.max_records, config.session.max_entry_bytes)
     leases = Leases(store, tasks, config.redis.lease_ttl)
     fanout = Fanout(config.session, store, upstream, metrics, tasks, leases, caps, config.limits.upstream_per_session)
-    limits = SessionLimits(config.limits, metrics, config.session.ttl)
+    limits = SessionLimits(config.limits, metrics)
     app[keys.SESSIONS] = SessionService(config.session, store, upstream, fanout, limits, metrics)
     yield
     # Cleanup runs after aiohttp has answered in-flight requests; the fan-outs go first, while
