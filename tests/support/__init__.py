@@ -5,6 +5,7 @@
 - real servers on loopback: `redis_server`, `prometheus_server`, `replicas` (gateway processes),
   `fake_legacy` (a legacy service), `faultnet` (a proxy that cuts a connection);
 - `rawhttp` (requests the client library would refuse to send), `netutil` (free ports),
+  `kubernetes` (the rendered manifests and the configuration a pod starts with),
   `workload` (a scripted old-path workload), `dashboards` (the Grafana panels' queries).
 """
 
