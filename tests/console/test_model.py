@@ -26,8 +26,8 @@ def _history() -> History:
     return history
 
 
-def _rows(flags: MigrationFlags = MigrationFlags(), rails: dict | None = None) -> list[model.CohortRow]:
-    history = _history()
+def _rows(flags: MigrationFlags | None = None, rails: dict | None = None) -> list[model.CohortRow]:
+    history, flags = _history(), flags or MigrationFlags()
     report = build_report(history, NOW, Rules())
     return model.cohort_rows(report, history, flags, rails, NOW, TODAY, 90)
 
