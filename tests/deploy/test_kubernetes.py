@@ -222,8 +222,8 @@ def test_the_service_monitor_scrapes_the_metrics_port_as_the_alerts_job(rendered
 def test_the_prometheus_rule_holds_the_alert_rules_unchanged(rendered: dict, tmp_path: Path) -> None:
     rule = one(rendered, "PrometheusRule")
     assert rule["apiVersion"] == "monitoring.coreos.com/v1"
-    alerts = yaml.safe_load((ROOT / "prometheus" / "alerts.yml").read_text())
-    assert rule["spec"]["groups"] == alerts["groups"]
+    files = [yaml.safe_load((ROOT / "prometheus" / name).read_text()) for name in ("alerts.yml", "slo_rules.yml")]
+    assert rule["spec"]["groups"] == [group for rules in files for group in rules["groups"]]
     # And Prometheus accepts them as they are in the object.
     extracted = tmp_path / "rules.yml"
     extracted.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
@@ -250,9 +250,14 @@ def test_the_generator_notices_a_changed_alert(tmp_path: Path) -> None:
     finally:
         sys.path.remove(str(ROOT / "scripts"))
     alerts = (ROOT / "prometheus" / "alerts.yml").read_text()
+    slo_rules = (ROOT / "prometheus" / "slo_rules.yml").read_text()
     committed = (KUBERNETES / "base" / "prometheusrule.yaml").read_text()
-    assert prometheus_rule.render(alerts) == committed
-    assert prometheus_rule.render(alerts.replace("for: 2m", "for: 3m", 1)) != committed
+    assert prometheus_rule.render(alerts, slo_rules) == committed
+    assert prometheus_rule.render(alerts.replace("for: 2m", "for: 3m", 1), slo_rules) != committed
+    # A changed objective changes the generated SLO rules.
+    slo = yaml.safe_load((ROOT / "prometheus" / "slo.yml").read_text())
+    slo["objectives"]["availability"]["target"] = 0.995
+    assert prometheus_rule.dump(prometheus_rule.slo_rules(slo)) not in slo_rules
 
 
 async def test_a_kubelet_style_update_of_the_mounted_flags_is_picked_up(tmp_path: Path) -> None:
