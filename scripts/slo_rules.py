@@ -127,12 +127,9 @@ def slo_rules(config: dict[str, Any]) -> dict[str, Any]:
         for name, objective in config["objectives"].items()
         for policy in config["alerts"]
     ]
-    return {
-        "groups": [
-            {"name": "visit-gateway-slo-recording", "rules": recording},
-            {"name": "visit-gateway-slo", "rules": alerts},
-        ]
-    }
+    # One group: its rules run in order at each evaluation, so an alert reads the ratios recorded
+    # in the same round (across groups the order is not fixed, and the alert's value would lag).
+    return {"groups": [{"name": "visit-gateway-slo", "rules": recording + alerts}]}
 
 
 def with_runbook_base(text: str, base: str) -> str:

@@ -24,6 +24,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway import __version__
 from gateway.contract import LPU_FAILURE_REASONS, OLD_ROUTES, SIDES, UNKNOWN, UPSTREAM_METHODS
+from gateway.observability.cgroup import MemoryLimitCollector
 
 # Buckets sit on the time-to-complete SLO thresholds (seconds) so p50/p95/p99 are readable there.
 SESSION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 10.0, 15.0, 20.0, 30.0, 60.0)
@@ -45,6 +46,7 @@ class Metrics:
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         GCCollector(registry=r)
+        r.register(MemoryLimitCollector())
         # A gauge at 1 with the version as a label: `count by (version)` shows a rollout's
         # progress. (An Info metric would not work with several workers.)
         self.build_info = Gauge(
@@ -155,6 +157,13 @@ class Metrics:
             "Store calls refused by a store that is up (oom: Redis at maxmemory; error: any other), by reason.",
             ("reason",),
             registry=r,
+        )
+        # docs/redis.md's `redis_setting_unsafe` lines, as a number an alert can watch.
+        self.redis_settings_unsafe = Gauge(
+            "gateway_redis_settings_unsafe",
+            "Problems found in Redis's settings at the last check (redis_setting_unsafe log lines; 0: none).",
+            registry=r,
+            multiprocess_mode="livemax",
         )
         self.admin_failures = Counter(
             "gateway_admin_auth_failures_total", "Admin requests with a missing or wrong X-Admin-Token.", registry=r

@@ -24,9 +24,17 @@ from tests.support.gateway import create, patient, poll_until_final
 from tests.support.prometheus_server import SCRAPE_INTERVAL
 from tests.support.workload import Done, Patients, rollout_section, run_workload, serve_gateway, workload_config
 
-# The one panel this workload cannot move: it waits for sessions to outlive their TTL or fill
-# the store. It must still return series.
-IDLE_PANELS = {"Store expiries, evictions and refusals"}
+# Panels this workload cannot move: sessions outliving their TTL or filling the store, and the
+# saturation panels (limits, pool waits, circuits, takeovers, Redis retries; connections are
+# counted by `gateway serve`'s own runner, not the test's). They must still return series.
+IDLE_PANELS = {
+    "Store expiries, evictions and refusals",
+    "Rejections by limit",
+    "Upstream pool waits and circuit opens",
+    "Client connections",
+    "Sessions reused and taken over",
+    "Store write retries and reachability changes",
+}
 # Grafana's $__interval for the run; $__rate_interval follows Grafana's rule from it (10s here).
 # Range queries are then read every second, so no point of the short run is skipped.
 INTERVAL = 9

@@ -31,6 +31,14 @@ ALERT_NAMES = frozenset(
         "GatewayUpstreamErrorRateHigh",
         "GatewayRetiredAppCallingAgain",
         "GatewayGuardrailTripped",
+        "GatewayOldPathTrafficDropped",
+        "GatewayOldRoutesClientErrorStorm",
+        "GatewayStoreRefusingWrites",
+        "GatewayMemoryNearLimit",
+        "GatewayRestarting",
+        "GatewayBackgroundTaskFailing",
+        "GatewayRedisSettingsUnsafe",
+        "GatewayRequestsRejectedByLimits",
         "GatewayAvailabilityBudgetBurn",
         "GatewayAvailabilityBudgetSlowBurn",
         "GatewayTimeToFinalBudgetBurn",
@@ -93,3 +101,12 @@ def rules() -> list[dict]:
 def used_metric_names() -> set[str]:
     exprs = "\n".join(q.expr for q in panel_queries())
     return metric_names(exprs) | {name for path in RULE_FILES for name in metric_names(path.read_text())}
+
+
+def families(exposition: str) -> set[str]:
+    """Family names as the text format's TYPE lines write them (a counter with its _total), less
+    the `_created` timestamps prometheus_client writes beside counters and histograms."""
+    types = dict(re.findall(r"^# TYPE (\S+) (\S+)$", exposition, re.M))
+    created = {name for name in types if name.endswith("_created") and types[name] == "gauge"}
+    owners = {name.removesuffix("_total") for name, kind in types.items() if kind in ("counter", "histogram")}
+    return set(types) - {name for name in created if name.removesuffix("_created") in owners}
