@@ -181,6 +181,24 @@ def test_resources_follow_the_sizing(rendered: dict, tmp_path: Path) -> None:
     assert "cpu" in resources["requests"], "the HorizontalPodAutoscaler scales on CPU utilisation of the request"
 
 
+def test_the_autoscaler_scales_on_cpu_and_on_sessions_in_flight_per_pod(rendered: dict, tmp_path: Path) -> None:
+    config = effective_config(rendered, tmp_path)
+    metrics = {m["type"]: m for m in one(rendered, "HorizontalPodAutoscaler")["spec"]["metrics"]}
+    assert metrics["Resource"]["resource"]["name"] == "cpu"
+    pods = metrics["Pods"]["pods"]
+    # Scaling starts well before the busiest replica answers 503 at its own limit.
+    assert pods["target"]["type"] == "AverageValue"
+    assert float(pods["target"]["averageValue"]) < config.limits.sessions_in_flight
+    # The custom metric is the one the shipped adapter rule serves, from a gauge the gateway has.
+    adapter = rendered[("ConfigMap", "visit-gateway-prometheus-adapter-rules")]
+    [rule] = yaml.safe_load(adapter["data"]["config.yaml"])["rules"]
+    assert rule["name"]["as"] == pods["metric"]["name"]
+    series = rule["seriesQuery"].split("{")[0]
+    assert series in {family.name for family in Metrics().registry.collect()}
+    assert {target["resource"] for target in rule["resources"]["overrides"].values()} == {"namespace", "pod"}
+    assert "<<.GroupBy>>" in rule["metricsQuery"] and "<<.LabelMatchers>>" in rule["metricsQuery"]
+
+
 def test_replicas_spread_and_disruptions_are_bounded(rendered: dict) -> None:
     deployment = one(rendered, "Deployment")
     pod = deployment["spec"]["template"]
