@@ -33,7 +33,8 @@ from gateway.sessions.service import SessionService
 from gateway.store.base import SessionStore, TokenQuota
 from gateway.store.finished import FinishedCache
 from gateway.store.memory import MemoryStore
-from gateway.store.redis import RedisStore, redis_client
+from gateway.store.redis import RedisStore
+from gateway.store.redis_client import redis_client
 from gateway.tasks import Tasks
 from gateway.upstream.answers import AnswerCaps
 from gateway.upstream.client import Upstream, new_client_session

@@ -73,6 +73,12 @@ class Tasks:
                 log.error("background_tick_failed", task=group, error=type(exc).__name__, exc_info=exc)
                 if self._on_crash is not None:
                     self._on_crash(group)
+            # A cancel that lands in a tick may be swallowed by a library that finishes its call
+            # instead of raising (redis-py does, to keep its connection usable): the loop would
+            # go on and `cancel` would wait for it forever. The request is still on the task.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError
 
     def _done(self, group: str, task: asyncio.Task[Any]) -> None:
         self._groups[group].discard(task)

@@ -37,7 +37,7 @@ from prometheus_client import CollectorRegistry
 from gateway.app import create_app
 from gateway.config import Config, LogConfig
 from gateway.http import keys
-from gateway.http.runner import ThreadedServer
+from gateway.http.testing import ThreadedServer
 from gateway.observability.logs import configure_logging
 from gateway.sandbox.app import SANDBOX, Sandbox, create_sandbox_app
 from gateway.sandbox.data import LpuKnobs, SandboxPatient, demo_lpu

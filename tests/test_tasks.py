@@ -106,3 +106,24 @@ async def test_every_wakes_at_once_and_stops_when_the_tick_says_so() -> None:
         await task
     # The loop ended by itself, not by a cancel, and the wake was consumed.
     assert not task.cancelled() and not wake.is_set()
+
+
+async def test_every_stops_on_a_cancel_that_its_tick_swallowed() -> None:
+    """redis-py finishes a command it is cancelled in and returns its answer: the loop must
+    still end, or `cancel` (and so the app's shutdown) waits for it forever."""
+    tasks = Tasks()
+    in_tick = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def tick() -> None:
+        in_tick.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()  # and, like the library, carry on as if nothing had happened
+
+    task = tasks.every(0.001, tick, "redis_probe")
+    async with asyncio.timeout(5):
+        await in_tick.wait()
+        assert await tasks.cancel("redis_probe") == 1
+    assert cancelled.is_set() and task.cancelled() and tasks.count("redis_probe") == 0

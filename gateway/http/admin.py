@@ -6,7 +6,7 @@ flags file's version, the guardrails and each cohort's state, why and since when
 docs/rollout-guardrails.md).
 
 All need `X-Admin-Token: <rollout.admin_token>` (a random string of 32+ characters, checked at
-start by gateway/config.py). Without a configured token the routes do not exist; with a wrong or
+start by gateway/config/checks.py). Without a configured token the routes do not exist; with a wrong or
 missing token they answer exactly like a route that does not exist. Wrong tokens are counted
 (`gateway_admin_auth_failures_total`) and limited per client address and in total
 (`rollout.admin_failures_per_client`, `admin_failures_total` per minute): beyond, the routes

@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import resource
-import threading
 from collections import OrderedDict
-from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import structlog
 from aiohttp import web
@@ -37,7 +35,6 @@ from gateway.http.errors import error_bytes, error_response, kind_for_status
 from gateway.observability.metrics import Metrics
 
 log = structlog.get_logger("gateway.server")
-T = TypeVar("T")
 
 
 def error_kind(status: int, exc: BaseException | None) -> ErrorKind:
@@ -326,42 +323,3 @@ class GatewayRunner(web.AppRunner):
                 fd_limit=current_fd_limit(),
             )
         return server
-
-
-class ThreadedServer:
-    """Serves apps with GatewayRunner on an event loop in a thread of its own (loopback, a free
-    port each), for tools and tests that drive them from synchronous code or another loop."""
-
-    def __init__(self, handler_cancellation: bool = False) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="served-apps", daemon=True)
-        self._thread.start()
-        self._runners: list[web.AppRunner] = []
-        self._handler_cancellation = handler_cancellation
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
-        """Runs a coroutine on the server's loop and returns its result."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def serve(self, app: web.Application) -> int:
-        """Starts serving `app` on 127.0.0.1; returns its port."""
-        return self.run(self._serve(app))
-
-    async def _serve(self, app: web.Application) -> int:
-        runner = GatewayRunner(app, access_log=None, handler_cancellation=self._handler_cancellation)
-        await runner.setup()
-        self._runners.append(runner)
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        return int(runner.addresses[0][1])
-
-    async def _cleanup(self) -> None:
-        for runner in reversed(self._runners):
-            await runner.cleanup()
-
-    def stop(self) -> None:
-        try:
-            self.run(self._cleanup())
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(10)
-            self.loop.close()

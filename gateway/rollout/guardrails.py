@@ -45,7 +45,7 @@ from gateway.contract import FAILED
 from gateway.observability.metrics import Metrics
 from gateway.rollout.window import Window
 from gateway.store.base import StoreUnavailable
-from gateway.store.redis import redis_client
+from gateway.store.redis_client import redis_client
 from gateway.tasks import Tasks
 
 log = structlog.get_logger("gateway.guardrails")

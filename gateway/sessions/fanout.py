@@ -2,9 +2,11 @@
 terminal entry written to the store as soon as it is known, everything unfinished written
 Failed at the deadline.
 
-Each run is a task of the app's task owner (gateway/tasks.py, group "fanout"), holding its
-session's lease while it runs (gateway/sessions/leases.py). Results of a run that later
-sessions of the same token share (gateway/sessions/reuse.py) are written to them too.
+Each run is a `Run`: a task of the app's task owner (gateway/tasks.py, group "fanout") holding
+its session's lease while it runs (gateway/sessions/leases.py). The sessions that share a run
+(the reuse window, gateway/sessions/reuse.py) are its targets (`Run.add_target`): it writes every
+result to them too and keeps their leases with its own. The service asks this module, never the
+leases: `start` a run, `runs_here` for a session, `fail_unfinished` for an orphan past its deadline.
 """
 
 from __future__ import annotations
@@ -19,12 +21,11 @@ import orjson
 import structlog
 
 from gateway.config import SessionConfig
-from gateway.contract import COMPLETE, FAILED, LPU_METHODS
+from gateway.contract import COMPLETE, LPU_METHODS
 from gateway.observability.metrics import Metrics
 from gateway.sessions.leases import Leases
-from gateway.sessions.reuse import SharedFanout
 from gateway.store.base import SessionStore, StoreUnavailable
-from gateway.store.session import Session, entry_bytes, entry_state, failed_entry
+from gateway.store.session import Session, entry_bytes, failed_entry
 from gateway.tasks import Tasks
 from gateway.upstream.answers import AnswerCaps, CallFailure, map_answer, parse_answer
 from gateway.upstream.client import Caller, Upstream
@@ -56,13 +57,49 @@ class LpuFailed(Exception):
         self.duration = duration  # of the failed call, retries included
 
 
-class _Run:
-    """What one run shares among its LPUs: the per-session bound on upstream calls in flight,
-    and the mapped bytes its entries hold so far (`session.max_session_bytes`)."""
+class Run:
+    """One run of a session's LPUs, and the sessions it writes: its own, then its targets.
 
-    def __init__(self, session: Session, calls_in_flight: int) -> None:
+    Also what its LPUs share: the per-session bound on upstream calls in flight, and the mapped
+    bytes its entries hold so far (`session.max_session_bytes`)."""
+
+    def __init__(
+        self, session: Session, caller: Caller, indices: list[int], leases: Leases, calls_in_flight: int
+    ) -> None:
+        self.session = session
+        self.caller = caller
+        self.indices = indices
+        self.pending = set(indices)
+        # The other sessions that receive each result of this run as it is written.
+        self.targets: list[str] = []
+        self.failed = False  # an LPU of this run was written Failed
+        self.task: asyncio.Task[None] | None = None  # None once the run has ended (or had nothing to run)
         self.calls = asyncio.Semaphore(calls_in_flight)
         self.entry_bytes = sum(len(entry) for entry in session.results.values())
+        self._leases = leases
+
+    @property
+    def guid(self) -> str:
+        return self.session.guid
+
+    @property
+    def running(self) -> bool:
+        return self.task is not None
+
+    def add_target(self, guid: str) -> bool:
+        """From now on every result of this run is also written to session `guid`, whose lease
+        is renewed with the run's; False when the run has ended (nothing more will be written)."""
+        if self.task is None:
+            return False
+        self.targets.append(guid)
+        self._leases.share(guid, self.task)
+        return True
+
+    def ended(self) -> None:
+        """Called by the run's task as it ends: its leases are no longer renewed here."""
+        self._leases.drop(self.session.guid, self.task, self.targets)
+        self.task = None
+        self.targets = []
 
 
 class Fanout:
@@ -82,7 +119,7 @@ class Fanout:
         self._upstream = upstream
         self._metrics = metrics
         self._tasks = tasks
-        self.leases = leases
+        self._leases = leases
         self._caps = caps
         self._calls_per_session = calls_per_session
         self._lpu_complete = metrics.lpu_outcomes.labels("complete", "ok")
@@ -97,23 +134,32 @@ class Fanout:
         caller: Caller,
         indices: range | list[int],
         on_done: Callable[[], None] | None = None,
-        shared: SharedFanout | None = None,
-    ) -> None:
+    ) -> Run:
         """Runs the given LPUs of a session in a task the app owns. This replica must hold the
         session's lease (taken by `create` or `acquire_lease`); it is renewed while the task runs.
-        Each result is also written to the sessions sharing this fan-out (`shared`), if any."""
-        task = self._tasks.spawn(self._run(session, caller, list(indices), shared), GROUP)
+        With no LPUs to run the run has ended at once (and `on_done` is called now)."""
+        run = Run(session, caller, list(indices), self._leases, self._calls_per_session)
+        if not run.pending:
+            if on_done is not None:
+                on_done()
+            return run
+        run.task = task = self._tasks.spawn(self._run(run), GROUP)
         if on_done is not None:
             task.add_done_callback(lambda _: on_done())
-        self.leases.hold(session.guid, task)
+        self._leases.hold(session.guid, task)
+        return run
 
-    async def _finish(self, session: Session, index: int, entry: bytes, shared: SharedFanout | None) -> bool:
-        """Writes LPU `index`'s terminal entry; returns whether this write won."""
+    def runs_here(self, guid: str) -> bool:
+        """Whether a run of this replica writes session `guid` (as its own or as a target)."""
+        return self._leases.holds(guid)
+
+    async def _finish(self, run: Run, index: int, entry: bytes) -> bool:
+        """Writes LPU `index`'s terminal entry to the run's session, and if that write won, to
+        its targets; returns whether it won."""
+        session = run.session
         won = await self._write(session, session.guid, index, entry)
-        if won and shared is not None:
-            if entry_state(entry) == FAILED:
-                shared.failed = True
-            for guid in list(shared.subscribers):
+        if won:
+            for guid in list(run.targets):
                 await self._write(session, guid, index, entry)
         return won
 
@@ -133,50 +179,39 @@ class Fanout:
             await asyncio.sleep(random.uniform(0, backoff))
             backoff = min(backoff * 2, WRITE_RETRY_MAX)
 
-    async def _run(self, session: Session, caller: Caller, indices: list[int], shared: SharedFanout | None) -> None:
+    async def _run(self, run: Run) -> None:
+        session = run.session
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (session.deadline - time.time())
-        pending = set(indices)
-        run = _Run(session, self._calls_per_session)
         self._metrics.sessions_in_flight.inc()
         try:
             try:
                 async with asyncio.timeout_at(deadline):
                     async with asyncio.TaskGroup() as group:
-                        for index in indices:
-                            group.create_task(self._lpu(session, index, caller, pending, shared, run))
+                        for index in run.indices:
+                            group.create_task(self._lpu(run, index))
             except TimeoutError:
                 self._metrics.sessions_deadline.inc()
                 waited = time.time() - session.created_at
-                for index in sorted(pending):
-                    if await self._finish(session, index, failed_entry(session.lpus[index]), shared):
-                        self.record_failure(session, index, LpuFailed("session", "deadline", "", waited))
+                for index in sorted(run.pending):
+                    await self._write_failed(run, index, LpuFailed("session", "deadline", "", waited))
         except* StoreUnavailable:
             # Only once the deadline has passed (writes are retried until then): the unwritten
             # LPUs read as Failed.
-            log.warning("fanout_store_unavailable", session=session.guid, unfinished=len(pending))
+            log.warning("fanout_store_unavailable", session=session.guid, unfinished=len(run.pending))
         finally:
             self._metrics.sessions_in_flight.dec()
-            self.leases.drop(session.guid, asyncio.current_task(), shared.subscribers if shared else [])
-            if shared is not None:
-                shared.finished()
+            run.ended()
         self._metrics.session_complete.observe(time.time() - session.created_at)
 
-    async def _lpu(
-        self,
-        session: Session,
-        index: int,
-        caller: Caller,
-        pending: set[int],
-        shared: SharedFanout | None,
-        run: _Run,
-    ) -> None:
+    async def _lpu(self, run: Run, index: int) -> None:
+        session = run.session
         lpu_guid = session.lpu_guids[index]
         started = time.perf_counter()
         try:
             # The first failed call fails the LPU and cancels its two siblings.
             async with asyncio.TaskGroup() as group:
-                calls = [group.create_task(self._fetch(method, lpu_guid, caller, run)) for method in LPU_METHODS]
+                calls = [group.create_task(self._fetch(method, lpu_guid, run)) for method in LPU_METHODS]
             visits, lpu_calls, disps = (task.result() for task in calls)
             entry = entry_bytes(COMPLETE, session.lpus[index], visits, lpu_calls, disps)
             self._check_size(entry, run, time.perf_counter() - started)
@@ -184,29 +219,32 @@ class Fanout:
             first = group_error.exceptions[0]
             if not isinstance(first, LpuFailed):
                 raise
-            await self._fail(session, index, first, pending, shared)
+            await self._fail(run, index, first)
             return
         except LpuFailed as failure:
-            await self._fail(session, index, failure, pending, shared)
+            await self._fail(run, index, failure)
             return
-        pending.discard(index)
-        if await self._finish(session, index, entry, shared):
+        run.pending.discard(index)
+        if await self._finish(run, index, entry):
             self._lpu_complete.inc()
-        elif await self._finish(session, index, failed_entry(session.lpus[index]), shared):
+        else:
             # The store refused the Complete as late (past the deadline by its clock): it may
             # already have been read as Failed, so Failed it stays.
-            self.record_failure(
-                session, index, LpuFailed("session", "deadline", "late", time.time() - session.created_at)
-            )
+            late = LpuFailed("session", "deadline", "late", time.time() - session.created_at)
+            await self._write_failed(run, index, late)
 
-    async def _fail(
-        self, session: Session, index: int, failure: LpuFailed, pending: set[int], shared: SharedFanout | None
-    ) -> None:
-        pending.discard(index)
-        if await self._finish(session, index, failed_entry(session.lpus[index]), shared):
-            self.record_failure(session, index, failure)
+    async def _fail(self, run: Run, index: int, failure: LpuFailed) -> None:
+        run.pending.discard(index)
+        await self._write_failed(run, index, failure)
 
-    def _check_size(self, entry: bytes, run: _Run, duration: float) -> None:
+    async def _write_failed(self, run: Run, index: int, failure: LpuFailed) -> None:
+        """Writes LPU `index` Failed; if that write won, the run has a Failed LPU (the reuse
+        window shares it no more) and the failure is counted and logged."""
+        if await self._finish(run, index, failed_entry(run.session.lpus[index])):
+            run.failed = True
+            self._record_failure(run.session, index, failure)
+
+    def _check_size(self, entry: bytes, run: Run, duration: float) -> None:
         """Counts a Complete entry against its session's bytes, or fails it (`too_large`)."""
         if len(entry) > self._config.max_entry_bytes:
             raise LpuFailed("session", "too_large", "entry bytes", duration)
@@ -214,11 +252,11 @@ class Fanout:
             raise LpuFailed("session", "too_large", "session bytes", duration)
         run.entry_bytes += len(entry)
 
-    async def _fetch(self, method: str, lpu_guid: str, caller: Caller, run: _Run) -> bytes:
+    async def _fetch(self, method: str, lpu_guid: str, run: Run) -> bytes:
         started = time.perf_counter()
         try:
             async with run.calls:
-                body = await self._upstream.for_lpu(method, lpu_guid, caller)
+                body = await self._upstream.for_lpu(method, lpu_guid, run.caller)
             return await map_answer(parse_answer(body, self._caps), MAPPERS[method], self._caps)
         except CallFailure as failure:
             detail = f"status {failure.status}" if failure.status else failure.detail
@@ -230,7 +268,16 @@ class Fanout:
             log.exception("lpu_internal_error", method=method, lpu=lpu_guid)
             raise LpuFailed(method, "internal", type(exc).__name__, time.perf_counter() - started) from None
 
-    def record_failure(self, session: Session, index: int, failure: LpuFailed) -> None:
+    async def fail_unfinished(self, session: Session, indices: list[int], detail: str) -> None:
+        """Writes the given LPUs Failed at once, past the session's deadline and with no run
+        (an orphan no replica finished): each write that wins is counted and logged as a run's
+        would be. One try each: a StoreUnavailable is the caller's."""
+        waited = time.time() - session.created_at
+        for index in indices:
+            if await self._store.finish_lpu(session.guid, index, failed_entry(session.lpus[index])):
+                self._record_failure(session, index, LpuFailed("session", "deadline", detail, waited))
+
+    def _record_failure(self, session: Session, index: int, failure: LpuFailed) -> None:
         self._metrics.lpu_outcomes.labels("failed", failure.reason).inc()
         # Once per LPU, with no token and nothing from the record bodies: only where and why.
         log.warning(
@@ -247,8 +294,8 @@ class Fanout:
     async def close(self) -> None:
         """Cancels every running fan-out and waits for them to end, then gives up their leases
         so that another replica can take the sessions over at the next poll, not a lease later."""
-        held = self.leases.held()
+        held = self._leases.held()
         cancelled = await self._tasks.cancel(GROUP)
         if cancelled:
             log.info("fanout_cancelled", sessions=cancelled)
-        await self.leases.release(held)
+        await self._leases.release(held)

@@ -1,5 +1,6 @@
-"""This replica's session leases: which sessions it runs (or feeds from a shared fan-out), and
-the one task that renews their leases in the store several times per `lease_ttl`.
+"""This replica's session leases: which sessions it runs (or writes as targets of a run,
+gateway/sessions/fanout.py), and the keeper that renews their leases in the store several times
+per `lease_ttl` (a `Tasks.every` loop, gateway/tasks.py).
 
 Another replica tells a running session from an orphaned one by its lease (docs/replicas.md,
 "Ownership and takeover"). The keeper exists only while there is a lease to renew, so an idle
@@ -30,21 +31,23 @@ class Leases:
         # Sessions sharing a fan-out running here → that fan-out's task: their leases are renewed
         # while it runs, but losing one never stops it (it is another session's fan-out).
         self._shared: dict[str, asyncio.Task[None]] = {}
+        self._keeper: asyncio.Task[None] | None = None
 
     def hold(self, guid: str, task: asyncio.Task[None]) -> None:
         """`task` runs `guid`'s fan-out here; its lease (already taken) is renewed from now on."""
         self._own[guid] = task
-        if not self._tasks.count(GROUP):
-            self._tasks.spawn(self._keep(), GROUP)
+        # Done, not the group's count: a keeper that has just stopped stays counted until its
+        # done callback runs, and a hold() before that would be left without one.
+        if self._keeper is None or self._keeper.done():
+            self._keeper = self._tasks.every(self._lease_ttl / 3, self._renew, GROUP)
 
     def share(self, guid: str, task: asyncio.Task[None]) -> None:
+        """Session `guid` is a target of the fan-out `task` (gateway/sessions/fanout.py, `Run`):
+        its lease is renewed while that runs."""
         self._shared[guid] = task
 
-    def running(self, guid: str) -> asyncio.Task[None] | None:
-        """The task running `guid`'s own fan-out here, if any."""
-        return self._own.get(guid)
-
     def holds(self, guid: str) -> bool:
+        """Whether `guid`'s lease is renewed here (its own fan-out or one it is a target of)."""
         return guid in self._own or guid in self._shared
 
     def drop(self, guid: str, task: asyncio.Task[None] | None, shared: list[str]) -> None:
@@ -54,26 +57,23 @@ class Leases:
         for other in shared:
             self._shared.pop(other, None)
 
-    async def _keep(self) -> None:
-        """Renews the leases of the fan-outs running here; stops a fan-out whose lease another
-        replica holds now, or whose session is gone."""
-        while True:
-            await asyncio.sleep(self._lease_ttl / 3)
-            if not self._own and not self._shared:
-                return  # idle: the next hold() starts a keeper again
-            running = dict(self._own)
-            try:
-                lost = await self._store.renew_leases(running.keys() | self._shared.keys())
-            except StoreUnavailable:
-                continue  # logged by the store; a lease that lapses meanwhile is retaken or lost
-            except Exception:  # a bug here must not end renewals for every fan-out of the replica
-                log.exception("lease_renewal_failed")
-                continue
-            for guid in lost:
-                log.warning("lease_lost", session=guid)
-                if guid in running:
-                    running[guid].cancel()
-                self._shared.pop(guid, None)
+    async def _renew(self) -> object:
+        """One tick of the keeper (`Tasks.every`, every lease_ttl / 3): renews the leases of the
+        fan-outs running here; stops a fan-out whose lease another replica holds now, or whose
+        session is gone. A tick that raises is logged and counted there, and renewals go on."""
+        if not self._own and not self._shared:
+            return Tasks.STOP  # idle: the next hold() starts a keeper again
+        running = dict(self._own)
+        try:
+            lost = await self._store.renew_leases(running.keys() | self._shared.keys())
+        except StoreUnavailable:
+            return None  # logged by the store; a lease that lapses meanwhile is retaken or lost
+        for guid in lost:
+            log.warning("lease_lost", session=guid)
+            if guid in running:
+                running[guid].cancel()
+            self._shared.pop(guid, None)
+        return None
 
     def held(self) -> list[str]:
         return [*self._own, *self._shared]

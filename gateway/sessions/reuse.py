@@ -5,7 +5,8 @@ An app opens its visits screen several times a minute and every open creates a s
 reuse each one costs the upstream a full fan-out (the MKAB list and three calls per LPU). With
 it, the first create of a token starts the fan-out and every create of the same token within the
 window gets a new session GUID holding the same results: copied from the shared session when
-they are already in, written to it by the shared fan-out as they arrive otherwise. A create
+they are already in, written to it by the shared run as they arrive otherwise (the new session is
+that run's target, `Run.add_target`). A create
 that arrives while the token's first one is still fetching the LPU list waits for it and shares
 its fan-out (gateway/sessions/service.py).
 
@@ -22,55 +23,49 @@ token's creates are shared only when they reach the same replica.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
 
-
-@dataclass
-class SharedFanout:
-    """A fan-out that later sessions of the same token may share."""
-
-    guid: str
-    started: float  # monotonic
-    failed: bool = False
-    running: bool = True
-    # Sessions that receive each LPU result of this fan-out as it is written.
-    subscribers: list[str] = field(default_factory=list)
-
-    def finished(self) -> None:
-        self.running = False
-        self.subscribers = []
+from gateway.sessions.fanout import Run
 
 
 class ReuseIndex:
-    """Token hash → the latest fan-out started for it within the window, at most `limit` of them."""
+    """Token hash → the latest run started for it within the window, at most `limit` of them.
+
+    A session that shares a run becomes its target (`Run.add_target`, from
+    gateway/sessions/service.py); the index only says which run a token may share."""
 
     def __init__(self, window: float, limit: int) -> None:
         self.window = window
         self._limit = limit
-        self._entries: OrderedDict[str, SharedFanout] = OrderedDict()
+        # Token hash → (when the run started, monotonic; the run), in start order.
+        self._entries: OrderedDict[str, tuple[float, Run]] = OrderedDict()
 
     def _prune(self, now: float) -> None:
         # Entries are kept in start order, so the expired ones are at the front.
         while self._entries:
-            oldest = next(iter(self._entries.values()))
-            if now - oldest.started < self.window and len(self._entries) <= self._limit:
+            started, _ = next(iter(self._entries.values()))
+            if now - started < self.window and len(self._entries) <= self._limit:
                 break
             self._entries.popitem(last=False)
 
-    def find(self, key: str, now: float) -> SharedFanout | None:
-        """The fan-out a new session of this token may share, or None: fetch afresh."""
+    def find(self, key: str, now: float) -> Run | None:
+        """The run a new session of this token may share, or None: fetch afresh."""
         self._prune(now)
-        shared = self._entries.get(key)
-        if shared is None or shared.failed:
+        entry = self._entries.get(key)
+        if entry is None or entry[1].failed:
             return None
-        return shared
+        return entry[1]
 
-    def add(self, key: str, guid: str, now: float) -> SharedFanout:
-        shared = SharedFanout(guid, now)
+    def add(self, key: str, run: Run, now: float) -> None:
         self._entries.pop(key, None)
-        self._entries[key] = shared
+        self._entries[key] = (now, run)
         self._prune(now)
-        return shared
+
+    def forget(self, key: str, run: Run) -> None:
+        """`run` cannot be shared (its session is gone or has a Failed LPU): later creates of
+        this token fetch afresh, unless a newer run is already indexed for it."""
+        entry = self._entries.get(key)
+        if entry is not None and entry[1] is run:
+            del self._entries[key]
 
     def __len__(self) -> int:
         return len(self._entries)

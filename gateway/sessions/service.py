@@ -24,12 +24,12 @@ import structlog
 from gateway.config import SessionConfig
 from gateway.contract import FAILED, GatewayError
 from gateway.observability.metrics import Metrics
-from gateway.sessions.fanout import Fanout, LpuFailed, dumps_kept
+from gateway.sessions.fanout import Fanout, Run, dumps_kept
 from gateway.sessions.limits import SessionLimits
-from gateway.sessions.reuse import ReuseIndex, SharedFanout
+from gateway.sessions.reuse import ReuseIndex
 from gateway.sessions.tokens import same_hash, token_hash
 from gateway.store.base import SessionStore, StoreUnavailable, TokenLimited
-from gateway.store.session import Session, failed_entry
+from gateway.store.session import Session
 from gateway.upstream.answers import CallFailure
 from gateway.upstream.client import Caller, Upstream
 from gateway.upstream.mapping import MappingError, map_mkab_list
@@ -63,8 +63,8 @@ class SessionService:
         self._metrics = metrics
         self._reuse = ReuseIndex(config.reuse_window, config.max_sessions) if config.reuse_window > 0 else None
         # Token hash → the create of that token now fetching its LPU list (with the window on):
-        # at most one per token, gone when its fetch ends.
-        self._opening: dict[str, asyncio.Future[SharedFanout | None]] = {}
+        # at most one per token, gone when its fetch ends; it learns the run to share.
+        self._opening: dict[str, asyncio.Future[Run | None]] = {}
 
     async def create(self, token: str, caller: Caller, *, admit: bool = True) -> str:
         """Creates a session for `token` and starts its fan-out; returns the session GUID.
@@ -99,15 +99,15 @@ class SessionService:
             # Before the upstream call: with the store down the session could not be kept anyway.
             raise StoreUnavailable
         key = token_hash(token)
-        opening: asyncio.Future[SharedFanout | None] | None = None
+        opening: asyncio.Future[Run | None] | None = None
         if self._reuse is not None:
-            shared = self._reuse.find(key, time.monotonic())
-            if shared is None and key in self._opening:
+            run = self._reuse.find(key, time.monotonic())
+            if run is None and key in self._opening:
                 # Another create of this token is fetching the LPU list right now (an app opens
-                # its screen twice within one MKAB call): share that fan-out rather than start
-                # a second one. Its failure leaves this create to fetch on its own.
-                shared = await asyncio.shield(self._opening[key])
-            if shared is not None and (guid := await self._share(shared, count_token)) is not None:
+                # its screen twice within one MKAB call): share that run rather than start a
+                # second one. Its failure leaves this create to fetch on its own.
+                run = await asyncio.shield(self._opening[key])
+            if run is not None and (guid := await self._share(key, run, count_token)) is not None:
                 if on_done is not None:
                     on_done()  # no fan-out of its own
                 return guid
@@ -128,10 +128,10 @@ class SessionService:
         caller: Caller,
         on_done: Callable[[], None] | None,
         count_token: bool,
-        opening: asyncio.Future[SharedFanout | None] | None,
+        opening: asyncio.Future[Run | None] | None,
     ) -> str:
-        """The MKAB list, the new session stored, its fan-out started; `opening` learns the
-        fan-out the creates waiting on this one may share."""
+        """The MKAB list, the new session stored, its run started; `opening` learns the run
+        the creates waiting on this one may share."""
         lpus = await self._patient_lpus(caller)
         if len(lpus) > self._config.max_lpus:
             # A list no patient has: refused whole rather than cut, so that no patient is shown
@@ -149,29 +149,26 @@ class SessionService:
             lpu_guids=tuple(lpu["guid"] for lpu in lpus),
         )
         await self._store_new(session, count_token)
-        shared = self._reuse.add(key, session.guid, time.monotonic()) if self._reuse is not None else None
+        run = self.fanout.start(session, caller, range(len(lpus)), on_done)
+        if self._reuse is not None:
+            self._reuse.add(key, run, time.monotonic())
         if opening is not None:
-            opening.set_result(shared)
-        if lpus:
-            self.fanout.start(session, caller, range(len(lpus)), on_done, shared)
-        else:
-            if shared is not None:
-                shared.finished()
-            if on_done is not None:
-                on_done()
+            opening.set_result(run)
         return session.guid
 
     async def _store_new(self, session: Session, count_token: bool) -> None:
         await self._token_quota(self.store.create(session, count_token=count_token))
         self._metrics.sessions_created.inc()
 
-    async def _share(self, shared: SharedFanout, count_token: bool) -> str | None:
-        """A new session with the shared fan-out's results (see gateway/sessions/reuse.py), or
-        None when that fan-out cannot be shared (gone from the store, or an LPU Failed)."""
-        source = await self.store.load(shared.guid)
+    async def _share(self, key: str, run: Run, count_token: bool) -> str | None:
+        """A new session with the results of `run` (see gateway/sessions/reuse.py), or None
+        when that run cannot be shared (its session gone from the store, or an LPU Failed)."""
+        live = run.running
+        source = await self.store.load(run.guid)
         now = time.time()
         if source is None or FAILED in source.states(now):
-            shared.failed = True
+            if self._reuse is not None:
+                self._reuse.forget(key, run)
             return None
         session = Session(
             guid=str(uuid.uuid4()),
@@ -183,14 +180,12 @@ class SessionService:
         )
         await self._store_new(session, count_token)
         try:
-            running = self.fanout.leases.running(shared.guid)
-            if shared.running and running is not None:
-                # From here on the fan-out writes every result to this session too (and the
-                # keeper renews its lease); what it wrote while this one was being created is in
-                # the source (no await separates the two).
-                shared.subscribers.append(session.guid)
-                self.fanout.leases.share(session.guid, running)
-                source = await self.store.load(shared.guid) or source
+            # From here on the run writes every result to this session too (and renews its
+            # lease); what it wrote since the first load, while this one was being created, is
+            # in a second load (no await separates the two). A run that ended meanwhile wrote
+            # its last results to the source only: they are in that load too.
+            if run.add_target(session.guid) or live:
+                source = await self.store.load(run.guid) or source
             # Results go through finish_lpu, as any store stores them (a duplicate is a no-op).
             for index, entry in source.results.items():
                 await self.store.finish_lpu(session.guid, index, entry)
@@ -199,7 +194,7 @@ class SessionService:
             # fan-out that lost the store (a poll with the token may re-run it: take_over).
             log.warning("reuse_store_unavailable", session=session.guid)
         self._metrics.sessions_reused.inc()
-        log.info("session_reused", session=session.guid, shared=shared.guid)
+        log.info("session_reused", session=session.guid, shared=run.guid)
         return session.guid
 
     async def _patient_lpus(self, caller: Caller) -> list[dict[str, Any]]:
@@ -269,7 +264,7 @@ class SessionService:
         before the deadline changes nothing: the LPUs read as Failed from the deadline anyway.
         Of replicas polling at once, only the one that takes the lease acts."""
         unfinished = session.unfinished()
-        if not session.orphaned or not unfinished or self.fanout.leases.holds(session.guid):
+        if not session.orphaned or not unfinished or self.fanout.runs_here(session.guid):
             return  # running, finished, or running here (the keeper takes its lapsed lease back)
         late = time.time() >= session.deadline
         if caller is None and not late:
@@ -282,10 +277,7 @@ class SessionService:
             self._metrics.takeovers.labels(result).inc()
             if caller is not None and result == "rerun":
                 self.fanout.start(session, caller, unfinished)
-                return
-            for index in unfinished:
-                if await self.store.finish_lpu(session.guid, index, failed_entry(session.lpus[index])):
-                    waited = time.time() - session.created_at
-                    self.fanout.record_failure(session, index, LpuFailed("session", "deadline", "orphaned", waited))
+            else:
+                await self.fanout.fail_unfinished(session, unfinished, "orphaned")
         except StoreUnavailable:
             log.warning("takeover_store_unavailable", session=session.guid)

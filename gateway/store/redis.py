@@ -17,16 +17,18 @@ Keys (`prefix` is `redis.prefix`, "vg" by default):
 - `{prefix}:p:{guid}`: hash, the session's poll bucket (`t` tokens, `at` ms; `limits.poll_rate`,
   `poll_burst`), shared by every replica.
 
-A session is created (bound check, hash, TTL, lease) by one Lua script, so no replica ever sees a
-session without its lease or its TTL; a create that Redis out of memory refuses writes nothing
-(503 store_full). A poll is one round trip (HGETALL of the hash, EXISTS of the lease and the
-poll count script, pipelined) and joins the stored bytes.
+A session is created (bound check, hash, TTL, lease) by one Lua script (the scripts are in
+gateway/store/redis_scripts.py), so no replica ever sees a session without its lease or its
+TTL; a create that Redis out of memory refuses writes nothing (503 store_full). A poll is one
+round trip (HGETALL of the hash, EXISTS of the lease and the poll count script, pipelined) and
+joins the stored bytes.
 
 Every call is bounded by `redis.timeout` (socket timeouts and an asyncio timeout around it).
 While Redis is unreachable, request-path calls fail at once with StoreUnavailable instead of
 waiting; a probe every `redis.probe_interval` notices when it is back. Only connection errors,
 a timed-out cheap call or `redis.down_after_timeouts` timeouts in a row mark it unreachable
-(Reachability); an error answer (out of memory) fails that call alone.
+(Reachability, in gateway/store/redis_client.py with the client factory); an error answer (out
+of memory) fails that call alone.
 """
 
 from __future__ import annotations
@@ -40,10 +42,6 @@ from collections.abc import Awaitable, Callable, Collection
 from typing import Any, TypeVar
 
 import structlog
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
-from redis.backoff import NoBackoff
 from redis.exceptions import (
     BusyLoadingError,
     MasterDownError,
@@ -54,8 +52,9 @@ from redis.exceptions import (
 )
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.config import LimitsConfig, RedisConfig, SessionConfig, parse_sentinel_url
+from gateway.config import LimitsConfig, RedisConfig, SessionConfig
 from gateway.observability.metrics import Metrics
+from gateway.store import redis_scripts
 from gateway.store.base import (
     CREATE_RATE_PER_TOKEN,
     LIVE_SESSIONS_PER_TOKEN,
@@ -66,218 +65,13 @@ from gateway.store.base import (
     TokenLimited,
     TokenQuota,
 )
+from gateway.store.redis_client import Reachability, redis_client
 from gateway.store.session import Session, is_complete
 from gateway.tasks import Tasks
 
 log = structlog.get_logger("gateway.store")
 
 T = TypeVar("T")
-
-# Lua the scripts share: Redis's clock in ms (`now`), and the tokens a bucket holds now (a hash of
-# `t` tokens and `at` ms; full when missing, so a bucket forgotten once full changes nothing).
-_LUA_NOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-"""
-_LUA_BUCKET = """
-local function tokens_in(key, rate, burst)
-  local bucket = redis.call('HMGET', key, 't', 'at')
-  if not bucket[1] then
-    return burst
-  end
-  return math.min(burst, tonumber(bucket[1]) + (now - tonumber(bucket[2])) * rate)
-end
-"""
-
-# KEYS: index, session, lease, token's sessions. ARGV: ttl ms, lease ms, max sessions, owner,
-# guid, the token's quota of live sessions (0: not counted), field, value, ...
-# Returns {created (1), full (0) or the token's quota reached (2), sessions removed from the
-# index as expired, live sessions, ms until the token's oldest live session expires}.
-# Reads come first and the first write is ZADD, which Redis refuses when it is at maxmemory: an
-# out-of-memory Redis answers OOM before anything is written, never a half-made session that
-# was answered 200 (a script's first write decides; after it Redis lets the script finish).
-_CREATE = (
-    _LUA_NOW
-    + """
-local live = redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
-if live >= tonumber(ARGV[3]) then
-  return {0, 0, live, 0}
-end
-local quota = tonumber(ARGV[6])
-if quota > 0 and redis.call('ZCOUNT', KEYS[4], '(' .. now, '+inf') >= quota then
-  local oldest = redis.call('ZRANGEBYSCORE', KEYS[4], '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
-  return {2, 0, live, tonumber(oldest[2]) - now}
-end
-local ttl = tonumber(ARGV[1])
-redis.call('ZADD', KEYS[1], now + ttl, ARGV[5])
-local expired = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-redis.call('PEXPIRE', KEYS[1], ttl)
-if quota > 0 then
-  redis.call('ZADD', KEYS[4], now + ttl, ARGV[5])
-  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
-  redis.call('PEXPIRE', KEYS[4], ttl)
-end
-for i = 7, #ARGV, 2 do
-  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
-end
-redis.call('PEXPIRE', KEYS[2], ttl)
-redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[2])
-return {1, expired, live + 1, 0}
-"""
-)
-
-# KEYS: token's sessions, token's create bucket. ARGV: quota of live sessions, refill per ms,
-# burst, session ttl ms (the bucket outlives neither its refill nor the sessions).
-# Returns {0 (admitted), 1 (live quota reached) or 2 (rate spent), ms to wait}. A refused
-# create spends nothing, so the wait is true.
-_ADMIT = (
-    _LUA_NOW
-    + _LUA_BUCKET
-    + """
-local reason, wait = 0, 0
-if redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf') >= tonumber(ARGV[1]) then
-  local oldest = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
-  reason, wait = 1, tonumber(oldest[2]) - now
-end
-local rate, burst = tonumber(ARGV[2]), tonumber(ARGV[3])
-local tokens = tokens_in(KEYS[2], rate, burst)
-if tokens < 1 then
-  local refill = math.ceil((1 - tokens) / rate)
-  if refill > wait then
-    reason, wait = 2, refill
-  end
-end
-if reason > 0 then
-  return {reason, wait}
-end
-redis.call('HSET', KEYS[2], 't', tostring(tokens - 1), 'at', now)
-redis.call('PEXPIRE', KEYS[2], math.min(math.ceil(burst / rate), tonumber(ARGV[4])))
-return {0, 0}
-"""
-)
-
-# KEYS: session, the session's poll bucket. ARGV: "1" when the poll has credentials, then the
-# hash they must match to be counted; refill per ms; burst. Returns the ms until the bucket holds
-# a poll when this one is over the limit, else 0. The same token bucket as the in-process one
-# (limits.poll_rate, poll_burst), shared by every replica and pipelined with the poll's read (one
-# round trip; the read itself stays outside the script, so a big session is not copied through
-# Lua). Its write is a pcall: Redis out of memory refuses the count, not the poll, and a missing
-# session or another token's poll counts nothing.
-_COUNT_POLL = (
-    _LUA_NOW
-    + _LUA_BUCKET
-    + """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return 0
-end
-if ARGV[1] == '1' and redis.call('HGET', KEYS[1], 'h') ~= ARGV[2] then
-  return 0
-end
-local rate, burst = tonumber(ARGV[3]), tonumber(ARGV[4])
-local tokens = tokens_in(KEYS[2], rate, burst)
-if tokens < 1 then
-  return math.ceil((1 - tokens) / rate)
-end
-local written = redis.pcall('HSET', KEYS[2], 't', tostring(tokens - 1), 'at', now)
-if type(written) == 'number' then
-  redis.call('PEXPIRE', KEYS[2], math.ceil(burst / rate))
-end
-return 0
-"""
-)
-
-# KEYS: session. ARGV: field, entry, "1" if the entry is Complete. HSETNX on a missing key would
-# create a hash with no TTL. A Complete is refused from the session's deadline on, by Redis's
-# clock: the clock `load` reads with (TIME in the same pipeline), so a reader that rendered the
-# LPU Failed never sees it Complete afterwards.
-_FINISH = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return 0
-end
-if ARGV[3] == '1' then
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-  if now >= tonumber(redis.call('HGET', KEYS[1], 'd')) then
-    return 0
-  end
-end
-return redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
-"""
-
-# KEYS: lease, session. ARGV: owner, lease ms. Only a free lease of a live session can be taken.
-_ACQUIRE = """
-if redis.call('EXISTS', KEYS[2]) == 0 then
-  return 0
-end
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return 1
-end
-return 0
-"""
-
-# KEYS: lease, session. ARGV: owner, lease ms. A lease that lapsed with nobody taking it over is
-# taken back; one held by another replica, or of a session that is gone, is lost (0).
-_RENEW = """
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-if holder == false and redis.call('EXISTS', KEYS[2]) == 1 then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-"""
-
-# KEYS: lease. ARGV: owner.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-
-
-class Reachability:
-    """Whether the store answers; each change is logged once and counted.
-
-    Only what says Redis is gone marks it down: a connection error (refused, reset, lost
-    authentication, a replica that became read-only or is loading), a timed-out cheap call, or
-    `down_after` timed-out calls in a row. A timed-out expensive call is followed by a PING:
-    if Redis does not answer that either, it is stalled and marked down at once. An answer, even
-    an error (out of memory, a refused script), shows Redis is up; one slow command on one big
-    session is that call's failure."""
-
-    def __init__(self, metrics: Metrics, down_after: int = 3) -> None:
-        self._metrics = metrics
-        self._down_after = down_after
-        self._timeouts = 0
-        self.up = True
-        metrics.store_up.set(1)
-
-    def ok(self) -> None:
-        self._timeouts = 0
-        if not self.up:
-            self._change(True)
-            log.info("store_reachable", store="redis")
-
-    def timed_out(self, error: BaseException, cheap: bool) -> bool:
-        """Records a timed-out call; True when it marks the store down."""
-        self._timeouts += 1
-        return self.failed(error) if cheap or self._timeouts >= self._down_after else False
-
-    def failed(self, error: BaseException) -> bool:
-        """Records a failed call; True when it is the one that marks the store down."""
-        if self.up:
-            self._change(False)
-            log.warning("store_unreachable", store="redis", error=type(error).__name__)
-            return True
-        return False
-
-    def _change(self, up: bool) -> None:
-        self.up = up
-        self._metrics.store_up.set(1 if up else 0)
-        self._metrics.store_state_changes.labels("up" if up else "down").inc()
 
 
 def _ms(seconds: float) -> int:
@@ -337,14 +131,14 @@ class RedisStore:
         self._metrics = metrics
         self._prefix = config.prefix
         self._index = f"{config.prefix}:sessions"
-        self._redis = _client(config)
-        self._create = self._redis.register_script(_CREATE)
-        self._admit = self._redis.register_script(_ADMIT)
-        self._count_poll = self._redis.register_script(_COUNT_POLL)
-        self._finish = self._redis.register_script(_FINISH)
-        self._acquire = self._redis.register_script(_ACQUIRE)
-        self._renew = self._redis.register_script(_RENEW)
-        self._release = self._redis.register_script(_RELEASE)
+        self._redis = redis_client(config)
+        self._create = self._redis.register_script(redis_scripts.CREATE)
+        self._admit = self._redis.register_script(redis_scripts.ADMIT)
+        self._count_poll = self._redis.register_script(redis_scripts.COUNT_POLL)
+        self._finish = self._redis.register_script(redis_scripts.FINISH)
+        self._acquire = self._redis.register_script(redis_scripts.ACQUIRE)
+        self._renew = self._redis.register_script(redis_scripts.RENEW)
+        self._release = self._redis.register_script(redis_scripts.RELEASE)
         # At most max_connections calls at once, whatever the pool kind: the others wait (within
         # their timeout) instead of failing.
         self._slots = asyncio.Semaphore(config.max_connections)
@@ -358,7 +152,7 @@ class RedisStore:
         about settings that would lose sessions (docs/redis.md), and starts the reachability probe."""
         if await self.probe():
             await self.check_settings()
-        self._tasks.spawn(self._probe_forever(), "redis_probe")
+        self._tasks.every(self._config.probe_interval, self._probe_tick, "redis_probe")
 
     async def check_settings(self) -> list[str]:
         """The problems with Redis's settings, each logged as a warning (docs/redis.md says why the
@@ -460,14 +254,11 @@ class RedisStore:
         self._metrics.store_sessions.set(live)
         return True
 
-    async def _probe_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self._config.probe_interval)
-            try:
-                if await self.probe() and not self._settings_checked:
-                    await self.check_settings()  # Redis was down at start
-            except Exception:  # a bug here must not leave the store marked down for good
-                log.exception("store_probe_failed")
+    async def _probe_tick(self) -> None:
+        # Run by Tasks.every: a tick that raises is logged and the probes go on, so a bug here
+        # cannot leave the store marked down for good.
+        if await self.probe() and not self._settings_checked:
+            await self.check_settings()  # Redis was down at start
 
     async def admit(self, token_key: str) -> None:
         if self._quota is None:
@@ -592,38 +383,6 @@ class RedisStore:
     async def close(self) -> None:
         await self._tasks.cancel("redis_probe")
         await self._redis.aclose()
-
-
-def redis_client(config: RedisConfig) -> Redis:
-    """A client as the store's own, for the few other keys replicas share (the rollout's
-    guardrail board, the migration ledger)."""
-    return _client(config)
-
-
-def _client(config: RedisConfig) -> Redis:
-    """A client with every wait bounded by `config.timeout` and no retries of its own (the caller
-    decides what a failure means). A redis+sentinel:// URL asks the sentinels for the primary,
-    again after every connection error, so a failover is followed without a restart."""
-    bounds: dict[str, Any] = {
-        "socket_timeout": config.timeout,
-        "socket_connect_timeout": config.timeout,
-        "retry": Retry(NoBackoff(), 0),
-    }
-    if not config.url.startswith("redis+sentinel://"):
-        pool = BlockingConnectionPool.from_url(
-            config.url, max_connections=config.max_connections, timeout=config.timeout, **bounds
-        )
-        return Redis.from_pool(pool)
-    target = parse_sentinel_url(config.url)
-    sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=dict(bounds))
-    return sentinel.master_for(
-        target.primary,
-        db=target.db,
-        username=target.username,
-        password=target.password,
-        max_connections=config.max_connections,
-        **bounds,
-    )
 
 
 def _decode(guid: str, raw: dict[bytes, bytes], orphaned: bool, read_at: float) -> Session:

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from gateway.app import create_app
 from gateway.config import Config
-from gateway.http.runner import ThreadedServer
+from gateway.http.testing import ThreadedServer
 from gateway.sandbox.app import Sandbox, create_sandbox_app
 from gateway.upstream import mapping
 from gateway.upstream.answers import CallFailure, parse_body

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from typing import Any
 
 from gateway.config import RedisConfig, SessionConfig
 from gateway.observability.metrics import Metrics
 from gateway.sandbox.data import LpuKnobs
 from gateway.store.redis import RedisStore
+from tests.support.faultnet import StallingProxy
 from tests.support.gateway import LOG, TICKETS, bearer, create, patient, poll_until_final, sample
 from tests.support.redis_server import RedisServer
 
@@ -80,26 +82,41 @@ async def test_a_slow_read_of_one_big_session_does_not_mark_the_store_down(
 ) -> None:
     p, other = patient(None), patient(None)
     _, url = await upstream(p, other)
-    # 0.15 s for every call; reading the 60 MiB session below takes about four times that.
-    # No in-process copy of finished sessions: every poll reads Redis.
-    redis = {"url": redis_server.url, "timeout": 0.15, "probe_interval": 0.1, "finished_cache_sessions": 0}
-    client = await gateway(url, redis=redis)
-    big = await create(client, p.token)
-    await poll_until_final(client, big)
-    small = await create(client, other.token)
-    await poll_until_final(client, small)
-    with redis_server.client() as r:
-        r.hset(f"vg:s:{big}", "r0", json.dumps({"lpu": {}, "state": "Complete", "visits": ["x" * 60 * 2**20]}))
-    for _ in range(2):
-        resp = await client.get(f"{TICKETS}/{big}", headers=bearer(p.token))
-        assert resp.status == 503, "the big read timed out"
-        await resp.read()
-        for _ in range(3):
-            resp = await client.get(f"{TICKETS}/{small}", headers=bearer(other.token))
-            assert resp.status == 200, "a neighbour's poll right after it is served"
+    # The gateway reaches Redis through a proxy that holds any reply carrying the marker, which
+    # only the big session below holds: its read outlasts redis.timeout by construction, however
+    # fast the machine reads 1 MiB, while Redis itself answers everyone else at once.
+    marker = f"held-{uuid.uuid4().hex}".encode()
+    proxy = StallingProxy("127.0.0.1", redis_server.port, marker)
+    await proxy.start()
+    try:
+        # 0.15 s for every call; no in-process copy of finished sessions: every poll reads Redis.
+        redis = {
+            "url": f"redis://127.0.0.1:{proxy.port}/0",
+            "timeout": 0.15,
+            "probe_interval": 0.1,
+            "finished_cache_sessions": 0,
+        }
+        client = await gateway(url, redis=redis)
+        big = await create(client, p.token)
+        await poll_until_final(client, big)
+        small = await create(client, other.token)
+        await poll_until_final(client, small)
+        visits = [marker.decode() + "x" * 2**20]
+        with redis_server.client() as r:
+            r.hset(f"vg:s:{big}", "r0", json.dumps({"lpu": {}, "state": "Complete", "visits": visits}))
+        for _ in range(2):
+            resp = await client.get(f"{TICKETS}/{big}", headers=bearer(p.token))
+            assert resp.status == 503, "the big read timed out"
             await resp.read()
-    assert sample(client, "gateway_store_state_changes_total", state="down") == 0
-    assert sample(client, "gateway_store_up") == 1
+            for _ in range(3):
+                resp = await client.get(f"{TICKETS}/{small}", headers=bearer(other.token))
+                assert resp.status == 200, "a neighbour's poll right after it is served"
+                await resp.read()
+        assert proxy.stalled == 2, "each 503 was the held read, not another failure"
+        assert sample(client, "gateway_store_state_changes_total", state="down") == 0
+        assert sample(client, "gateway_store_up") == 1
+    finally:
+        await proxy.close()
 
 
 async def test_unsafe_redis_settings_are_reported_at_start(tmp_path: Any) -> None:

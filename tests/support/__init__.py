@@ -3,7 +3,8 @@
 - `gateway`: tokens, patients, the old-path calls (create, poll until final), metric samples
   and the one bounded wait;
 - real servers on loopback: `redis_server`, `prometheus_server`, `replicas` (gateway processes),
-  `fake_legacy` (a legacy service), `faultnet` (a proxy that cuts a connection);
+  `fake_legacy` (a legacy service), `faultnet` (proxies that cut a connection or hold
+  one reply);
 - `rawhttp` (requests the client library would refuse to send), `netutil` (free ports),
   `workload` (a scripted old-path workload), `dashboards` (the Grafana panels' queries).
 """
