@@ -11,19 +11,19 @@ from functools import partial
 
 from aiohttp import web
 
+from gateway.cohorts import ClientTable
 from gateway.config import Config
-from gateway.contract import OTHER, UNKNOWN
 from gateway.http import admin, health, keys, openapi, scrape, tickets
-from gateway.http.brownout import brownouts
 from gateway.http.middleware import errors, request_context, tracing_span, well_formed
+from gateway.http.old_path import brownouts
 from gateway.migration.clock import Clock, SystemClock
 from gateway.migration.ledger import Ledger, MemoryLedger, RedisLedger
 from gateway.migration.service import Migration
-from gateway.observability.client_apps import client_table
 from gateway.observability.metrics import Metrics
 from gateway.observability.otel import Tracing
 from gateway.rollout.flags import Rollout
-from gateway.rollout.guardrails import Board, Guardrails, LocalBoard, RedisBoard, cohort_of
+from gateway.rollout.guardrails.board import Board, LocalBoard, RedisBoard
+from gateway.rollout.guardrails.engine import Guardrails
 from gateway.rollout.legacy import Legacy
 from gateway.rollout.shadow import Shadow
 from gateway.sessions.fanout import Fanout
@@ -79,7 +79,7 @@ async def _sessions(app: web.Application) -> AsyncIterator[None]:
     caps = AnswerCaps(config.upstream.max_json_values, config.upstream.max_records, config.session.max_entry_bytes)
     leases = Leases(store, tasks, config.redis.lease_ttl)
     fanout = Fanout(config.session, store, upstream, metrics, tasks, leases, caps, config.limits.upstream_per_session)
-    limits = SessionLimits(config.limits, metrics, config.session.ttl)
+    limits = SessionLimits(config.limits, metrics)
     app[keys.SESSIONS] = SessionService(config.session, store, upstream, fanout, limits, metrics)
     yield
     # Cleanup runs after aiohttp has answered in-flight requests; the fan-outs go first, while
@@ -94,11 +94,8 @@ def _guardrails(app: web.Application) -> Guardrails | None:
     config = app[keys.CONFIG]
     if not config.rollout.legacy_url:
         return None
-    table = app[keys.CLIENTS]
-    versions = (*sorted(table.versions), OTHER, UNKNOWN)
-    cohorts = [cohort_of(a, v) for a in table.apps for v in versions]
     board: Board = RedisBoard(config.redis) if config.redis.url else LocalBoard()
-    return Guardrails(config.rollout, app[keys.METRICS], app[keys.TASKS], cohorts, board)
+    return Guardrails(config.rollout, app[keys.METRICS], app[keys.TASKS], app[keys.CLIENTS].ordered(), board)
 
 
 async def _rollout(app: web.Application) -> AsyncIterator[None]:
@@ -180,8 +177,8 @@ def create_app(config: Config, metrics: Metrics | None = None, clock: Clock | No
         app.cleanup_ctx.append(_tracing)
     app[keys.METRICS] = metrics = metrics or Metrics()
     app[keys.TASKS] = Tasks(on_crash=lambda group: metrics.task_failures.labels(group).inc())
-    app[keys.CLIENTS] = client_table(config.clients)
-    metrics.zero_client_series(app[keys.CLIENTS].apps)
+    app[keys.CLIENTS] = clients = ClientTable(config.clients, config.migration.platforms)
+    metrics.zero_client_series(str(cohort) for cohort in clients.ordered())
     app.cleanup_ctx.extend([_tasks, _store, _sessions, _rollout, _migration(clock or SystemClock())])
     tickets.add_routes(app)
     health.add_routes(app)

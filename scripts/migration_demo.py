@@ -80,7 +80,7 @@ def _flags(now: float, brownout_mode: str | None, name: str = "beta-dry-run") ->
 link = "https://example.org/visit-api-migration"
 
 [[migration.deprecation]]
-app = "beta"
+cohorts = ["beta/*/*"]
 deprecated = {_iso(now - 30 * DAY)}
 sunset = {_iso(now + 60 * DAY)}
 """
@@ -88,7 +88,7 @@ sunset = {_iso(now + 60 * DAY)}
         text += f"""
 [[migration.brownout]]
 name = "{name}"
-app = "beta"
+cohorts = ["beta/*/*"]
 start = {_iso(now - 1)}
 duration = 600
 share = 1.0

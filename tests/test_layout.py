@@ -59,3 +59,33 @@ def test_every_package_and_module_has_a_docstring() -> None:
         if path.name != "__main__.py" and ast.get_docstring(ast.parse(path.read_text())) is None
     ]
     assert missing == []
+
+
+def test_the_middlewares_import_nothing_of_the_rollout_or_the_migration() -> None:
+    """The per-request work of the rollout and the migration is the old-path accounting's
+    (gateway/http/old_path.py); the middlewares stay the HTTP edge's own."""
+    graph, _ = _graph()
+    reached = sorted(
+        m for m in graph["gateway.http.middleware"] if m.startswith(("gateway.rollout", "gateway.migration"))
+    )
+    assert reached == [], f"gateway/http/middleware.py imports {reached}"
+
+
+def test_the_cohort_is_defined_once() -> None:
+    """One Cohort, one classifier, one text form: gateway/cohorts.py's."""
+    found = []
+    for path in sorted((ROOT / "gateway").rglob("*.py")):
+        if path == ROOT / "gateway" / "cohorts.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and node.name in ("Cohort", "ClientTable", "Platforms", "Selector"):
+                found.append(f"{path.relative_to(ROOT)}: class {node.name}")
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name in ("cohort_of", "classify"):
+                found.append(f"{path.relative_to(ROOT)}: def {node.name}")
+    assert found == []
+
+
+def test_the_carved_modules_stay_under_500_lines() -> None:
+    carved = [*sorted((ROOT / "gateway" / "rollout" / "guardrails").glob("*.py")), ROOT / "gateway" / "cohorts.py"]
+    long = {str(p.relative_to(ROOT)): n for p in carved if (n := len(p.read_text().splitlines())) > 500}
+    assert long == {}

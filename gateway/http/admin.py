@@ -2,7 +2,8 @@
 flags file's version, the guardrails and each cohort's state, why and since when),
 `GET /admin/rollout/shadow` (latest shadow mismatches, and regression against noise per field),
 `GET /admin/migration` (the "safe to retire" report: docs/migration.md), and the one action,
-`POST /admin/rollout/guardrails/<cohort>/rearm` (a tripped cohort back to what the flags say;
+`POST /admin/rollout/guardrails/<app>/<platform>/<version>/rearm` (a tripped cohort, named by its
+text form `app/platform/version` (gateway/cohorts.py), back to what the flags say;
 docs/rollout-guardrails.md).
 
 All need `X-Admin-Token: <rollout.admin_token>` (a random string of 32+ characters, checked at
@@ -22,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from gateway.buckets import KeyedBuckets
+from gateway.cohorts import Cohort
 from gateway.config import RolloutConfig
 from gateway.contract import GatewayError
 from gateway.http import keys
@@ -29,7 +31,8 @@ from gateway.http import keys
 ADMIN_HEADER = "X-Admin-Token"
 ROLLOUT_PATH = "/admin/rollout"
 SHADOW_PATH = "/admin/rollout/shadow"
-REARM_PATH = "/admin/rollout/guardrails/{cohort}/rearm"
+# The cohort's text form is the path: /admin/rollout/guardrails/android/ios/4.11/rearm.
+REARM_PATH = "/admin/rollout/guardrails/{app}/{platform}/{version}/rearm"
 MIGRATION_PATH = "/admin/migration"
 # The one key of the all-clients allowance.
 _ALL = ""
@@ -83,11 +86,12 @@ async def shadow_samples(request: web.Request, gateway: web.Application) -> web.
 
 async def rearm(request: web.Request, gateway: web.Application) -> web.Response:
     rails = gateway[keys.ROLLOUT].guardrails
-    cohort = request.match_info["cohort"]
+    match = request.match_info
+    cohort = Cohort(match["app"], match["platform"], match["version"])
     if rails is None or not await rails.rearm(cohort):
         # Not tripped (or no such cohort): nothing to do, and the answer says so.
-        return web.json_response({"cohort": cohort, "rearmed": False}, status=409)
-    return web.json_response({"cohort": cohort, "rearmed": True})
+        return web.json_response({"cohort": str(cohort), "rearmed": False}, status=409)
+    return web.json_response({"cohort": str(cohort), "rearmed": True})
 
 
 async def migration_report(request: web.Request, gateway: web.Application) -> web.Response:

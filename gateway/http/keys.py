@@ -7,17 +7,17 @@ import asyncio
 
 from aiohttp import web
 
+from gateway.cohorts import ClientTable, Cohort
 from gateway.config import Config
 from gateway.migration.brownout import BrownoutDecision
 from gateway.migration.service import Migration
-from gateway.observability.client_apps import ClientTable
 from gateway.observability.metrics import Metrics
 from gateway.observability.otel import Tracing
 from gateway.observability.trace import TraceContext
 from gateway.rollout.flags import Rollout
 from gateway.rollout.legacy import Legacy
 from gateway.rollout.shadow import Shadow
-from gateway.sessions.service import SessionService
+from gateway.sessions.service import Poll, SessionService
 from gateway.store.base import SessionStore
 from gateway.tasks import Tasks
 
@@ -35,7 +35,7 @@ SHADOW = web.AppKey("shadow", Shadow)
 # Set when the process has been told to stop (SIGTERM): /readyz answers 503 from then on, while
 # requests are still served for server.drain_seconds (gateway/cli.py).
 DRAINING = web.AppKey("draining", asyncio.Event)
-# The configured client apps and versions, for the old-path metrics.
+# The configured client apps, platforms and versions: what a request's cohort is classified by.
 CLIENTS = web.AppKey("clients", ClientTable)
 # Only with tracing.opentelemetry = true: the app's OpenTelemetry tracing.
 TRACING = web.AppKey("tracing", Tracing)
@@ -49,5 +49,9 @@ TRACE = web.RequestKey("trace", TraceContext)
 SERVED_BY = web.RequestKey("served_by", str)
 # Retiring the old path: the ledger, deprecation signals and brownouts (gateway/migration/).
 MIGRATION = web.AppKey("migration", Migration)
-# Per request: the brownout decision a create met (the old-path hook counts it).
+# Per request: the brownout decision a create met (the old-path accounting counts it).
 BROWNOUT = web.RequestKey("brownout", BrownoutDecision)
+# Per old-path request: its client cohort, classified once by the request context.
+COHORT = web.RequestKey("cohort", Cohort)
+# Per poll the gateway answered: the poll's result, which the old-path accounting reads.
+POLL = web.RequestKey("poll", Poll)

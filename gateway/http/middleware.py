@@ -1,5 +1,6 @@
-"""The middlewares every request passes: the request context (id, access log, HTTP and
-old-path metrics) outside, then the one error middleware, which renders every failure, the
+"""The middlewares every request passes: the request context (id, access log, HTTP metrics, the
+cohort of an old-path request, classified once, and its accounting: gateway/http/old_path.py)
+outside, then the one error middleware, which renders every failure, the
 core's domain errors included, as the standard error response, and innermost the check that
 refuses what the HTTP parser accepts but no handler should have to handle."""
 
@@ -13,12 +14,11 @@ import structlog
 from aiohttp import web
 
 from gateway.contract import ERRORS, OLD_ROUTES, GatewayError
-from gateway.http import keys
+from gateway.http import keys, old_path
 from gateway.http.errors import error_response, kind_for_status
 from gateway.http.routes import Handler, route_template
 from gateway.observability.logs import access_line, begin_request
 from gateway.observability.trace import TRACEPARENT, TRACESTATE, continue_trace
-from gateway.rollout.guardrails import cohort_of
 from gateway.store.base import StoreFull, StoreUnavailable
 
 log = structlog.get_logger("gateway.access")
@@ -51,44 +51,28 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     request[keys.TRACE] = trace
     # The tasks a request starts (its fan-out) copy this context: their lines carry both ids too.
     begin_request(request.headers.get("Authorization"), request_id=request_id, trace_id=trace.trace_id)
+    route = route_template(request)
+    old_route = OLD_ROUTES.get(route)
+    if old_route is not None:
+        # The one classification of the request: the rollout, brownouts, guardrails, ledger,
+        # signals and metrics all read this.
+        headers = request.headers
+        request[keys.COHORT] = request.app[keys.CLIENTS].classify(
+            headers.get("ClientApplication"), headers.get("User-Agent")
+        )
     started = time.perf_counter()
     # The error middleware sits inside: error answers are counted and logged with their status.
     response = await handler(request)
     response.headers["X-Request-Id"] = request_id
     duration = time.perf_counter() - started
-    route = route_template(request)
     metrics = request.app[keys.METRICS]
     status_class = STATUS_CLASSES.get(response.status) or f"{response.status // 100}xx"
     metrics.child(metrics.http_requests, route, status_class).inc()
     metrics.child(metrics.http_duration, route).observe(duration)
-    old_route = OLD_ROUTES.get(route)
     if old_route is not None:
-        record_old_request(request, old_route, response, status_class)
+        old_path.account(request, old_route, response, status_class)
     access_line(log, method=request.method, route=route, status=response.status, duration_ms=round(duration * 1000, 2))
     return response
-
-
-def record_old_request(request: web.Request, route: str, response: web.StreamResponse, status_class: str) -> None:
-    """Who still calls the old path: by route, serving side, client app, app version and status
-    class, and the app's last-seen time. The dashboards' "apps still calling" and the
-    retirement alert read these; the migration ledger counts the request for its cohort, and
-    the cohort's deprecation signals go on the answer (docs/migration.md)."""
-    headers = request.headers
-    user_agent = headers.get("User-Agent")
-    app, version = request.app[keys.CLIENTS].classify(headers.get("ClientApplication"), user_agent)
-    # The rollout marks requests it forwarded ("legacy") or shadowed; the rest the gateway served.
-    side = request.get(keys.SERVED_BY, "gateway")
-    metrics = request.app[keys.METRICS]
-    metrics.child(metrics.old_requests, route, side, app, version, status_class).inc()
-    rollout = request.app.get(keys.ROLLOUT)
-    rails = rollout.guardrails if rollout is not None else None
-    if side == "gateway" and rails is not None:
-        rails.record_answer(cohort_of(app, version), route, response.status)
-    metrics.child(metrics.client_last_seen, app).set(time.time())
-    migration = request.app[keys.MIGRATION]
-    cohort = migration.cohort(app, version, user_agent)
-    migration.observe(cohort, route, side, response.status, request.get(keys.BROWNOUT))
-    response.headers.extend(migration.headers(cohort))
 
 
 @web.middleware

@@ -1,18 +1,16 @@
 """The old session contract's two routes (old-api.md §1 and §2): parse and check the request,
 then hand it to the session service (gateway/sessions/service.py) or, by the rollout's choice,
-to the legacy service. Nothing here knows how a session is run or stored.
+to the legacy service, and render the answer. Nothing here knows how a session is run or
+stored, nor counts anything: the request's cohort comes classified (`keys.COHORT`), and what is
+counted of an answer is gateway/http/old_path.py's.
 """
 
 from __future__ import annotations
-
-import json
 
 from aiohttp import web
 
 from gateway.contract import CREATE_PATH, GATEWAY, GUID, LEGACY, POLL_ROUTE, SHADOW, GatewayError, bearer_token
 from gateway.http import keys
-from gateway.observability.client_apps import classify
-from gateway.rollout.guardrails import cohort_of
 from gateway.rollout.legacy import LegacyAnswer, forwarded_headers
 from gateway.upstream.client import Caller
 
@@ -26,15 +24,9 @@ def caller_of(request: web.Request) -> Caller:
     )
 
 
-def cohort(request: web.Request) -> str:
-    """The request's client cohort (app and app version), as the guardrails count it."""
-    headers = request.headers
-    return cohort_of(*classify(request.app[keys.CLIENTS], headers.get("ClientApplication"), headers.get("User-Agent")))
-
-
 async def create_session(request: web.Request) -> web.Response:
     token = bearer_token(request.headers.get("Authorization"))
-    side = request.app[keys.ROLLOUT].decide(token, request.headers.get("ClientApplication"), cohort(request)).side
+    side = request.app[keys.ROLLOUT].decide(token, request[keys.COHORT]).side
     request[keys.SERVED_BY] = side
     if side != GATEWAY:
         return await _create_on_legacy(request, token, shadow=side == SHADOW)
@@ -61,10 +53,7 @@ async def read_session(request: web.Request) -> web.Response:
             # was put in front or by the rollout's choice.
             return await _poll_on_legacy(request, guid)
         raise GatewayError("session_not_found")
-    rails = request.app[keys.ROLLOUT].guardrails
-    if poll.final and rails is not None and rails.active and not rails.counted(guid.lower()):
-        # Once per session on this replica: its Failed LPUs are the guardrails' signal.
-        rails.record_final(cohort(request), json.loads(poll.body), session=guid.lower())
+    request[keys.POLL] = poll
     return web.Response(body=poll.body, content_type="application/json")
 
 
@@ -99,7 +88,7 @@ async def _create_on_legacy(request: web.Request, token: str | None, shadow: boo
         raise
     if compare is not None and token is not None:
         headers = forwarded_headers(request.headers, request[keys.REQUEST_ID], request[keys.TRACE])
-        compare.begin(created, token, caller_of(request), headers, cohort(request))
+        compare.begin(created, token, caller_of(request), headers, request[keys.COHORT])
     return as_response(created)
 
 

@@ -20,9 +20,10 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.cohorts import Cohort
 from gateway.migration.clock import Clock
-from gateway.migration.cohorts import Cohort
-from gateway.migration.signals import Brownout, MigrationFlags
+from gateway.migration.signals import Brownout, MigrationFlags, selected
+from gateway.window import Window
 
 BUCKETS = 10_000
 REFUSED, DELAYED, DRY_RUN = "refused", "delayed", "dry_run"
@@ -70,7 +71,7 @@ def share_bucket(name: str, token: str) -> int:
 
 def open_window(flags: MigrationFlags, cohort: Cohort, now: float) -> Brownout | None:
     for brownout in flags.brownouts:
-        if brownout.open_at(now) and brownout.selector.matches(cohort):
+        if brownout.open_at(now) and brownout.selects(cohort):
             return brownout
     return None
 
@@ -99,41 +100,30 @@ def decide_brownout(
 
 
 class GuardWindow:
-    """This replica's creates over the last `window` seconds, per cohort, in 30 slots and their
-    running totals: bounded by slots × cohorts, and a view is a few dict lookups."""
+    """This replica's creates over the last `window` seconds, per cohort, on the clock: the one
+    sliding window (gateway/window.py) in 30 slices, bounded by slices × cohorts (`cohorts`, the
+    number the config can produce), and a view is a few dict lookups."""
 
-    def __init__(self, clock: Clock, window: float) -> None:
+    def __init__(self, clock: Clock, window: float, cohorts: int = 1000) -> None:
         self._clock = clock
-        self._width = window / _SLOTS
-        self._slots: dict[int, Counter[tuple[Cohort | None, str]]] = {}
-        self._totals: Counter[tuple[Cohort | None, str]] = Counter()
-
-    def _current(self) -> int:
-        current = int(self._clock.now() // self._width)
-        # A slot past the window leaves the totals (also one "ahead": the clock was set back).
-        for slot in [s for s in self._slots if s <= current - _SLOTS or s > current]:
-            self._totals.subtract(self._slots.pop(slot))
-        return current
+        self._window = Window(window, slices=_SLOTS, max_keys=3 * cohorts + 1)
 
     def record(self, cohort: Cohort, refused: bool, error: bool) -> None:
-        slot = self._slots.setdefault(self._current(), Counter())
-        counted = [(None, "creates"), (cohort, "creates")]
-        if not refused:
-            counted.append((cohort, "served"))
-            if error:
-                counted.append((cohort, "errors"))
-        for key in counted:
-            slot[key] += 1
-            self._totals[key] += 1
+        if refused:
+            counted: tuple[tuple[Cohort | None, str], ...] = ((None, "creates"), (cohort, "creates"))
+        elif error:
+            counted = ((None, "creates"), (cohort, "creates"), (cohort, "served"), (cohort, "errors"))
+        else:
+            counted = ((None, "creates"), (cohort, "creates"), (cohort, "served"))
+        self._window.add_all(self._clock.now(), counted)
 
     def view(self, cohort: Cohort) -> GuardView:
-        self._current()
-        totals = self._totals
+        now, count = self._clock.now(), self._window.count
         return GuardView(
-            totals[(None, "creates")],
-            totals[(cohort, "creates")],
-            totals[(cohort, "served")],
-            totals[(cohort, "errors")],
+            count(now, (None, "creates")),
+            count(now, (cohort, "creates")),
+            count(now, (cohort, "served")),
+            count(now, (cohort, "errors")),
         )
 
 
@@ -146,7 +136,7 @@ class BrownoutCounts:
 
     def add(self, decision: BrownoutDecision, cohort: Cohort) -> None:
         if decision.outcome in (REFUSED, DELAYED, DRY_RUN):
-            self._hits.setdefault(decision.brownout, Counter())[cohort.key] += 1
+            self._hits.setdefault(decision.brownout, Counter())[str(cohort)] += 1
 
     def describe(self, flags: MigrationFlags, now: float) -> list[dict[str, Any]]:
         names = {b.name for b in flags.brownouts}
@@ -160,7 +150,7 @@ class BrownoutCounts:
                 "start": b.start,
                 "end": b.end,
                 "share": b.share,
-                **b.selector.as_json(),
+                **selected(b.cohorts),
                 "hits": dict(self._hits.get(b.name, {})),
             }
             for b in flags.brownouts

@@ -11,7 +11,7 @@ Redis keys (`prefix` is `redis.prefix`):
   `{app}/{platform}/{version}|{field}` → count; expires `migration.retention_days` after the day.
 - `{prefix}:mig:first` and `{prefix}:mig:last`: hashes, cohort → unix seconds.
 
-Both are bounded by the configured cohorts (gateway/migration/cohorts.py) times the fields below.
+Both are bounded by the configured cohorts (gateway/cohorts.py) times the fields below.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gateway.cohorts import Cohort
 from gateway.contract import SIDES
 from gateway.migration.clock import DAY, Clock, day_of
-from gateway.migration.cohorts import Cohort
 from gateway.store.base import StoreUnavailable
 from gateway.tasks import Tasks
 
@@ -124,10 +124,10 @@ class MemoryLedger:
 
     async def apply(self, batch: Batch, now: float) -> dict[str, float]:
         for (day, cohort, name), n in batch.counts.items():
-            counted = self._days.setdefault(day, {}).setdefault(cohort.key, {})
+            counted = self._days.setdefault(day, {}).setdefault(str(cohort), {})
             counted[name] = counted.get(name, 0) + n
         for cohort, (first, last) in batch.seen.items():
-            key = cohort.key
+            key = str(cohort)
             self._first[key] = min(first, self._first.get(key, first))
             self._last[key] = max(last, self._last.get(key, last))
         oldest = day_of(now) - self._retention
@@ -206,9 +206,9 @@ class RedisLedger:
         args: list[Any] = [len(days), *(max(1, int((d + self._retention + 1) * DAY - now)) for d in days)]
         args.append(len(batch.counts))
         for (day, cohort, name), n in batch.counts.items():
-            args += [index[day], f"{cohort.key}|{name}", n]
+            args += [index[day], f"{cohort}|{name}", n]
         for cohort, (first, last) in batch.seen.items():
-            args += [cohort.key, f"{first:.3f}", f"{last:.3f}"]
+            args += [str(cohort), f"{first:.3f}", f"{last:.3f}"]
         keys = [f"{self._prefix}:first", f"{self._prefix}:last", *(self.day_key(d) for d in days)]
         async with asyncio.timeout(self._timeout):
             return _seen(await self._apply(keys=keys, args=args))
@@ -266,15 +266,13 @@ class LedgerWriter:
         self._refreshed_at = float("-inf")
 
     def start(self) -> None:
-        self._tasks.spawn(self._run(), "migration_ledger")
+        self._tasks.every(self._interval, self._tick, "migration_ledger")
 
-    async def _run(self) -> None:
+    async def _tick(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(self._interval)
-            if len(self.pending) or loop.time() - self._refreshed_at >= self._refresh_every:
-                await self.flush()
-                self._refreshed_at = loop.time()
+        if len(self.pending) or loop.time() - self._refreshed_at >= self._refresh_every:
+            await self.flush()
+            self._refreshed_at = loop.time()
 
     async def flush(self) -> bool:
         """Writes what is pending (or, with nothing pending, reads last seen); False on failure."""

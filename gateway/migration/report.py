@@ -15,9 +15,9 @@ import datetime
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.cohorts import Cohort
 from gateway.contract import SIDES
 from gateway.migration.clock import DAY, day_of
-from gateway.migration.cohorts import Cohort
 from gateway.migration.ledger import BROWNOUT_FIELDS, CREATES, ERRORS, REQUESTS, SESSIONS, History
 
 ACTIVE = "active"
@@ -71,7 +71,7 @@ def build_report(history: History, now: float, rules: Rules, daily_days: int = 3
     }
     cohorts = []
     for key, last in sorted(history.last.items(), key=lambda item: -item[1]):
-        cohort = Cohort.from_key(key)
+        cohort = Cohort.parse(key)
         if cohort is None:
             continue
         app, platform, version = cohort

@@ -1,6 +1,7 @@
-"""The migration's one object per app (`keys.MIGRATION`): the HTTP edge asks it for a request's
-cohort, its deprecation headers and its brownout decision, and tells it what each old-path
-request became; the admin route asks it for the report.
+"""The migration's one object per app (`keys.MIGRATION`): the HTTP edge (gateway/http/old_path.py)
+asks it for a cohort's deprecation headers and a create's brownout decision, and tells it what
+each old-path request became; the admin route asks it for the report. The cohort itself comes
+classified (gateway/cohorts.py), once per request.
 
 Everything on the request path is in-process and O(configured entries): counting goes to the
 ledger writer's pending dict, the guards to an in-process window.
@@ -14,6 +15,7 @@ from typing import Any
 
 import structlog
 
+from gateway.cohorts import ClientTable, Cohort
 from gateway.config import MigrationConfig
 from gateway.contract import CREATE_PATH, OLD_ROUTES
 from gateway.migration.brownout import (
@@ -26,11 +28,9 @@ from gateway.migration.brownout import (
     open_window,
 )
 from gateway.migration.clock import Clock, day_of
-from gateway.migration.cohorts import Cohort, Platforms, cohort_of, possible
 from gateway.migration.ledger import CREATES, ERRORS, REQUESTS, SESSIONS, Ledger, LedgerWriter
 from gateway.migration.report import Rules, build_report
 from gateway.migration.signals import MigrationFlags
-from gateway.observability.client_apps import ClientTable
 from gateway.observability.metrics import Metrics
 from gateway.tasks import Tasks
 
@@ -53,12 +53,11 @@ class Migration:
     ) -> None:
         self._config = config
         self._clients = clients
-        self.platforms = Platforms(config.platforms)
         self.clock = clock
         self._metrics = metrics
         self._flags = flags
         self.writer = LedgerWriter(ledger, clock, tasks, config.flush_interval, config.retention_days, self._flushed)
-        self.guard = GuardWindow(clock, config.brownout_guard_window)
+        self.guard = GuardWindow(clock, config.brownout_guard_window, len(clients.cohorts))
         self._guards = Guards(
             config.brownout_guard_min_requests, config.brownout_max_share, config.brownout_max_error_rate
         )
@@ -72,9 +71,6 @@ class Migration:
 
     async def close(self) -> None:
         await self.writer.close()
-
-    def cohort(self, app: str, version: str, user_agent: str | None) -> Cohort:
-        return cohort_of(app, version, self.platforms.of(user_agent))
 
     def headers(self, cohort: Cohort) -> tuple[tuple[str, str], ...]:
         """The cohort's Deprecation/Sunset/Link headers, worked out once per flags version."""
@@ -97,16 +93,9 @@ class Migration:
             return None
         if decision.outcome == DELAYED and self._delayed >= self._config.brownout_max_delayed:
             decision = BrownoutDecision(decision.brownout, "spared")
-        self._metrics.child(self._metrics.brownout_decisions, *cohort, decision.outcome).inc()
+        self._metrics.child(self._metrics.brownout_decisions, str(cohort), decision.outcome).inc()
         self.counts.add(decision, cohort)
-        log.info(
-            "brownout_decision",
-            brownout=decision.brownout,
-            outcome=decision.outcome,
-            app=cohort.app,
-            platform=cohort.platform,
-            version=cohort.version,
-        )
+        log.info("brownout_decision", brownout=decision.brownout, outcome=decision.outcome, cohort=str(cohort))
         return decision
 
     async def hold(self, decision: BrownoutDecision) -> None:
@@ -142,10 +131,9 @@ class Migration:
             return
         now = self.clock.now()
         for key, last in last_seen.items():
-            cohort = Cohort.from_key(key)
             # Bounded by the configured tables: a cohort an older config made is not exported.
-            if cohort is not None and possible(self._clients, self.platforms, cohort):
-                self._metrics.migration_since_last_seen.labels(*cohort).set(max(0.0, now - last))
+            if Cohort.parse(key) in self._clients.cohorts:
+                self._metrics.migration_since_last_seen.labels(key).set(max(0.0, now - last))
 
     async def report(self) -> dict[str, Any]:
         """The report, after writing what this replica has pending (others' last second may be

@@ -7,9 +7,7 @@ values the signals become.
     brownout_kill_switch = false              # true: every brownout stops at once
 
     [[migration.deprecation]]
-    app = "beta"                              # the app name of the [clients] tables
-    platform = "android"                      # optional
-    versions = ["4.9", "4.10"]                # optional; none: every version
+    cohorts = ["beta/android/4.9", "beta/android/4.10"]   # selectors (gateway/cohorts.py)
     deprecated = 2026-06-01T00:00:00Z         # Deprecation (RFC 9745); or unix seconds
     sunset = 2027-01-01T00:00:00Z             # optional: Sunset (RFC 8594)
     link = "https://example.org/beta"         # optional: Link rel="deprecation"
@@ -17,7 +15,7 @@ values the signals become.
 
     [[migration.brownout]]
     name = "beta-first"
-    app = "beta"                              # platform, versions: as above
+    cohorts = ["beta/*/*"]                    # as above: every platform and version of beta
     start = 2026-12-01T12:00:00Z
     duration = 600                            # seconds, at most 366 days (a switch-off)
     share = 0.25                              # of the cohort's patients (default 1.0)
@@ -33,7 +31,7 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Any
 
-from gateway.migration.cohorts import Cohort
+from gateway.cohorts import Cohort, Selector, SelectorError, matches_any, old_form, parse_selectors, selectors_from
 
 MAX_ENTRIES = 50
 # A window may be a short brownout or a cohort's switch-off (docs/migration.md, step 4).
@@ -44,9 +42,10 @@ MODES = ("dry_run", "fail", "soft")
 _URL = re.compile(r"https?://[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]{1,2000}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 TABLE_KEYS = ("link", "brownout_kill_switch", "deprecation", "brownout")
-SELECTOR_KEYS = ("app", "platform", "versions")
-DEPRECATION_KEYS = (*SELECTOR_KEYS, "deprecated", "sunset", "link", "sunset_link")
-BROWNOUT_KEYS = (*SELECTOR_KEYS, "name", "start", "duration", "share", "mode", "delay")
+# How an entry named its cohorts before selectors did: refused, with the selectors they meant.
+OLD_SELECTOR_KEYS = ("app", "platform", "versions")
+DEPRECATION_KEYS = ("cohorts", "deprecated", "sunset", "link", "sunset_link")
+BROWNOUT_KEYS = ("cohorts", "name", "start", "duration", "share", "mode", "delay")
 
 
 class SignalsError(ValueError):
@@ -54,25 +53,8 @@ class SignalsError(ValueError):
 
 
 @dataclass(frozen=True)
-class Selector:
-    app: str
-    platform: str | None = None
-    versions: frozenset[str] = frozenset()
-
-    def matches(self, cohort: Cohort) -> bool:
-        return (
-            cohort.app == self.app
-            and (self.platform is None or cohort.platform == self.platform)
-            and (not self.versions or cohort.version in self.versions)
-        )
-
-    def as_json(self) -> dict[str, Any]:
-        return {"app": self.app, "platform": self.platform, "versions": sorted(self.versions)}
-
-
-@dataclass(frozen=True)
 class Deprecation:
-    selector: Selector
+    cohorts: tuple[Selector, ...]
     deprecated: int
     sunset: int | None = None
     link: str | None = None
@@ -91,12 +73,15 @@ class Deprecation:
 @dataclass(frozen=True)
 class Brownout:
     name: str
-    selector: Selector
+    cohorts: tuple[Selector, ...]
     start: int
     duration: int
     share: float = 1.0
     mode: str = "dry_run"
     delay: float = 2.0
+
+    def selects(self, cohort: Cohort) -> bool:
+        return matches_any(self.cohorts, cohort)
 
     @property
     def end(self) -> int:
@@ -120,7 +105,7 @@ class MigrationFlags:
     def headers_for(self, cohort: Cohort) -> tuple[tuple[str, str], ...]:
         """The signals of the first deprecation that names the cohort (none: no headers)."""
         for deprecation in self.deprecations:
-            if deprecation.selector.matches(cohort):
+            if matches_any(deprecation.cohorts, cohort):
                 return deprecation.headers()
         return ()
 
@@ -128,11 +113,11 @@ class MigrationFlags:
         return {
             "link": self.link,
             "brownout_kill_switch": self.brownout_kill_switch,
-            "deprecations": [{**d.selector.as_json(), "headers": dict(d.headers())} for d in self.deprecations],
+            "deprecations": [{**selected(d.cohorts), "headers": dict(d.headers())} for d in self.deprecations],
             "brownouts": [
                 {
                     "name": b.name,
-                    **b.selector.as_json(),
+                    **selected(b.cohorts),
                     "start": b.start,
                     "duration": b.duration,
                     "share": b.share,
@@ -183,15 +168,24 @@ def _url(raw: Any, where: str) -> str | None:
     return raw
 
 
-def _selector(data: dict[str, Any], where: str) -> Selector:
-    app, platform, versions = data.get("app"), data.get("platform"), data.get("versions", [])
-    if not isinstance(app, str) or not _NAME.fullmatch(app):
-        raise SignalsError(f"{where}.app must be an app name of the [clients] tables")
-    if platform is not None and (not isinstance(platform, str) or not _NAME.fullmatch(platform)):
-        raise SignalsError(f"{where}.platform must be a platform name")
-    if not isinstance(versions, list) or len(versions) > 100 or not all(isinstance(v, str) for v in versions):
-        raise SignalsError(f"{where}.versions must be a list of major.minor strings")
-    return Selector(app, platform, frozenset(versions))
+def selected(cohorts: tuple[Selector, ...]) -> dict[str, Any]:
+    """An entry's selectors as the admin report shows them."""
+    return {"cohorts": [str(s) for s in cohorts]}
+
+
+def _cohorts(data: dict[str, Any], where: str) -> tuple[Selector, ...]:
+    if any(key in data for key in OLD_SELECTOR_KEYS):
+        example = selectors_from(data.get("app"), data.get("platform"), data.get("versions"))
+        raise SignalsError(str(old_form(where, "app/platform/versions", "cohorts", example)))
+    if "cohorts" not in data:
+        raise SignalsError(f'{where}.cohorts is required, e.g. cohorts = ["beta/*/4.9"] (*/*/* for every client)')
+    try:
+        cohorts = parse_selectors(data["cohorts"], f"{where}.cohorts", 100)
+    except SelectorError as exc:
+        raise SignalsError(str(exc)) from None
+    if not cohorts:
+        raise SignalsError(f"{where}.cohorts must name at least one cohort (*/*/* for every client)")
+    return cohorts
 
 
 def _number(data: dict[str, Any], key: str, default: float, low: float, high: float, where: str) -> float:
@@ -220,6 +214,7 @@ def parse_migration(data: Any) -> MigrationFlags:
     deprecations = []
     for i, entry in enumerate(_entries(data, "deprecation")):
         where = f"migration.deprecation[{i}]"
+        cohorts = _cohorts(entry, where)
         _unknown(entry, DEPRECATION_KEYS, where)
         if "deprecated" not in entry:
             raise SignalsError(f"{where}.deprecated is required")
@@ -230,7 +225,7 @@ def parse_migration(data: Any) -> MigrationFlags:
             raise SignalsError(f"{where}.sunset must not be before deprecated")
         deprecations.append(
             Deprecation(
-                _selector(entry, where),
+                cohorts,
                 deprecated,
                 sunset,
                 _url(entry.get("link"), f"{where}.link") or link,
@@ -241,6 +236,7 @@ def parse_migration(data: Any) -> MigrationFlags:
     names = set()
     for i, entry in enumerate(_entries(data, "brownout")):
         where = f"migration.brownout[{i}]"
+        cohorts = _cohorts(entry, where)
         _unknown(entry, BROWNOUT_KEYS, where)
         name = entry.get("name")
         if not isinstance(name, str) or not _NAME.fullmatch(name) or name in names:
@@ -257,7 +253,7 @@ def parse_migration(data: Any) -> MigrationFlags:
         brownouts.append(
             Brownout(
                 name=name,
-                selector=_selector(entry, where),
+                cohorts=cohorts,
                 start=_time(entry["start"], f"{where}.start"),
                 duration=int(_number(entry, "duration", 0, 1, MAX_DURATION, where)),
                 share=share,

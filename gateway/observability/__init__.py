@@ -1,4 +1,4 @@
 """What the gateway tells its operators: the Prometheus instruments (metrics.py), structured
-logs with token redaction (logs.py), the client-app table that keeps metric labels bounded
-(client_apps.py), W3C trace context (trace.py) and optional OpenTelemetry tracing (otel.py).
+logs with token redaction (logs.py), W3C trace context (trace.py) and optional OpenTelemetry
+tracing (otel.py). Metric labels that name a client are cohorts (gateway/cohorts.py).
 Imports only the package's version, the contract and config."""

@@ -1,8 +1,9 @@
 """Prometheus instruments, one registry per app (no process-wide state).
 
 Naming follows the Prometheus conventions: `gateway_` prefix, base units, counters end in
-`_total`. Every label takes values from a closed set (route, side, outcome, reason, a configured
-app table, a configured version list), never from what a client sends verbatim.
+`_total`. Every label takes values from a closed set (route, side, outcome, reason, the cohorts
+the configured client table can produce: gateway/cohorts.py), never from what a client sends
+verbatim. A client is labelled one way everywhere: `cohort="app/platform/version"`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway import __version__
-from gateway.contract import LPU_FAILURE_REASONS, OLD_ROUTES, SIDES, UNKNOWN, UPSTREAM_METHODS
+from gateway.contract import LPU_FAILURE_REASONS, OLD_ROUTES, SIDES, UPSTREAM_METHODS
 from gateway.observability.cgroup import MemoryLimitCollector
 
 # Buckets sit on the time-to-complete SLO thresholds (seconds) so p50/p95/p99 are readable there.
@@ -63,15 +64,15 @@ INSTRUMENTS: tuple[Instrument, ...] = (
         "old_requests",
         Counter,
         "gateway_old_requests_total",
-        "Requests on the old session path, by route, serving side, client app, app version and status class.",
-        ("route", "side", "app", "app_version", "status_class"),
+        "Requests on the old session path, by route, serving side, client cohort and status class.",
+        ("route", "side", "cohort", "status_class"),
     ),
     Instrument(
         "client_last_seen",
         Gauge,
         "gateway_client_last_seen_timestamp_seconds",
-        "Unix time of the last old-path request from each client app.",
-        ("app",),
+        "Unix time of the last old-path request from each client cohort on this replica.",
+        ("cohort",),
         mode="max",
     ),
     Instrument(
@@ -384,7 +385,7 @@ INSTRUMENTS: tuple[Instrument, ...] = (
         "gateway_migration_since_last_seen_seconds",
         "Time since the last old-path request of each cohort, from the shared migration ledger "
         "(refreshed at least every 30 s; dashboards show it in days).",
-        ("app", "platform", "version"),
+        ("cohort",),
         mode="livemin",
     ),
     Instrument(
@@ -400,7 +401,7 @@ INSTRUMENTS: tuple[Instrument, ...] = (
         "gateway_brownout_decisions_total",
         "Creates met by an open brownout window, by cohort and outcome (refused, delayed, dry_run, "
         "spared, paused_share, paused_errors, killed).",
-        ("app", "platform", "version", "outcome"),
+        ("cohort", "outcome"),
     ),
 )
 
@@ -472,11 +473,12 @@ class Metrics:
             self.migration_ledger_flushes.labels(result)
         # The rollout creates its own decision and shadow series (gateway/rollout/flags.py, shadow.py).
 
-    def zero_client_series(self, apps: Iterable[str]) -> None:
-        """Old-path series for every app the config can name (and other, unknown): an app that
-        never calls still has a line at 0 and a last-seen time of 0 ("not since start")."""
-        for app in apps:
-            self.client_last_seen.labels(app)
+    def zero_client_series(self, cohorts: Iterable[str]) -> None:
+        """Old-path series for every cohort the config can produce (the unknown one too): a
+        cohort that never calls still has a line at 0 and a last-seen time of 0 ("not since
+        start")."""
+        for cohort in cohorts:
+            self.client_last_seen.labels(cohort)
             for route in OLD_ROUTES.values():
                 for side in SIDES:
-                    self.old_requests.labels(route, side, app, UNKNOWN, "2xx")
+                    self.old_requests.labels(route, side, cohort, "2xx")

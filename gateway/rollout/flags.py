@@ -23,11 +23,13 @@ from typing import Any
 
 import structlog
 
+from gateway.cohorts import Cohort, Selector, SelectorError, matches_any, old_form, parse_selectors
 from gateway.config import RolloutConfig
 from gateway.contract import GATEWAY, LEGACY, SHADOW
 from gateway.migration.signals import MigrationFlags, SignalsError, parse_migration
 from gateway.observability.metrics import Metrics
-from gateway.rollout.guardrails import GuardrailRules, Guardrails, GuardrailsError, parse_guardrails
+from gateway.rollout.guardrails.engine import Guardrails
+from gateway.rollout.guardrails.rules import GuardrailRules, GuardrailsError, parse_guardrails
 from gateway.tasks import Tasks
 
 log = structlog.get_logger("gateway.rollout")
@@ -49,8 +51,7 @@ DECISIONS = (
 )
 # The percentage has a resolution of 0.01 %.
 BUCKETS = 10_000
-MAX_APPS = 1000
-MAX_APP_LENGTH = 200
+MAX_SELECTORS = 1000
 MAX_FILE_BYTES = 1024 * 1024
 
 
@@ -65,8 +66,9 @@ class Flags:
     mode_source: str = "config"
     kill_switch: bool = False
     gateway_percent: float = 0.0
-    allow_apps: frozenset[str] = frozenset()
-    deny_apps: frozenset[str] = frozenset()
+    # Cohort selectors (gateway/cohorts.py): `android/*/4.11`.
+    allow_cohorts: tuple[Selector, ...] = ()
+    deny_cohorts: tuple[Selector, ...] = ()
     salt: str = ""
     version: str = ""
     guardrails: GuardrailRules = field(default_factory=GuardrailRules)
@@ -80,8 +82,8 @@ class Flags:
             "mode_source": self.mode_source,
             "kill_switch": self.kill_switch,
             "gateway_percent": self.gateway_percent,
-            "allow_apps": sorted(self.allow_apps),
-            "deny_apps": sorted(self.deny_apps),
+            "allow_cohorts": [str(s) for s in self.allow_cohorts],
+            "deny_cohorts": [str(s) for s in self.deny_cohorts],
             "salt": self.salt,
             "version": self.version,
             "guardrails": self.guardrails.as_json(),
@@ -108,56 +110,54 @@ def in_percentage(bucket: int, percent: float) -> bool:
 
 
 def decide(
-    flags: Flags, client_app: str | None, bucket: int | None, tripped: bool = False, percent: float | None = None
+    flags: Flags, cohort: Cohort | None, bucket: int | None, tripped: bool = False, percent: float | None = None
 ) -> Decision:
     """The side for a new session. Precedence: kill switch, deny list, guardrail, allow list,
-    percentage, default mode. Deny wins over allow, so an app listed in both stays on the legacy
+    percentage, default mode. Deny wins over allow, so a cohort both select stays on the legacy
     service; a tripped guardrail of the request's cohort (`tripped`) sends to the legacy service
     what would otherwise go to the gateway or to shadow. `percent` is the cohort's own gateway
     percentage when a step-up raised it. `bucket` is None when the request has no usable token:
     only the lists and the mode apply."""
-    decision = _decide(flags, client_app, bucket, flags.gateway_percent if percent is None else percent)
+    decision = _decide(flags, cohort, bucket, flags.gateway_percent if percent is None else percent)
     if tripped and decision.side != LEGACY:
         return Decision(LEGACY, "guardrail")
     return decision
 
 
-def _decide(flags: Flags, client_app: str | None, bucket: int | None, percent: float) -> Decision:
+def _decide(flags: Flags, cohort: Cohort | None, bucket: int | None, percent: float) -> Decision:
     if flags.kill_switch:
         return Decision(LEGACY, "kill_switch")
-    app = client_app.strip().lower() if client_app else None
-    if app is not None and app in flags.deny_apps:
+    if cohort is not None and matches_any(flags.deny_cohorts, cohort):
         return Decision(LEGACY, "deny_list")
-    if app is not None and app in flags.allow_apps:
+    if cohort is not None and matches_any(flags.allow_cohorts, cohort):
         return Decision(GATEWAY, "allow_list")
     if bucket is not None and in_percentage(bucket, percent):
         return Decision(GATEWAY, "percentage")
     return Decision(flags.mode, "default")
 
 
-_FILE_KEYS = (
+FILE_KEYS = (
     "version",
     "kill_switch",
     "mode",
     "gateway_percent",
-    "allow_apps",
-    "deny_apps",
+    "allow_cohorts",
+    "deny_cohorts",
     "salt",
     "guardrails",
     "migration",
 )
 
 
-def _apps(data: dict[str, Any], key: str) -> frozenset[str]:
-    raw = data.get(key, [])
-    if not isinstance(raw, list) or len(raw) > MAX_APPS:
-        raise FlagsError(f"{key} must be a list of at most {MAX_APPS} client application ids")
-    apps = set()
-    for item in raw:
-        if not isinstance(item, str) or not item.strip() or len(item) > MAX_APP_LENGTH:
-            raise FlagsError(f"{key} must hold non-empty strings of at most {MAX_APP_LENGTH} characters")
-        apps.add(item.strip().lower())
-    return frozenset(apps)
+# The keys that named clients before cohorts did, and the key that replaced each.
+_OLD_KEYS = {"allow_apps": "allow_cohorts", "deny_apps": "deny_cohorts"}
+
+
+def _cohorts(data: dict[str, Any], key: str) -> tuple[Selector, ...]:
+    try:
+        return parse_selectors(data.get(key, []), key, MAX_SELECTORS)
+    except SelectorError as exc:
+        raise FlagsError(str(exc)) from None
 
 
 def parse_flags(raw: bytes, default_mode: str) -> Flags:
@@ -178,9 +178,12 @@ def parse_flags(raw: bytes, default_mode: str) -> Flags:
         raise FlagsError("not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise FlagsError(f"not valid TOML: {exc}") from None
-    unknown = sorted(set(data) - set(_FILE_KEYS))
+    for old, new in _OLD_KEYS.items():
+        if old in data:
+            raise FlagsError(str(old_form(old, "a list of ClientApplication ids", new, ())))
+    unknown = sorted(set(data) - set(FILE_KEYS))
     if unknown:
-        raise FlagsError(f"unknown key {unknown[0]!r} (known: {', '.join(_FILE_KEYS)})")
+        raise FlagsError(f"unknown key {unknown[0]!r} (known: {', '.join(FILE_KEYS)})")
     version = data.get("version", "")
     if not isinstance(version, (str, int)) or isinstance(version, bool) or len(str(version)) > 100:
         raise FlagsError("version must be a string or an integer")
@@ -214,8 +217,8 @@ def parse_flags(raw: bytes, default_mode: str) -> Flags:
         mode_source="file" if mode else "config",
         kill_switch=kill_switch,
         gateway_percent=float(percent),
-        allow_apps=_apps(data, "allow_apps"),
-        deny_apps=_apps(data, "deny_apps"),
+        allow_cohorts=_cohorts(data, "allow_cohorts"),
+        deny_cohorts=_cohorts(data, "deny_cohorts"),
         salt=salt,
         version=str(version),
         guardrails=guardrails,
@@ -271,7 +274,7 @@ class Rollout:
         self, config: RolloutConfig, metrics: Metrics, tasks: Tasks | None = None, guardrails: Guardrails | None = None
     ) -> None:
         self._config = config
-        # Per-cohort fallback to legacy (gateway/rollout/guardrails.py); None without a legacy service.
+        # Per-cohort fallback to legacy (gateway/rollout/guardrails/); None without a legacy service.
         self.guardrails = guardrails
         self._metrics = metrics
         self.enabled = bool(config.legacy_url)
@@ -280,6 +283,7 @@ class Rollout:
         # its [migration] table, which applies whichever side serves the old path.
         self.file = FileState(config.flags_file) if config.flags_file else None
         self._wake = asyncio.Event()
+        self._forced = False  # a SIGHUP asked for the next read even if the file looks unchanged
         self._tasks = tasks or Tasks()
         for side, reason in DECISIONS:
             metrics.rollout_decisions.labels(side, reason)
@@ -287,18 +291,18 @@ class Rollout:
             metrics.rollout_flags_reloads.labels(result)
         metrics.rollout_flags_valid.set(1)
 
-    def decide(self, token: str | None, client_app: str | None, cohort: str | None = None) -> Decision:
-        """`cohort` is the request's client cohort (guardrails.cohort_of), for the guardrails."""
+    def decide(self, token: str | None, cohort: Cohort | None) -> Decision:
+        """`cohort` is the request's client cohort (classified once, by the request context)."""
         if not self.enabled:
             decision = Decision(GATEWAY, "no_legacy")
         else:
             flags, rails = self.flags, self.guardrails
             bucket = rollout_bucket(token, flags.salt) if token else None
             if rails is None or not rails.active:
-                decision = decide(flags, client_app, bucket)
+                decision = decide(flags, cohort, bucket)
             else:
                 percent = rails.percent(cohort, flags.gateway_percent)
-                decision = decide(flags, client_app, bucket, tripped=rails.tripped(cohort), percent=percent)
+                decision = decide(flags, cohort, bucket, tripped=rails.tripped(cohort), percent=percent)
         self._metrics.rollout_decisions.labels(decision.side, decision.reason).inc()
         return decision
 
@@ -308,25 +312,16 @@ class Rollout:
         if self.file is None:
             return
         await self.reload(force=True)
-        self._tasks.spawn(self._watch(), "flags_watcher")
+        self._tasks.every(self._config.flags_poll_interval, self._watch, "flags_watcher", wake=self._wake)
 
     def request_reload(self) -> None:
         """Re-read the file now (SIGHUP), even if it looks unchanged."""
+        self._forced = True
         self._wake.set()
 
     async def _watch(self) -> None:
-        while True:
-            try:
-                async with asyncio.timeout(self._config.flags_poll_interval):
-                    await self._wake.wait()
-            except TimeoutError:
-                pass
-            forced = self._wake.is_set()
-            self._wake.clear()
-            try:
-                await self.reload(force=forced)
-            except Exception:  # the watcher must outlive a bug in one reload
-                log.exception("rollout_flags_reload_error")
+        forced, self._forced = self._forced, False
+        await self.reload(force=forced)
 
     async def reload(self, force: bool = False) -> bool:
         """Reads the file if it changed (or `force`); returns whether new flags were applied.

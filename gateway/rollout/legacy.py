@@ -19,12 +19,12 @@ import aiohttp
 import structlog
 from yarl import URL
 
-from gateway import USER_AGENT
 from gateway.buckets import KeyedBuckets
 from gateway.config import RolloutConfig
 from gateway.contract import GatewayError
 from gateway.observability.metrics import Metrics
 from gateway.observability.trace import TraceContext
+from gateway.outbound import BodyRefused, client_session, read_capped
 
 log = structlog.get_logger("gateway.legacy")
 
@@ -82,15 +82,8 @@ class Legacy:
         self._metrics = metrics
         self._max_body = config.legacy_max_body_bytes
         self._timeout = aiohttp.ClientTimeout(total=config.legacy_timeout, sock_connect=config.legacy_connect_timeout)
-        connector = aiohttp.TCPConnector(limit=config.legacy_max_connections, ttl_dns_cache=300)
         # The app's own User-Agent is forwarded when it sent one (FORWARDED_HEADERS); the gateway's otherwise.
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            trust_env=False,
-            raise_for_status=False,
-            headers={"User-Agent": USER_AGENT},
-            trace_configs=trace_configs or None,
-        )
+        self._session = client_session(config.legacy_max_connections, trace_configs)
         # Guesses (polls of GUIDs legacy does not know): per client address and in total (one key).
         self._per_client = KeyedBuckets(
             config.legacy_guess_rate_per_client, config.legacy_guess_burst_per_client, _TRACKED_CLIENTS
@@ -137,7 +130,11 @@ class Legacy:
                 timeout=self._timeout,
                 allow_redirects=False,
             ) as resp:
-                body = await self._read_capped(resp)
+                try:
+                    body = await read_capped(resp, self._max_body)
+                except BodyRefused as refused:
+                    # A body legacy encoded in a way we cannot read is a broken answer, like a reset.
+                    raise LegacyFailure("too_large" if refused.reason == "too_large" else "connection") from None
                 answer = LegacyAnswer(
                     resp.status, body, {name: resp.headers[name] for name in RETURNED_HEADERS if name in resp.headers}
                 )
@@ -156,18 +153,6 @@ class Legacy:
             self._metrics.legacy_duration.labels(route, outcome).observe(duration)
             if outcome not in ("2xx", "4xx"):
                 log.warning("legacy_failed", route=route, outcome=outcome, duration_ms=round(duration * 1000, 2))
-
-    async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes:
-        if resp.content_length is not None and resp.content_length > self._max_body:
-            raise LegacyFailure("too_large")
-        chunks = []
-        size = 0
-        async for chunk in resp.content.iter_chunked(64 * 1024):
-            size += len(chunk)
-            if size > self._max_body:
-                raise LegacyFailure("too_large")
-            chunks.append(chunk)
-        return b"".join(chunks)
 
     async def forward(self, method: str, path_qs: str, headers: dict[str, str], route: str) -> LegacyAnswer:
         """An app's request, sent on to the legacy service. A failure raises the contract's

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.rollout.compare import MISMATCH_CLASSES
-from gateway.rollout.window import Window
+from gateway.window import Window
 
 REGRESSION = "regression"
 NOISE = "noise"

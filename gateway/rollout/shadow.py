@@ -37,6 +37,7 @@ from typing import Any
 
 import structlog
 
+from gateway.cohorts import UNKNOWN_COHORT, Cohort
 from gateway.config import RolloutConfig
 from gateway.contract import CREATE_PATH, IN_PROGRESS, POLL_PREFIX, GatewayError
 from gateway.observability.metrics import Metrics
@@ -49,7 +50,7 @@ from gateway.rollout.compare import (
     compare_sessions,
     metric_field,
 )
-from gateway.rollout.guardrails import Guardrails
+from gateway.rollout.guardrails.engine import Guardrails
 from gateway.rollout.legacy import Legacy, LegacyAnswer, LegacyFailure
 from gateway.rollout.noise import VERDICTS, Budget, FieldStats, Margin
 from gateway.store.base import SessionStore, StoreFull, StoreUnavailable
@@ -159,7 +160,12 @@ class Shadow:
         return self.stats.report()
 
     def begin(
-        self, created: LegacyAnswer, token: str, caller: Caller, legacy_headers: dict[str, str], cohort: str = ""
+        self,
+        created: LegacyAnswer,
+        token: str,
+        caller: Caller,
+        legacy_headers: dict[str, str],
+        cohort: Cohort = UNKNOWN_COHORT,
     ) -> bool:
         """Starts comparing the session the legacy service just created for this token (its
         answer to the create is `created`); False when there is nothing to compare or no room.
@@ -196,7 +202,7 @@ class Shadow:
             watch.arrived.set()
 
     async def _run(
-        self, guid: str, token: str, caller: Caller, headers: dict[str, str], watch: _Watch, cohort: str
+        self, guid: str, token: str, caller: Caller, headers: dict[str, str], watch: _Watch, cohort: Cohort
     ) -> None:
         waiting_for = "candidate"
         started = time.monotonic()
@@ -204,8 +210,6 @@ class Shadow:
             async with asyncio.timeout(self._config.shadow_timeout):
                 candidate, candidate_at = await self._candidate(token, caller, cohort)
                 del token
-                if self._guardrails is not None:
-                    self._guardrails.record_final(cohort, candidate)
                 waiting_for = "legacy"
                 legacy, legacy_at = await self._legacy_final(guid, headers, watch)
         except TimeoutError:
@@ -320,7 +324,7 @@ class Shadow:
         for name in {f for _, f in result.fields}:
             self._metrics.shadow_noise.labels(self._field_label(name)).inc()
 
-    async def _candidate(self, token: str, caller: Caller, cohort: str) -> tuple[list[Any], float]:
+    async def _candidate(self, token: str, caller: Caller, cohort: Cohort) -> tuple[list[Any], float]:
         """The gateway's own final answer for the same token, from a session no client sees,
         and the monotonic time it was seen final. Its create counts for the guardrails as the
         gateway's answer would have: a failure is the 5xx a client would have had."""
@@ -342,6 +346,8 @@ class Shadow:
                 raise _Incomplete("candidate_failed")
             now = session.read_at  # the store's clock: see Session.read_at
             if session.is_final(now):
+                if self._guardrails is not None:
+                    self._guardrails.record_final(cohort, len(session.lpus), session.failed(now))
                 return json.loads(session.body(now)), time.monotonic()
             await asyncio.sleep(self._config.shadow_poll_interval)
 

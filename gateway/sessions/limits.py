@@ -4,16 +4,16 @@ poll rate of each session. (Upstream calls in flight per LPU are gateway/upstrea
 Every refusal is counted in `gateway_rejected_requests_total{limit}`. Per-key state stays bounded
 whatever clients send: in-flight counts exist only while a fan-out runs (so at most
 `sessions_in_flight` tokens), and poll buckets
-live for a session's TTL in a cache of at most `tracked_keys` sessions (a forgotten bucket starts
-full again, which only ever errs on the client's side).
+(gateway/buckets.py) are forgotten once full again, at most `tracked_keys` sessions of them (a
+forgotten bucket starts full, which only ever errs on the client's side).
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 
+from gateway.buckets import KeyedBuckets
 from gateway.config import LimitsConfig
 from gateway.contract import GatewayError
 from gateway.observability.metrics import Metrics
@@ -38,18 +38,15 @@ class SessionLimits:
         self,
         config: LimitsConfig,
         metrics: Metrics,
-        session_ttl: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._config = config
         self._metrics = metrics
-        self._clock = clock
         self._per_token: dict[str, int] = {}
         self._total = 0
-        self._bucket_ttl = session_ttl
-        # session GUID → [tokens left, when last updated, when forgotten], oldest first: a bucket
-        # lives as long as a session can be polled, so a steady load holds a steady number.
-        self._buckets: dict[str, list[float]] = {}
+        # Per session GUID, forgotten once full again: a steady load holds a steady number.
+        self._polls = KeyedBuckets(config.poll_rate, config.poll_burst, config.tracked_keys, clock)
+        self._take_poll = self._polls.take  # looked up once: every poll calls it
 
     @property
     def in_flight(self) -> int:
@@ -78,26 +75,7 @@ class SessionLimits:
     def check_poll(self, guid: str) -> None:
         """Spends one poll of this session's bucket, or raises 429 with the seconds until the
         next poll would be served."""
-        rate, burst = self._config.poll_rate, float(self._config.poll_burst)
-        now = self._clock()
-        bucket = self._buckets.get(guid)
-        if bucket is None:
-            self._forget_expired(now)
-            bucket = self._buckets[guid] = [burst, now, now + self._bucket_ttl]
-        tokens = min(burst, bucket[0] + (now - bucket[1]) * rate)
-        bucket[1] = now
-        if tokens < 1.0:
-            bucket[0] = tokens
+        wait = self._take_poll(guid)
+        if wait:
             self._metrics.child(self._metrics.rejected, "poll_rate").inc()
-            raise GatewayError("too_many_requests", retry_after=max(1, math.ceil((1.0 - tokens) / rate)))
-        bucket[0] = tokens - 1.0
-
-    def _forget_expired(self, now: float) -> None:
-        """Drops the buckets past their time, and the oldest beyond `tracked_keys` (a forgotten
-        bucket starts full again, which only ever errs on the client's side)."""
-        buckets = self._buckets
-        while buckets:
-            oldest = next(iter(buckets))
-            if buckets[oldest][2] > now and len(buckets) < self._config.tracked_keys:
-                return
-            del buckets[oldest]
+            raise GatewayError("too_many_requests", retry_after=wait)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -37,12 +38,23 @@ from gateway.upstream.mapping import MappingError, map_mkab_list
 log = structlog.get_logger("gateway.sessions")
 
 
+# Sessions whose first final answer this replica served, remembered (oldest out first) so that
+# the many polls of one final session are accounted once (gateway/http/old_path.py).
+MAX_SERVED_FINAL = 10_000
+
+
 @dataclass(frozen=True)
 class Poll:
-    """A poll's answer: the TicketLists body, and whether no LPU is InProgress in it."""
+    """A poll's answer: the TicketLists body, and whether no LPU is InProgress in it. What the
+    old-path accounting reads comes with it, so nothing parses the body again: `first_final`
+    when this is the first final answer this replica serves for the session, and for that answer
+    its number of LPUs and of Failed ones (0 for every other answer: only the first is counted)."""
 
     body: bytes
     final: bool
+    first_final: bool = False
+    lpus: int = 0
+    failed: int = 0
 
 
 class SessionService:
@@ -65,6 +77,7 @@ class SessionService:
         # Token hash → the create of that token now fetching its LPU list (with the window on):
         # at most one per token, gone when its fetch ends; it learns the run to share.
         self._opening: dict[str, asyncio.Future[Run | None]] = {}
+        self._served_final: OrderedDict[str, None] = OrderedDict()
 
     async def create(self, token: str, caller: Caller, *, admit: bool = True) -> str:
         """Creates a session for `token` and starts its fan-out; returns the session GUID.
@@ -255,7 +268,12 @@ class SessionService:
         now = session.read_at
         final = session.is_final(now)
         self._metrics.child(self._metrics.polls, "true" if final else "false").inc()
-        return Poll(session.body(now), final)
+        if not final or session.guid in self._served_final:
+            return Poll(session.body(now), final)
+        self._served_final[session.guid] = None
+        if len(self._served_final) > MAX_SERVED_FINAL:
+            self._served_final.popitem(last=False)
+        return Poll(session.body(now), True, True, len(session.lpus), session.failed(now))
 
     async def take_over(self, session: Session, caller: Caller | None) -> None:
         """Finishes an orphaned session (no replica holds its lease: its replica died or lost the

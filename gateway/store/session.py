@@ -78,6 +78,12 @@ class Session:
     def unfinished(self) -> list[int]:
         return [i for i in range(len(self.lpus)) if i not in self.results]
 
+    def failed(self, now: float) -> int:
+        """How many LPUs read as Failed at `now`, from each result's state prefix (the entry the
+        store wrote), without parsing anything: the guardrails' `failed_lpu_ratio` counts it."""
+        failed = sum(1 for entry in self.results.values() if not is_complete(entry))
+        return failed + (len(self.lpus) - len(self.results) if now >= self.deadline else 0)
+
     def states(self, now: float) -> list[str]:
         late = now >= self.deadline
         return [

@@ -1,14 +1,12 @@
-"""Calls to the new API: one shared aiohttp.ClientSession, per-call timeout, body cap,
-bounded retries under a retry budget. Hosts come only from configuration."""
+"""Calls to the new API: one shared aiohttp.ClientSession (gateway/outbound.py), per-call
+timeout, body cap, bounded retries under a retry budget. Hosts come only from configuration."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
 import random
-import socket
 import time
-import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,18 +15,16 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
-from gateway import USER_AGENT
 from gateway.config import LimitsConfig, UpstreamConfig
 from gateway.contract import MKAB, UPSTREAM_METHODS
 from gateway.observability.metrics import Metrics
 from gateway.observability.trace import TraceContext
+from gateway.outbound import BodyRefused, client_session, read_capped
 from gateway.upstream.answers import CallFailure, parse_capped
 from gateway.upstream.breaker import Breakers
 from gateway.upstream.slots import LpuSlots, NoSlot
 
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
-# What BoundedDecoder undoes; asked for explicitly (aiohttp would add "br" if brotli were installed).
-ACCEPT_ENCODING = "gzip, deflate"
 
 
 @dataclass(frozen=True)
@@ -79,16 +75,6 @@ class RetryBudget:
         return False
 
 
-class SpecialUseResolver(aiohttp.ThreadedResolver):
-    """RFC 6761 §6.4: names under `.invalid` never resolve, and resolvers should say so at once
-    rather than ask the network. A placeholder host left in a config fails without a query."""
-
-    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> Any:
-        if host.lower().rstrip(".").endswith(".invalid"):
-            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-        return await super().resolve(host, port, family)
-
-
 def breaks_circuit(failure: CallFailure) -> bool:
     """Failures that say the target is unreachable. Only these count: they are what holds a
     connection (a 5xx comes back at once), and an error status may be about one patient's
@@ -99,68 +85,10 @@ def breaks_circuit(failure: CallFailure) -> bool:
 def new_client_session(
     config: UpstreamConfig, trace_configs: list[aiohttp.TraceConfig] | None = None
 ) -> aiohttp.ClientSession:
-    # One connector for the whole app, sized for fan-out: every LPU call of every session
-    # shares it, and keep-alive makes the 3×LPU calls of a session cheap. Its limit equals the
-    # pool gate's (Upstream), which is where calls wait, so the connector itself never queues.
-    connector = aiohttp.TCPConnector(
-        limit=config.max_connections, limit_per_host=0, ttl_dns_cache=300, resolver=SpecialUseResolver()
-    )
-    # Bodies are decoded here, not by aiohttp: its decoder inflates a whole received chunk at
-    # once, so a small gzip bomb becomes hundreds of MB before any cap could look at it.
-    return aiohttp.ClientSession(
-        connector=connector,
-        trust_env=False,
-        raise_for_status=False,
-        auto_decompress=False,
-        headers={"Accept-Encoding": ACCEPT_ENCODING, "User-Agent": USER_AGENT},
-        trace_configs=trace_configs or None,
-    )
-
-
-class BoundedDecoder:
-    """A body's Content-Encoding undone chunk by chunk, never producing more than `cap` bytes:
-    zlib's `max_length` stops inflating at the cap, so a bomb costs at most `cap` of memory and
-    the CPU to inflate `cap` bytes. Identity, gzip and deflate (zlib or raw); anything else is
-    an invalid body (brotli is not advertised: no decoder is installed)."""
-
-    def __init__(self, encoding: str, cap: int) -> None:
-        self._cap = cap
-        self._size = 0
-        self._encoding = encoding.strip().lower() or "identity"
-        if self._encoding not in ("identity", "gzip", "x-gzip", "deflate"):
-            raise CallFailure("invalid_body", detail=f"content-encoding {self._encoding[:20]}")
-        self._inflater: Any = None
-        if self._encoding in ("gzip", "x-gzip"):
-            self._inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-
-    def feed(self, chunk: bytes) -> bytes:
-        if self._encoding == "identity":
-            return self._count(chunk)
-        if self._inflater is None:  # deflate: RFC 9110 says zlib; some servers send raw deflate
-            zlib_header = len(chunk) >= 2 and chunk[0] & 0x0F == 8 and (chunk[0] << 8 | chunk[1]) % 31 == 0
-            self._inflater = zlib.decompressobj(zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS)
-        parts = []
-        data = chunk
-        try:
-            while data:
-                parts.append(self._count(self._inflater.decompress(data, self._cap - self._size + 1)))
-                data = self._inflater.unconsumed_tail
-        except zlib.error:
-            raise CallFailure("invalid_body", detail="bad compressed body") from None
-        return b"".join(parts)
-
-    def end(self) -> bytes:
-        if self._inflater is None:
-            return b""
-        if not self._inflater.eof:
-            raise CallFailure("invalid_body", detail="truncated compressed body")
-        return self._count(self._inflater.flush())
-
-    def _count(self, data: bytes) -> bytes:
-        self._size += len(data)
-        if self._size > self._cap:
-            raise CallFailure("too_large", detail="decoded body")
-        return data
+    # One pool for the whole app, sized for fan-out: every LPU call of every session shares
+    # it, and keep-alive makes the 3×LPU calls of a session cheap. Its limit equals the pool
+    # gate's (Upstream), which is where calls wait, so the connector itself never queues.
+    return client_session(config.max_connections, trace_configs)
 
 
 class Upstream:
@@ -290,9 +218,11 @@ class Upstream:
             ) as resp:
                 if resp.status != 200:
                     raise CallFailure("status", resp.status)
-                body = await self._read_capped(resp)
+                body = await read_capped(resp, self._config.max_body_bytes)
         except CallFailure:
             raise
+        except BodyRefused as refused:
+            raise CallFailure(refused.reason, detail=refused.detail) from None
         except TimeoutError:
             raise CallFailure("timeout") from None
         except aiohttp.ClientConnectorDNSError:
@@ -302,17 +232,3 @@ class Upstream:
         except (aiohttp.ClientError, OSError) as exc:
             raise CallFailure("connection", detail=type(exc).__name__) from None
         return body
-
-    async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes:
-        """The body, decoded, at most `max_body_bytes` of it after decoding; a Content-Length
-        above the cap is refused before reading (a compressed body that large would inflate to
-        more anyway)."""
-        cap = self._config.max_body_bytes
-        decoder = BoundedDecoder(resp.headers.get("Content-Encoding", ""), cap)
-        if resp.content_length is not None and resp.content_length > cap:
-            raise CallFailure("too_large", detail="content-length")
-        chunks = []
-        async for chunk in resp.content.iter_chunked(64 * 1024):
-            chunks.append(decoder.feed(chunk))
-        chunks.append(decoder.end())
-        return b"".join(chunks)

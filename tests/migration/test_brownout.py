@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from gateway.cohorts import Cohort
 from gateway.contract import ERRORS
 from gateway.migration.brownout import (
     BUCKETS,
@@ -23,7 +24,6 @@ from gateway.migration.brownout import (
     share_bucket,
 )
 from gateway.migration.clock import ManualClock
-from gateway.migration.cohorts import Cohort
 from gateway.rollout.flags import parse_flags
 from gateway.sandbox.data import SandboxPatient, demo_lpu
 from tests.support.gateway import LOG, TICKETS, new_token, poll_until_final, sample
@@ -44,8 +44,7 @@ version = 1
 {extra}
 [[migration.brownout]]
 name = "beta-first"
-app = "beta"
-versions = ["4.9"]
+cohorts = ["beta/*/4.9"]
 start = {iso(START)}
 duration = 600
 share = {share}
@@ -179,15 +178,12 @@ async def test_a_brownout_refuses_only_the_target_cohorts_creates_in_its_window_
     # The session made before the window is served to its end, however often it is polled.
     body, _ = await poll_until_final(client, before["session"], headers=APPS["beta"][0])
     assert {e["state"] for e in body} == {"Complete"}
-    assert (
-        sample(client, "gateway_brownout_decisions_total", app="beta", platform="ios", version="4.9", outcome="refused")
-        == 1
-    )
+    assert sample(client, "gateway_brownout_decisions_total", cohort="beta/ios/4.9", outcome="refused") == 1
     clock.set(START + 600)
     assert (await call(client, "beta", tokens["beta"]))[0] == 200
     lines = [json.loads(line) for line in LOG.getvalue().splitlines() if '"brownout_decision"' in line]
     assert lines[-1]["brownout"] == "beta-first" and lines[-1]["outcome"] == "refused"
-    assert lines[-1]["app"] == "beta" and tokens["beta"] not in LOG.getvalue()
+    assert lines[-1]["cohort"] == "beta/ios/4.9" and tokens["beta"] not in LOG.getvalue()
     cohorts = {c["cohort"]: c for c in (await report(client))["cohorts"]}
     assert cohorts["beta/ios/4.9"]["brownouts_30d"]["refused"] == 1
     assert cohorts["beta/ios/4.9"]["errors_30d"] == 0  # a refusal is not an error of the cohort
@@ -233,10 +229,7 @@ async def test_dry_run_counts_who_would_be_hit_and_soft_mode_only_delays(
     started = time.monotonic()
     assert (await call(client, "beta", tokens["beta"]))[0] == 200
     assert time.monotonic() - started >= 0.4
-    assert (
-        sample(client, "gateway_brownout_decisions_total", app="beta", platform="ios", version="4.9", outcome="delayed")
-        == 1
-    )
+    assert sample(client, "gateway_brownout_decisions_total", cohort="beta/ios/4.9", outcome="delayed") == 1
 
 
 async def test_a_brownout_pauses_itself_while_its_cohort_carries_too_much_traffic(
@@ -254,9 +247,7 @@ async def test_a_brownout_pauses_itself_while_its_cohort_carries_too_much_traffi
         sample(
             client,
             "gateway_brownout_decisions_total",
-            app="beta",
-            platform="ios",
-            version="4.9",
+            cohort="beta/ios/4.9",
             outcome="paused_share",
         )
         == 1
@@ -284,9 +275,7 @@ async def test_a_brownout_pauses_itself_when_its_cohorts_error_rate_spikes(
         assert (await call(client, "beta", token))[0] == 502
 
     def outcome(name: str) -> float:
-        return sample(
-            client, "gateway_brownout_decisions_total", app="beta", platform="ios", version="4.9", outcome=name
-        )
+        return sample(client, "gateway_brownout_decisions_total", cohort="beta/ios/4.9", outcome=name)
 
     # Five served, all 5xx (above 20 %): from the sixth on the brownout stands aside.
     assert (outcome("dry_run"), outcome("paused_errors")) == (5, 1)
@@ -302,8 +291,6 @@ async def test_a_soft_brownout_holds_at_most_brownout_max_delayed_creates_at_onc
     assert [s for s, _, _ in statuses] == [200, 200, 200]
 
     def outcome(name: str) -> float:
-        return sample(
-            client, "gateway_brownout_decisions_total", app="beta", platform="ios", version="4.9", outcome=name
-        )
+        return sample(client, "gateway_brownout_decisions_total", cohort="beta/ios/4.9", outcome=name)
 
     assert (outcome("delayed"), outcome("spared")) == (1, 2)

@@ -98,10 +98,7 @@ async def test_two_replicas_share_one_ledger_counted_per_cohort_and_day(
         assert cohorts["gamma/web/other"]["days_silent"] == 40
     # The gauge, from the ledger both write: days since last seen, in seconds.
     assert await replicas[0].app[keys.MIGRATION].writer.flush()
-    assert (
-        sample(replicas[0], "gateway_migration_since_last_seen_seconds", app="gamma", platform="web", version="other")
-        == 40 * DAY
-    )
+    assert sample(replicas[0], "gateway_migration_since_last_seen_seconds", cohort="gamma/web/other") == 40 * DAY
 
 
 async def test_a_replica_writes_the_ledger_at_most_once_a_second(

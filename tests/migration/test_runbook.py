@@ -6,9 +6,9 @@ from __future__ import annotations
 import dataclasses
 import re
 
+from gateway.cohorts import Cohort
 from gateway.config import MigrationConfig
 from gateway.migration.brownout import OUTCOMES
-from gateway.migration.cohorts import Cohort
 from gateway.migration.signals import BROWNOUT_KEYS, DEPRECATION_KEYS, TABLE_KEYS
 from gateway.observability.metrics import Metrics
 from gateway.rollout.flags import parse_flags
@@ -46,5 +46,5 @@ def test_the_example_flags_files_migration_table_is_valid_once_uncommented() -> 
     uncommented = "\n".join(line.removeprefix("# ") for line in block.splitlines() if line.startswith("# "))
     # A complete flags file around it: the required `version`, a final newline.
     migration = parse_flags(f"version = 1\n{uncommented}\n".encode(), "legacy").migration
-    assert [d.selector.app for d in migration.deprecations] == ["beta"]
+    assert [[str(s) for s in d.cohorts] for d in migration.deprecations] == [["beta/*/4.9"]]
     assert [(b.name, b.mode, b.share) for b in migration.brownouts] == [("beta-first", "dry_run", 0.25)]

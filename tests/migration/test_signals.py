@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
+from gateway.cohorts import Cohort
 from gateway.migration.clock import ManualClock
-from gateway.migration.cohorts import Cohort
 from gateway.migration.signals import SignalsError, deprecation_value, link_value, parse_migration, sunset_value
 from gateway.rollout.flags import FlagsError, parse_flags
 from gateway.sandbox.data import SandboxPatient, demo_lpu
@@ -63,14 +63,13 @@ version = 1
 link = "https://example.org/migrate"
 
 [[migration.deprecation]]
-app = "beta"
-versions = ["4.9"]
+cohorts = ["beta/*/4.9"]
 deprecated = 2023-06-30T23:59:59Z
 sunset = 2027-01-01T00:00:00+03:00
 sunset_link = "https://example.org/sunset?app=beta"
 
 [[migration.deprecation]]
-app = "gamma"
+cohorts = ["gamma/*/*"]
 deprecated = 1793577600
 link = "https://example.org/gamma"
 """
@@ -98,17 +97,32 @@ def test_the_flags_file_gives_each_cohort_its_headers() -> None:
     ("table", "problem"),
     [
         ("[migration]\nlnik = 'x'", "migration: unknown key 'lnik'"),
-        ("[[migration.deprecation]]\napp = 'beta'", "deprecated is required"),
-        ("[[migration.deprecation]]\napp = 'beta'\ndeprecated = 2026-01-01T00:00:00", "must have a UTC offset"),
-        ("[[migration.deprecation]]\napp = 'beta'\ndeprecated = 20\nsunset = 10", "sunset must not be before"),
-        ("[[migration.deprecation]]\napp = 'beta'\ndeprecated = 1\nlink = 'https://x/a b'", "RFC 3986"),
-        ("[[migration.deprecation]]\napp = 'beta'\ndeprecated = 1\nlink = 'https://x/>; rel=x'", "RFC 3986"),
-        ("[[migration.deprecation]]\napp = 'be/ta'\ndeprecated = 1", "app must be an app name"),
-        ("[[migration.brownout]]\nname = 'b'\napp = 'beta'\nstart = 1", "needs start and duration"),
-        ("[[migration.brownout]]\nname = 'b'\napp = 'beta'\nstart = 1\nduration = 4e7", "duration must be"),
-        ("[[migration.brownout]]\nname = 'b'\napp = 'beta'\nstart = 1\nduration = 9\nshare = 0", "above 0"),
-        ("[[migration.brownout]]\nname = 'b'\napp = 'beta'\nstart = 1\nduration = 9\nmode = 'off'", "mode must"),
-        ("[[migration.brownout]]\nname = 'b'\napp = 'beta'\nstart = 1\nduration = 9\ndelay = 60", "delay must"),
+        ("[[migration.deprecation]]\ncohorts = ['beta/*/*']", "deprecated is required"),
+        (
+            "[[migration.deprecation]]\ncohorts = ['beta/*/*']\ndeprecated = 2026-01-01T00:00:00",
+            "must have a UTC offset",
+        ),
+        (
+            "[[migration.deprecation]]\ncohorts = ['beta/*/*']\ndeprecated = 20\nsunset = 10",
+            "sunset must not be before",
+        ),
+        ("[[migration.deprecation]]\ncohorts = ['beta/*/*']\ndeprecated = 1\nlink = 'https://x/a b'", "RFC 3986"),
+        ("[[migration.deprecation]]\ncohorts = ['beta/*/*']\ndeprecated = 1\nlink = 'https://x/>; rel=x'", "RFC 3986"),
+        ("[[migration.deprecation]]\ncohorts = ['be ta/*/*']\ndeprecated = 1", "'be ta/*/*' is not a cohort selector"),
+        ("[[migration.deprecation]]\ncohorts = []\ndeprecated = 1", "cohorts must name at least one cohort"),
+        ("[[migration.deprecation]]\ndeprecated = 1", "cohorts is required"),
+        ("[[migration.deprecation]]\napp = 'beta'\nversions = ['4.9']\ndeprecated = 1", 'cohorts = ["beta/*/4.9"]'),
+        ("[[migration.brownout]]\nname = 'b'\ncohorts = ['beta/*/*']\nstart = 1", "needs start and duration"),
+        ("[[migration.brownout]]\nname = 'b'\ncohorts = ['beta/*/*']\nstart = 1\nduration = 4e7", "duration must be"),
+        ("[[migration.brownout]]\nname = 'b'\ncohorts = ['beta/*/*']\nstart = 1\nduration = 9\nshare = 0", "above 0"),
+        (
+            "[[migration.brownout]]\nname = 'b'\ncohorts = ['beta/*/*']\nstart = 1\nduration = 9\nmode = 'off'",
+            "mode must",
+        ),
+        (
+            "[[migration.brownout]]\nname = 'b'\ncohorts = ['beta/*/*']\nstart = 1\nduration = 9\ndelay = 60",
+            "delay must",
+        ),
     ],
 )
 def test_a_wrong_migration_table_is_a_flags_file_error(table: str, problem: str) -> None:

@@ -1,5 +1,5 @@
 """Every metric family a gateway exposes is watched somewhere: on a dashboard panel, in an alert or
-recording rule, or named in docs/metrics.md's "diagnostic only" table with the reason it is on
+recording rule, or named in docs/metrics.md's "Diagnostic only" table with the reason it is on
 neither. A family added without one of those fails here."""
 
 from __future__ import annotations

@@ -94,15 +94,15 @@ async def test_metrics_after_the_workload(upstream: Any, aiohttp_server: Any, tm
     assert not missing, f"dashboards or alert rules use metrics /metrics does not have: {sorted(missing)}"
 
     # Old-path use, both gateways together, is exactly what the workload sent, side by side.
-    labels = ("route", "side", "app", "app_version", "status_class")
+    labels = ("route", "side", "cohort", "status_class")
     old: Counter[tuple[str, ...]] = Counter()
     for (name, ls), v in [*found.items(), *found_rollout.items()]:
         if name == "gateway_old_requests_total" and v > 0:
             old[tuple(dict(ls)[label] for label in labels)] += int(v)
     assert old == done.requests
     assert set(done.by("side")) == {"gateway", "legacy", "shadow"}
-    for app in done.by("app"):
-        assert total(found, "gateway_client_last_seen_timestamp_seconds", app=app) > 0
+    for cohort in done.by("cohort"):
+        assert total(found, "gateway_client_last_seen_timestamp_seconds", cohort=cohort) > 0
 
     # The gateway without a legacy service ran the scripted sessions alone.
     for (outcome, reason), n in expected_lpu_outcomes().items():
@@ -169,10 +169,9 @@ async def test_a_flood_of_distinct_clients_tokens_and_guids_adds_no_series(upstr
 
     assert series(after) == series(before)
     found = samples(after)
-    assert total(found, "gateway_old_requests_total", app="other") == 6 * (
-        rounds + 1
-    )  # the stray path is not old-path use
-    assert total(found, "gateway_old_requests_total", app="unknown") == rounds + 1
+    # Every unnamed client is the one unknown cohort: 6 requests a round with headers, 1 without
+    # (the stray path is not old-path use).
+    assert total(found, "gateway_old_requests_total", cohort="unknown/unknown/unknown") == 7 * (rounds + 1)
     assert not [t for t in TOKENS if t in after]
     assert "app-" not in after, "a User-Agent reached a label"
 

@@ -107,16 +107,18 @@ async def test_every_panel_has_data_from_a_real_prometheus(
         def panel(title: str) -> str:
             return grafana(next(q.expr for q in panel_queries() if q.panel == title))
 
-        # Prometheus holds the workload's own counts, app by app and side by side (increase()
+        # Prometheus holds the workload's own counts, cohort by cohort and side by side (increase()
         # on a panel is approximate by design: a series born at 1 hides its first request).
-        for label in ("app", "side"):
+        for label in ("cohort", "side"):
             counted = {
                 s["metric"][label]: value(s["value"])
                 for s in await prom.query(f"sum by ({label}) (gateway_old_requests_total)", at=ended)
             }
             assert {k: n for k, n in counted.items() if n} == dict(done.by(label))
-        last_seen = await prom.query(panel("Apps still calling: last seen"), at=ended)
-        assert {s["metric"]["app"] for s in last_seen} == set(done.by("app"))
+        last_seen = await prom.query(panel("Cohorts still calling: last seen"), at=ended)
+        assert {s["metric"]["cohort"] for s in last_seen} == set(done.by("cohort"))
+        by_app = await prom.query(panel("Old-path requests by app"), at=ended)
+        assert {s["metric"]["app"] for s in by_app} == {c.split("/")[0] for c in done.by("cohort")}
         assert all(started * 1000 <= value(s["value"]) <= ended * 1000 for s in last_seen)
         share = await prom.query_range(panel("Share served by each side"), started, ended)
         peaks = {s["metric"]["side"]: max(v for p in s["values"] if math.isfinite(v := value(p))) for s in share}

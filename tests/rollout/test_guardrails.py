@@ -11,18 +11,19 @@ from typing import Any
 
 import pytest
 
+from gateway.cohorts import Cohort, parse_selectors
 from gateway.config import RedisConfig, RolloutConfig
 from gateway.http import keys
 from gateway.observability.metrics import Metrics
 from gateway.rollout.flags import Flags, FlagsError, decide, parse_flags
-from gateway.rollout.guardrails import (
+from gateway.rollout.guardrails.board import RedisBoard
+from gateway.rollout.guardrails.engine import Guardrails
+from gateway.rollout.guardrails.rules import (
     HEALTHY,
     INCONCLUSIVE,
     TRIP,
     CohortState,
     GuardrailRules,
-    Guardrails,
-    RedisBoard,
     Rule,
     StepUp,
     next_state,
@@ -35,6 +36,7 @@ from tests.support.fake_legacy import start_legacy, write_flags
 from tests.support.gateway import bearer, create, golden_patient, patient, poll_until_final, sample, wait_until
 from tests.support.shadow import ADMIN, gateway_answer, results
 
+A, B = Cohort("app-a", "other", "other"), Cohort("app-b", "other", "other")
 FAILED_LPUS = Rule("failed_lpu_ratio", above=0.5, window=60.0, min_sessions=5)
 
 
@@ -74,8 +76,8 @@ def test_step_up_promotes_only_after_a_healthy_window() -> None:
 
 
 def test_a_tripped_cohort_goes_to_legacy_before_the_allow_list_but_after_the_kill_switch() -> None:
-    flags = Flags(mode="gateway", allow_apps=frozenset({"app-a"}))
-    assert decide(flags, "app-a", 1, tripped=True).reason == "guardrail"
+    flags = Flags(mode="gateway", allow_cohorts=parse_selectors(["app-a/*/*"], "allow_cohorts"))
+    assert decide(flags, A, 1, tripped=True).reason == "guardrail"
     assert decide(flags, None, 1, tripped=True).side == "legacy"
     assert decide(Flags(mode="legacy"), None, 1, tripped=True).reason == "default", "nothing to move"
     assert decide(Flags(kill_switch=True), None, 1, tripped=True).reason == "kill_switch"
@@ -93,15 +95,16 @@ signal = "error_ratio"
 above = 0.05
 window = 300
 min_sessions = 50
-apps = ["Android"]
+cohorts = ["android/*/*", "*/web/4.11"]
 [guardrails.step_up]
 step = 5
 every = 600
 """
     flags = parse_flags(text.encode(), "legacy")
     [rule] = flags.guardrails.rules
-    assert rule == Rule("error_ratio", 0.05, 300.0, 50, frozenset({"android"}))
-    assert rule.applies("android:4.11") and not rule.applies("ios:4.11")
+    assert rule == Rule("error_ratio", 0.05, 300.0, 50, parse_selectors(["android/*/*", "*/web/4.11"], "x"))
+    assert rule.applies(Cohort("android", "ios", "4.11")) and not rule.applies(Cohort("ios", "ios", "4.11"))
+    assert rule.applies(Cohort("ios", "web", "4.11")) and not rule.applies(Cohort("ios", "web", "4.12"))
     assert flags.guardrails.cooldown == 120.0 and flags.guardrails.step_up == StepUp(5.0, 600.0)
     for bad in (
         '[guardrails]\n[[guardrails.rule]]\nsignal = "latency"\nabove = 0.1\n',
@@ -169,17 +172,19 @@ async def test_a_failing_cohort_trips_to_legacy_alone_and_is_re_armed(
 
     # Two sessions: fewer than min_sessions, however bad, is inconclusive and moves nothing.
     first = [await session_on(client, broken.token, AGENT_A) for _ in range(2)]
-    signal = {"cohort": "app-a:other", "signal": "failed_lpu_ratio"}
+    signal = {"cohort": "app-a/other/other", "signal": "failed_lpu_ratio"}
     # NaN: evaluated, and too few sessions to say.
     await wait_until(lambda: math.isnan(sample(client, "gateway_guardrail_signal_ratio", **signal)), what="a reading")
     state = (await (await client.get("/admin/rollout", headers=ADMIN)).json())["guardrails"]
-    assert state["cohorts"]["app-a:other"]["state"] == "armed"
-    assert state["cohorts"]["app-a:other"]["signals"][0]["outcome"] == "inconclusive"
+    assert state["cohorts"]["app-a/other/other"]["state"] == "armed"
+    assert state["cohorts"]["app-a/other/other"]["signals"][0]["outcome"] == "inconclusive"
     assert not fake.creates()
 
     await session_on(client, broken.token, AGENT_A)  # the third: 3 of 3 LPUs Failed
-    await wait_until(lambda: sample(client, "gateway_guardrail_tripped", cohort="app-a:other") == 1, what="the trip")
-    assert sample(client, "gateway_guardrail_trips_total", cohort="app-a:other", signal="failed_lpu_ratio") == 1
+    await wait_until(
+        lambda: sample(client, "gateway_guardrail_tripped", cohort="app-a/other/other") == 1, what="the trip"
+    )
+    assert sample(client, "gateway_guardrail_trips_total", cohort="app-a/other/other", signal="failed_lpu_ratio") == 1
     await create(client, broken.token, **AGENT_A)
     assert len(fake.creates()) == 1, "the tripped cohort's new session went to legacy"
     assert decisions(client, "legacy", "guardrail") == 1
@@ -189,19 +194,19 @@ async def test_a_failing_cohort_trips_to_legacy_alone_and_is_re_armed(
     assert resp.status == 200, "an existing session keeps its side"
 
     state = (await (await client.get("/admin/rollout", headers=ADMIN)).json())["guardrails"]
-    cohort = state["cohorts"]["app-a:other"]
+    cohort = state["cohorts"]["app-a/other/other"]
     assert cohort["state"] == "tripped" and cohort["since"] > 0
     assert cohort["why"]["signal"] == "failed_lpu_ratio" and cohort["why"]["value"] == 1.0
 
-    resp = await client.post("/admin/rollout/guardrails/app-a:other/rearm")
+    resp = await client.post("/admin/rollout/guardrails/app-a/other/other/rearm")
     assert resp.status == 404, "the admin token first"
-    resp = await client.post("/admin/rollout/guardrails/app-a:other/rearm", headers=ADMIN)
+    resp = await client.post("/admin/rollout/guardrails/app-a/other/other/rearm", headers=ADMIN)
     assert resp.status == 200 and (await resp.json())["rearmed"] is True
-    assert sample(client, "gateway_guardrail_tripped", cohort="app-a:other") == 0
-    assert sample(client, "gateway_guardrail_rearms_total", cohort="app-a:other", how="admin") == 1
+    assert sample(client, "gateway_guardrail_tripped", cohort="app-a/other/other") == 0
+    assert sample(client, "gateway_guardrail_rearms_total", cohort="app-a/other/other", how="admin") == 1
     await session_on(client, healthy.token, AGENT_A)
     assert len(fake.creates()) == 1, "re-armed: the cohort is back on the gateway"
-    resp = await client.post("/admin/rollout/guardrails/app-a:other/rearm", headers=ADMIN)
+    resp = await client.post("/admin/rollout/guardrails/app-a/other/other/rearm", headers=ADMIN)
     assert resp.status == 409, "nothing to re-arm"
 
 
@@ -214,11 +219,11 @@ async def test_a_flags_change_re_arms_and_the_cool_down_stops_a_flap(
     flags = tmp_path / "flags.toml"
     client = await start_guarded(gateway, url, legacy_url, flags, cooldown=3600, min_sessions=1, version=1)
     await session_on(client, broken.token, AGENT_A)
-    await wait_until(lambda: sample(client, "gateway_guardrail_tripped", cohort="app-a:other") == 1, what="trip")
+    await wait_until(lambda: sample(client, "gateway_guardrail_tripped", cohort="app-a/other/other") == 1, what="trip")
     # New flags (a new version): the trip was made under the old ones.
     write_flags(flags, GUARDRAIL.format(cooldown=3600, min_sessions=1, version=2))
     await wait_until(
-        lambda: sample(client, "gateway_guardrail_rearms_total", cohort="app-a:other", how="flags") == 1,
+        lambda: sample(client, "gateway_guardrail_rearms_total", cohort="app-a/other/other", how="flags") == 1,
         within=15.0,
         what="re-armed by the flags change",
     )
@@ -227,12 +232,13 @@ async def test_a_flags_change_re_arms_and_the_cool_down_stops_a_flap(
     await session_on(client, broken.token, AGENT_A)
     await wait_until(
         lambda: (
-            sample(client, "gateway_guardrail_signal_ratio", cohort="app-a:other", signal="failed_lpu_ratio") == 1.0
+            sample(client, "gateway_guardrail_signal_ratio", cohort="app-a/other/other", signal="failed_lpu_ratio")
+            == 1.0
         ),
         what="the bad signal read",
     )
-    assert sample(client, "gateway_guardrail_tripped", cohort="app-a:other") == 0
-    assert sample(client, "gateway_guardrail_trips_total", cohort="app-a:other", signal="failed_lpu_ratio") == 1
+    assert sample(client, "gateway_guardrail_tripped", cohort="app-a/other/other") == 0
+    assert sample(client, "gateway_guardrail_trips_total", cohort="app-a/other/other", signal="failed_lpu_ratio") == 1
     assert not fake.creates()
 
 
@@ -256,13 +262,13 @@ async def test_step_up_promotes_a_healthy_cohort_and_holds_an_inconclusive_one(
     await create(client, p.token, **AGENT_A)
     await wait_until(lambda: results(client, "match", "equal") == 1, what="one compare")
     # One compared session is inconclusive: no step, however long it stays that way.
-    await wait_until(lambda: rails.describe()["cohorts"].get("app-a:other"), what="a reading")
-    assert rails.percent("app-a:other", 0.0) == 0.0
+    await wait_until(lambda: rails.describe()["cohorts"].get("app-a/other/other"), what="a reading")
+    assert rails.percent(A, 0.0) == 0.0
     await create(client, p.token, **AGENT_A)
     await wait_until(lambda: results(client, "match", "equal") == 2, what="two compares")
-    await wait_until(lambda: rails.percent("app-a:other", 0.0) == 100.0, within=15.0, what="two steps")
-    assert sample(client, "gateway_guardrail_steps_total", cohort="app-a:other") == 2
-    assert rails.percent("app-b:other", 0.0) == 0.0, "a cohort with no compares is not promoted"
+    await wait_until(lambda: rails.percent(A, 0.0) == 100.0, within=15.0, what="two steps")
+    assert sample(client, "gateway_guardrail_steps_total", cohort="app-a/other/other") == 2
+    assert rails.percent(B, 0.0) == 0.0, "a cohort with no compares is not promoted"
     creates = len(fake.creates())
     guid = await create(client, p.token, **AGENT_A)
     assert len(fake.creates()) == creates, "promoted to 100 %: the gateway serves the cohort"
@@ -274,31 +280,31 @@ async def test_on_redis_new_flags_re_arm_and_can_trip_again(redis_server: Any) -
     metrics, tasks = Metrics(), Tasks()
     board = RedisBoard(RedisConfig(url=redis_server.url, prefix="vg-test"))
     one = GuardrailRules((Rule("failed_lpu_ratio", above=0.5, window=60.0, min_sessions=1),), cooldown=0.0)
-    rails = Guardrails(RolloutConfig(), metrics, tasks, ["app-a:other", "app-b:other"], board)
-    other = Guardrails(RolloutConfig(), Metrics(), Tasks(), ["app-a:other", "app-b:other"], board)
+    rails = Guardrails(RolloutConfig(), metrics, tasks, [A, B], board)
+    other = Guardrails(RolloutConfig(), Metrics(), Tasks(), [A, B], board)
     try:
         for replica in (rails, other):
             replica.update(one, "digest-1")
-        rails.record_answer("app-a:other", "create", 200)
-        rails.record_final("app-a:other", [{"state": "Failed"}])
+        rails.record_answer(A, "create", 200)
+        rails.record_final(A, 1, 1)
         await rails.tick()
         await other.refresh()
-        assert rails.tripped("app-a:other") and other.tripped("app-a:other") and not other.tripped("app-b:other")
+        assert rails.tripped(A) and other.tripped(A) and not other.tripped(B)
         for replica in (rails, other):
             replica.update(one, "digest-2")  # the flags file changed
-        assert not rails.tripped("app-a:other") and not other.tripped("app-a:other")
-        labels = {"cohort": "app-a:other", "how": "flags"}
+        assert not rails.tripped(A) and not other.tripped(A)
+        labels = {"cohort": "app-a/other/other", "how": "flags"}
         assert metrics.registry.get_sample_value("gateway_guardrail_rearms_total", labels) == 1
         await other.refresh()
-        assert not other.tripped("app-a:other"), "the old trip does not count under the new flags"
-        rails.record_answer("app-a:other", "create", 200)
-        rails.record_final("app-a:other", [{"state": "Failed"}])
+        assert not other.tripped(A), "the old trip does not count under the new flags"
+        rails.record_answer(A, "create", 200)
+        rails.record_final(A, 1, 1)
         await rails.tick()
         await other.refresh()
-        assert other.tripped("app-a:other"), "a new trip under the new flags reaches the other replica"
-        assert await other.rearm("app-a:other")
+        assert other.tripped(A), "a new trip under the new flags reaches the other replica"
+        assert await other.rearm(A)
         await rails.refresh()
-        assert not rails.tripped("app-a:other")
+        assert not rails.tripped(A)
     finally:
         await rails.close()
         await other.close()
@@ -322,7 +328,7 @@ async def test_a_regression_ratio_takes_a_shadowed_cohort_out_of_shadow(
         'mode = "shadow"\nversion = 1\n[guardrails]\ncooldown = 0\n'
         '[[guardrails.rule]]\nsignal = "mismatch_ratio"\nabove = 0.5\nwindow = 60\nmin_sessions = 3\n',
     )
-    cohort = {"cohort": "app-a:other"}
+    cohort = {"cohort": "app-a/other/other"}
     for n in (1, 2):
         await create(client, p.token, **AGENT_A)
         await wait_until(lambda n=n: results(client, "mismatch", "records") == n, what=f"compare {n}")
@@ -357,7 +363,7 @@ async def test_gateway_side_5xx_trip_an_error_ratio_rule(
         'mode = "gateway"\nversion = 1\n[guardrails]\ncooldown = 0\n'
         '[[guardrails.rule]]\nsignal = "error_ratio"\nabove = 0.5\nwindow = 60\nmin_sessions = 3\n',
     )
-    cohort = {"cohort": "app-a:other"}
+    cohort = {"cohort": "app-a/other/other"}
     for _ in range(3):
         resp = await client.get("/api/v2/old/visit/tickets", headers=bearer(broken.token) | AGENT_A)
         assert resp.status == 502
@@ -371,36 +377,36 @@ async def test_gateway_side_5xx_trip_an_error_ratio_rule(
 async def test_a_trip_decided_while_redis_is_down_holds_here_and_reaches_the_others_later(redis_server: Any) -> None:
     config = RedisConfig(url=redis_server.url, prefix="vg-outage", timeout=0.3)
     one = GuardrailRules((Rule("error_ratio", above=0.5, window=60.0, min_sessions=2),), cooldown=0.0)
-    rails = Guardrails(RolloutConfig(), Metrics(), Tasks(), ["app-a:other"], RedisBoard(config))
-    other = Guardrails(RolloutConfig(), Metrics(), Tasks(), ["app-a:other"], RedisBoard(config))
+    rails = Guardrails(RolloutConfig(), Metrics(), Tasks(), [A], RedisBoard(config))
+    other = Guardrails(RolloutConfig(), Metrics(), Tasks(), [A], RedisBoard(config))
     try:
         for replica in (rails, other):
             replica.update(one, "digest-1")
-        other.record_answer("app-a:other", "create", 502)
+        other.record_answer(A, "create", 502)
         await other.tick()  # publishes one session: inconclusive alone
-        assert not other.tripped("app-a:other")
-        rails.record_answer("app-a:other", "create", 502)
+        assert not other.tripped(A)
+        rails.record_answer(A, "create", 502)
         await rails.tick()  # one here and one there: two sessions, all 5xx
-        assert rails.tripped("app-a:other"), "tripped on the fleet's two sessions"
+        assert rails.tripped(A), "tripped on the fleet's two sessions"
         await other.refresh()
-        assert other.tripped("app-a:other")
-        assert await other.rearm("app-a:other")
+        assert other.tripped(A)
+        assert await other.rearm(A)
         await rails.refresh()
-        assert not rails.tripped("app-a:other")
+        assert not rails.tripped(A)
 
         redis_server.stop()
         for _ in range(2):
-            rails.record_answer("app-a:other", "create", 503)
+            rails.record_answer(A, "create", 503)
         await rails.tick()
-        assert rails.tripped("app-a:other"), "no board: this replica trips on its own counts"
+        assert rails.tripped(A), "no board: this replica trips on its own counts"
         await rails.refresh()
-        assert rails.tripped("app-a:other"), "and keeps the trip while the board is away"
+        assert rails.tripped(A), "and keeps the trip while the board is away"
         redis_server.start()
 
         async def followed() -> bool:
             await rails.refresh()  # writes the pending trip, once Redis answers again
             await other.refresh()
-            return other.tripped("app-a:other")
+            return other.tripped(A)
 
         await wait_until(followed, what="the other replica following once Redis is back")
     finally:

@@ -24,7 +24,7 @@ LIMIT = 30.0
 FOLLOW_WITHIN = 8.0
 INTERVAL = 0.5
 AGENT_A, AGENT_B = {"User-Agent": "app-a/1.0"}, {"User-Agent": "app-b/1.0"}
-COHORT = "app-a:other"
+COHORT = "app-a/other/other"
 FLAGS = """
 mode = "gateway"
 version = 1
@@ -73,7 +73,7 @@ async def until_reading(http: aiohttp.ClientSession, replica: Replica, sample: i
 async def tripped(http: aiohttp.ClientSession, replica: Replica) -> float:
     async with http.get(replica.url + "/metrics") as resp:
         text = await resp.text()
-    match = re.search(r'^gateway_guardrail_tripped\{cohort="app-a:other"\} (\S+)$', text, re.M)
+    match = re.search(r'^gateway_guardrail_tripped\{cohort="app-a/other/other"\} (\S+)$', text, re.M)
     assert match, "the cohort's series exists from the start"
     return float(match.group(1))
 

@@ -4,7 +4,7 @@ suggestions and the legacy-load budget."""
 from __future__ import annotations
 
 from gateway.rollout.noise import NOISE, REGRESSION, Budget, FieldStats, Margin, suggestions, verdict
-from gateway.rollout.window import OVERFLOW, Window
+from gateway.window import OVERFLOW, Window
 
 MARGIN = Margin(relative=0.2, absolute=0.03)
 

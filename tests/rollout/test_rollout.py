@@ -33,7 +33,15 @@ def decisions(client: Any, side: str, reason: str) -> float:
     return sample(client, "gateway_rollout_decisions_total", side=side, reason=reason)
 
 
-async def start(gateway: Any, url: str, legacy_url: str, flags: Path, text: str, **rollout: Any) -> Any:
+async def start(
+    gateway: Any,
+    url: str,
+    legacy_url: str,
+    flags: Path,
+    text: str,
+    clients: dict[str, Any] | None = None,
+    **rollout: Any,
+) -> Any:
     write_flags(flags, text)
     return await gateway(
         url,
@@ -44,6 +52,7 @@ async def start(gateway: Any, url: str, legacy_url: str, flags: Path, text: str,
             "admin_token": ADMIN["X-Admin-Token"],
         }
         | rollout,
+        **({"clients": clients} if clients else {}),
     )
 
 
@@ -165,8 +174,11 @@ async def test_client_app_lists_and_the_kill_switch(
     _, url = await upstream(p)
     fake, legacy_url = await start_legacy(aiohttp_server)
     flags = tmp_path / "flags.toml"
-    text = f'mode = "legacy"\nallow_apps = ["{APP_A.upper()}", "{APP_B}"]\ndeny_apps = ["{APP_B}"]\nversion = 1\n'
-    client = await start(gateway, url, legacy_url, flags, text)
+    text = 'mode = "legacy"\nallow_cohorts = ["app-a/*/*", "app-b/*/*"]\ndeny_cohorts = ["app-b/*/*"]\nversion = 1\n'
+    # The lists name cohorts; the client table says which ClientApplication is which app (case-insensitively).
+    client = await start(
+        gateway, url, legacy_url, flags, text, clients={"by_guid": {APP_A.upper(): "app-a", APP_B: "app-b"}}
+    )
     assert await side_of(client, fake, p.token, ClientApplication=APP_A) == "gateway"
     assert await side_of(client, fake, p.token, ClientApplication=APP_B) == "legacy", "deny wins over allow"
     assert await side_of(client, fake, p.token) == "legacy"
@@ -261,13 +273,13 @@ async def test_the_inspection_endpoint_needs_the_admin_token_and_is_read_only(
             assert resp.status == 404 and (await resp.json())["message_code"] == "4414", "looks like no route"
     state = await admin_state(client)
     assert state["enabled"] is True
-    assert state["flags"] | {"allow_apps": None} == {
+    assert state["flags"] | {"allow_cohorts": None} == {
         "mode": "shadow",
         "mode_source": "file",
         "kill_switch": False,
         "gateway_percent": 12.5,
-        "allow_apps": None,
-        "deny_apps": [],
+        "allow_cohorts": None,
+        "deny_cohorts": [],
         "salt": "",
         "version": "2024-06-03.1",
         "guardrails": {"cooldown": 300.0, "rules": [], "step_up": None},

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from gateway.cohorts import Cohort, parse_selectors
 from gateway.rollout.flags import (
     GATEWAY,
     LEGACY,
@@ -25,7 +26,12 @@ from tests.support import ROOT
 
 KEYS = [f"patient-key-{i}" for i in range(10_000)]
 TARGETS = (0, 0.5, 1, 5, 10, 25, 33.3, 50, 75, 90, 99, 100)
-APP = "8B0A7AB4-1B8F-4C5B-8D1E-1C0F3B0E5A11"
+APP = Cohort("android", "android", "4.11")
+OTHER_APP = Cohort("ios", "ios", "4.11")
+
+
+def cohorts(*texts: str) -> tuple:
+    return parse_selectors(list(texts), "test")
 
 
 def gateway_share(percent: float, salt: str = "") -> float:
@@ -87,29 +93,30 @@ def test_decisions_are_identical_in_another_process() -> None:
     [
         # the kill switch beats every list and the percentage
         (
-            Flags(kill_switch=True, mode=GATEWAY, gateway_percent=100, allow_apps=frozenset({APP.lower()})),
+            Flags(kill_switch=True, mode=GATEWAY, gateway_percent=100, allow_cohorts=cohorts("android/*/*")),
             APP,
             0,
             Decision(LEGACY, "kill_switch"),
         ),
-        # deny beats allow for an app in both
+        # deny beats allow for a cohort both select
         (
-            Flags(mode=GATEWAY, allow_apps=frozenset({APP.lower()}), deny_apps=frozenset({APP.lower()})),
+            Flags(mode=GATEWAY, allow_cohorts=cohorts("android/*/*"), deny_cohorts=cohorts("*/*/4.11")),
             APP,
             0,
             Decision(LEGACY, "deny_list"),
         ),
         # deny beats the percentage and a gateway default
         (
-            Flags(mode=GATEWAY, gateway_percent=100, deny_apps=frozenset({APP.lower()})),
+            Flags(mode=GATEWAY, gateway_percent=100, deny_cohorts=cohorts("android/android/4.11")),
             APP,
             0,
             Decision(LEGACY, "deny_list"),
         ),
-        # allow beats a legacy default and a 0 % percentage; the header is matched case-insensitively
-        (Flags(mode=LEGACY, allow_apps=frozenset({APP.lower()})), APP, 9999, Decision(GATEWAY, "allow_list")),
-        (Flags(mode=LEGACY, allow_apps=frozenset({APP.lower()})), "other-app", 9999, Decision(LEGACY, "default")),
-        (Flags(mode=LEGACY, allow_apps=frozenset({APP.lower()})), None, 9999, Decision(LEGACY, "default")),
+        # allow beats a legacy default and a 0 % percentage; a selector matches per part
+        (Flags(mode=LEGACY, allow_cohorts=cohorts("android/*/*")), APP, 9999, Decision(GATEWAY, "allow_list")),
+        (Flags(mode=LEGACY, allow_cohorts=cohorts("android/*/*")), OTHER_APP, 9999, Decision(LEGACY, "default")),
+        (Flags(mode=LEGACY, allow_cohorts=cohorts("android/ios/*")), APP, 9999, Decision(LEGACY, "default")),
+        (Flags(mode=LEGACY, allow_cohorts=cohorts("android/*/*")), None, 9999, Decision(LEGACY, "default")),
         # the percentage: bucket below percent × 100
         (Flags(mode=LEGACY, gateway_percent=10), None, 999, Decision(GATEWAY, "percentage")),
         (Flags(mode=LEGACY, gateway_percent=10), None, 1000, Decision(LEGACY, "default")),
@@ -118,7 +125,7 @@ def test_decisions_are_identical_in_another_process() -> None:
         (Flags(mode=SHADOW, gateway_percent=100), None, None, Decision(SHADOW, "default")),
     ],
 )
-def test_rule_precedence(flags: Flags, app: str | None, bucket: int | None, expected: Decision) -> None:
+def test_rule_precedence(flags: Flags, app: Cohort | None, bucket: int | None, expected: Decision) -> None:
     assert decide(flags, app, bucket) == expected
 
 
@@ -126,7 +133,7 @@ def test_the_example_flags_file_is_valid() -> None:
     flags = parse_flags((ROOT / "config" / "rollout.example.toml").read_bytes(), default_mode=LEGACY)
     assert flags.mode == LEGACY and flags.mode_source == "file"
     assert flags.gateway_percent == 10.0 and not flags.kill_switch
-    assert flags.allow_apps == {"8b0a7ab4-1b8f-4c5b-8d1e-1c0f3b0e5a11"}
+    assert [str(s) for s in flags.allow_cohorts] == ["android/*/*"]
     assert [r.signal for r in flags.guardrails.rules] == ["failed_lpu_ratio", "mismatch_ratio"]
     assert flags.guardrails.cooldown == 300.0 and flags.guardrails.step_up is None
 
@@ -144,8 +151,26 @@ def test_a_file_without_mode_takes_the_configured_one() -> None:
         ('mode = "canary"\nversion = 1\n', "mode must be one of legacy, gateway, shadow"),
         ("gateway_percent = 101\nversion = 1\n", "gateway_percent must be a number from 0 to 100"),
         ('gateway_percent = "10"\nversion = 1\n', "gateway_percent must be a number from 0 to 100"),
-        ('allow_apps = "app"\nversion = 1\n', "allow_apps must be a list"),
-        ('deny_apps = [""]\nversion = 1\n', "deny_apps must hold non-empty strings"),
+        ('allow_cohorts = "app"\nversion = 1\n', "allow_cohorts must be a list"),
+        ('deny_cohorts = [""]\nversion = 1\n', "deny_cohorts: '' is not a cohort selector"),
+        # the old forms are refused, each with the new one
+        (
+            'allow_apps = ["8b0a7ab4-1b8f-4c5b-8d1e-1c0f3b0e5a11"]\nversion = 1\n',
+            "allow_apps: a list of ClientApplication ids is no longer read; name cohorts instead: allow_cohorts = [",
+        ),
+        ("deny_apps = []\nversion = 1\n", "deny_apps: a list of ClientApplication ids is no longer read"),
+        ('deny_cohorts = ["android:4.11"]\nversion = 1\n', "'android:4.11' is the old form; write 'android/*/4.11'"),
+        (
+            'version = 1\n[[guardrails.rule]]\nsignal = "error_ratio"\nabove = 0.1\n'
+            'apps = ["android"]\nversions = ["4.11"]\n',
+            'guardrails.rule: apps/versions is no longer read; name cohorts instead: cohorts = ["android/*/4.11"]',
+        ),
+        (
+            'version = 1\n[[migration.brownout]]\nname = "b"\napp = "beta"\nplatform = "ios"\n'
+            "start = 0\nduration = 1\n",
+            "migration.brownout[0]: app/platform/versions is no longer read; name cohorts instead: "
+            'cohorts = ["beta/ios/*"]',
+        ),
         ("gateway_percent = [\nversion = 1\n", "not valid TOML"),
     ],
 )

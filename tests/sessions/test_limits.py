@@ -110,7 +110,7 @@ async def test_poll_rate_per_session_answers_429_with_retry_after(upstream: Any,
 def test_poll_buckets_refill_and_stay_bounded() -> None:
     now = [0.0]
     config = LimitsConfig(poll_rate=2.0, poll_burst=2, tracked_keys=100)
-    limits = SessionLimits(config, Metrics(), session_ttl=60.0, clock=lambda: now[0])
+    limits = SessionLimits(config, Metrics(), clock=lambda: now[0])
     limits.check_poll("a")
     limits.check_poll("a")
     with pytest.raises(Exception, match="too_many_requests"):
@@ -119,10 +119,10 @@ def test_poll_buckets_refill_and_stay_bounded() -> None:
     limits.check_poll("a")
     for i in range(10_000):
         limits.check_poll(f"flood-{i}")
-    assert len(limits._buckets) == 100
-    now[0] += 61.0  # buckets go with their sessions' TTL
+    assert len(limits._polls) == 100
+    now[0] += 61.0  # far past burst / rate: every bucket is full again, and forgotten
     limits.check_poll("b")
-    assert len(limits._buckets) == 1
+    assert len(limits._polls) == 1
 
 
 # --- upstream calls per LPU -------------------------------------------------------------------

@@ -83,7 +83,7 @@ def substitute(expr: str, *, interval_s: int, scrape_s: int, range_s: int) -> st
     rate_interval = max(interval_s + scrape_s, 4 * scrape_s)
     expr = expr.replace("$__rate_interval", f"{rate_interval}s")
     expr = expr.replace("$__interval", f"{interval_s}s").replace("$__range", f"{range_s}s")
-    return re.sub(r"\$\{?(app|instance)\}?", ".*", expr)
+    return re.sub(r"\$\{?(cohort|instance)\}?", ".*", expr)
 
 
 def metric_names(text: str) -> set[str]:

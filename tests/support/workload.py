@@ -33,23 +33,27 @@ CLIENTS: dict[str, Any] = {
     "by_user_agent": {r"^2dr-ios/(?P<version>[0-9.]+)": "ios"},
     "versions": ["4.11", "4.12"],
 }
-# app → (headers it sends, the app_version label they give)
+# app → (headers it sends, the cohort they are counted under: every client the tables do not
+# name is the one unknown cohort)
 APPS: dict[str, tuple[dict[str, str], str]] = {
-    "android": ({"ClientApplication": ANDROID_GUID, "User-Agent": "2dr-android/4.12.3 (Linux; Android 13)"}, "4.12"),
-    "ios": ({"User-Agent": "2dr-ios/4.11.2 CFNetwork/1408.0.4 Darwin/22.5.0"}, "4.11"),
-    "web": ({"ClientApplication": WEB_GUID.upper()}, "unknown"),
-    "other": ({"User-Agent": "curl/8.5.0"}, "other"),
-    "unknown": ({}, "unknown"),
+    "android": (
+        {"ClientApplication": ANDROID_GUID, "User-Agent": "2dr-android/4.12.3 (Linux; Android 13)"},
+        "android/android/4.12",
+    ),
+    "ios": ({"User-Agent": "2dr-ios/4.11.2 CFNetwork/1408.0.4 Darwin/22.5.0"}, "ios/ios/4.11"),
+    "web": ({"ClientApplication": WEB_GUID.upper()}, "web/unknown/unknown"),
+    "other": ({"User-Agent": "curl/8.5.0"}, "unknown/unknown/unknown"),
+    "unknown": ({}, "unknown/unknown/unknown"),
 }
 
 
 # The rollout flags of the gateway in front of the legacy service: android is allowed onto the
 # gateway, web is denied (legacy), every other app is shadowed (legacy answers, the gateway
 # compares its own answer in the background).
-ROLLOUT_FLAGS = f"""
+ROLLOUT_FLAGS = """
 mode = "shadow"
-allow_apps = ["{ANDROID_GUID}"]
-deny_apps = ["{WEB_GUID}"]
+allow_cohorts = ["android/*/*"]
+deny_cohorts = ["web/*/*"]
 version = "metrics-workload"
 """
 
@@ -102,15 +106,15 @@ class Patients:
 
 @dataclass
 class Done:
-    """What the workload did: old-path requests by (route, side, app, app_version, status_class)."""
+    """What the workload did: old-path requests by (route, side, cohort, status_class)."""
 
-    requests: Counter[tuple[str, str, str, str, str]] = field(default_factory=Counter)
+    requests: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)
     shadow_compares: Counter[str] = field(default_factory=Counter)  # result → sessions
     sessions_created: int = 0  # by the gateway side, for a client (shadow compares make more)
     request_ids: dict[str, str] = field(default_factory=dict)  # session GUID → X-Request-Id of its create
 
     def by(self, label: str) -> Counter[str]:
-        index = ("route", "side", "app", "app_version", "status_class").index(label)
+        index = ("route", "side", "cohort", "status_class").index(label)
         counts: Counter[str] = Counter()
         for key, n in self.requests.items():
             counts[key[index]] += n
@@ -150,13 +154,13 @@ class OldPathClient:
     async def get(
         self, route: str, path: str, app: str, token: str | None = None, side: str = "gateway"
     ) -> tuple[int, Any]:
-        headers, version = APPS[app]
+        headers, cohort = APPS[app]
         request_id = uuid.uuid4().hex
         headers = headers | {"X-Request-Id": request_id} | (bearer(token) if token else {})
         async with self.http.get(self.base + path, headers=headers) as resp:
             body = await resp.json()
             status = resp.status
-        self.done.requests[(route, side, app, version, f"{status // 100}xx")] += 1
+        self.done.requests[(route, side, cohort, f"{status // 100}xx")] += 1
         if route == "create" and status == 200 and side == "gateway":
             self.done.sessions_created += 1
             self.done.request_ids[body["session"]] = request_id

@@ -5,11 +5,9 @@ neighbours' poll latency is measured without and with the attack in the same run
 from __future__ import annotations
 
 import asyncio
-import gzip
 import statistics
 import time
 import tracemalloc
-import zlib
 from typing import Any
 
 import orjson
@@ -18,60 +16,13 @@ from aiohttp.test_utils import TestClient
 
 from gateway.sandbox.data import SEED_VISIT, LpuKnobs
 from gateway.upstream.answers import AnswerCaps, CallFailure, map_answer, parse_answer
-from gateway.upstream.client import BoundedDecoder
 from gateway.upstream.mapping import MAX_NESTED_ITEMS, TooManyItems, map_disps, map_visits
 from tests.support.gateway import QUOTA_OFF, TICKETS, bearer, create, patient, poll_until_final, sample
 
 MIB = 1024 * 1024
 
 
-# --- the decoder and the caps, on their own -------------------------------------------------
-
-
-def feed_all(decoder: BoundedDecoder, body: bytes, chunk: int = 7) -> bytes:
-    out = b"".join(decoder.feed(body[i : i + chunk]) for i in range(0, len(body), chunk))
-    return out + decoder.end()
-
-
-@pytest.mark.parametrize("encoding", ["identity", "gzip", "deflate", "deflate-raw"])
-def test_every_accepted_encoding_decodes_chunk_by_chunk(encoding: str) -> None:
-    body = b'[{"room":"202"}]' * 100
-    if encoding == "gzip":
-        wire = gzip.compress(body)
-    elif encoding == "deflate":
-        wire = zlib.compress(body)
-    elif encoding == "deflate-raw":
-        packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
-        wire = packer.compress(body) + packer.flush()
-    else:
-        wire = body
-    assert feed_all(BoundedDecoder(encoding.removesuffix("-raw"), len(body)), wire) == body
-
-
-def test_a_bomb_is_refused_at_the_cap_having_inflated_only_the_cap() -> None:
-    bomb = gzip.compress(b" " * (64 * MIB))  # 64 KiB on the wire
-    decoder = BoundedDecoder("gzip", MIB)
-    tracemalloc.start()
-    try:
-        with pytest.raises(CallFailure) as failure:
-            decoder.feed(bomb)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert failure.value.reason == "too_large"
-    assert peak < 3 * MIB, f"inflating the bomb took {peak / MIB:.1f} MiB"
-
-
-@pytest.mark.parametrize(
-    ("encoding", "body", "detail"),
-    [("br", b"x", "content-encoding br"), ("gzip", gzip.compress(b"[]" * 100)[:-9], "truncated compressed body")],
-)
-def test_an_unknown_encoding_or_a_cut_compressed_body_is_an_invalid_body(
-    encoding: str, body: bytes, detail: str
-) -> None:
-    with pytest.raises(CallFailure) as failure:
-        feed_all(BoundedDecoder(encoding, MIB), body)
-    assert (failure.value.reason, failure.value.detail) == ("invalid_body", detail)
+# --- the caps, on their own (the decoder: tests/test_outbound.py) -----------------------------
 
 
 CAPS = AnswerCaps(max_values=1000, max_records=10, max_bytes=10_000)
