@@ -281,6 +281,11 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.idle_closed = Counter(
+            "gateway_idle_connections_closed_total",
+            "Idle client connections closed at server.max_connections to admit a new one (longest idle first).",
+            registry=r,
+        )
         self.task_failures = Counter(
             "gateway_background_task_failures_total",
             "Background tasks that ended with an unexpected exception, by task group.",
