@@ -11,8 +11,11 @@ Each connection is bounded too, so that slow or idle clients cannot hold what ot
 need (issue 11, row 5): an idle keep-alive connection is closed after `server.keepalive_timeout`;
 a request head must arrive whole within `server.head_timeout` and `server.max_head_bytes`; at
 most `server.max_unfinished_heads` connections may hold an unfinished head (beyond, the oldest
-is closed); and beyond `server.max_connections` open connections a new one is answered 503 and
-closed. Each refusal is counted in `gateway_rejected_requests_total{limit=...}`.
+is closed); and at `server.max_connections` open connections the longest-idle one (no request in
+progress, no unfinished head) is closed to admit a new one, as nginx does, or, with none idle,
+the new one is answered 503 and closed. Each refusal is counted in
+`gateway_rejected_requests_total{limit=...}`, each idle connection closed for room in
+`gateway_idle_connections_closed_total`.
 """
 
 from __future__ import annotations
@@ -119,10 +122,12 @@ class _Protocol(web.RequestHandler):
         # True from a complete head until its response is written: bytes then are a body or the
         # next pipelined request, which the parser already bounds.
         self._in_request = False
+        # Closed by the server to make room at the connection cap, its close not yet seen.
+        self._reclaimed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         server = cast(_Server, self._manager)
-        if server.is_full():
+        if server.is_full() and not server.reclaim_idle():
             # Before aiohttp sees the connection: it is never served, never counted as open.
             self._manager = None
             self._close = True  # data_received drops whatever arrives
@@ -130,7 +135,7 @@ class _Protocol(web.RequestHandler):
             server.refuse(cast(asyncio.Transport, transport))
             return
         super().connection_made(transport)
-        server.opened()
+        server.opened(self)
         # A new connection's first head is due within the deadline, bytes or not: a socket
         # that never speaks is the cheapest way to hold a descriptor.
         self._start_head_clock()
@@ -140,12 +145,13 @@ class _Protocol(web.RequestHandler):
         self._stop_head_clock()
         super().connection_lost(exc)
         if isinstance(server, _Server):
-            server.closed()
+            server.closed(self)
 
     def data_received(self, data: bytes) -> None:
         if self._in_request or self._close or self._force_close:
             super().data_received(data)
             return
+        cast(_Server, self._manager).busy(self)  # a head begins: no longer idle
         if self._head_timer is None:
             self._start_head_clock()  # a kept-alive connection's next request begins
         self._head_bytes += len(data)
@@ -171,6 +177,16 @@ class _Protocol(web.RequestHandler):
             return await super().finish_response(request, resp, start_time)
         finally:
             self._in_request = bool(self._messages)
+            manager = self._manager
+            if not self._in_request and isinstance(manager, _Server):
+                manager.idle(self)  # answered, nothing queued: idle until the next head's first byte
+
+    def reclaim(self) -> None:
+        """Closed, idle, to admit a new connection at the cap: the client sees the close an idle
+        keep-alive connection gets at its timeout, and reconnects when it next needs to."""
+        self._reclaimed = True
+        self._stop_head_clock()
+        self.force_close()
 
     def _start_head_clock(self) -> None:
         self._head_bytes = 0
@@ -245,12 +261,38 @@ class _Server(web.Server):
     _unfinished: OrderedDict[_Protocol, None]
     # Refused connections waiting to be closed.
     _lingering: int
+    # Connections with no request in progress and no head arriving, longest idle first: at the
+    # cap the first is closed to admit a new connection. Moved on a head's first byte and on an
+    # answer, so the cost per request is O(1).
+    _idle: OrderedDict[_Protocol, None]
+    # Idle connections closed for room whose close has not been seen yet (still in
+    # `_connections`, not counted against the cap).
+    _reclaiming: int
 
     def __call__(self) -> web.RequestHandler:
         return _Protocol(self, loop=self._loop, **self._kwargs)
 
     def is_full(self) -> bool:
-        return len(self._connections) >= self.edge.max_connections
+        return len(self._connections) - self._reclaiming >= self.edge.max_connections
+
+    def reclaim_idle(self) -> bool:
+        """Closes the longest-idle connection to make room for a new one (nginx drains its idle
+        keep-alive connections the same way when it runs out); False when none is idle."""
+        if not self._idle:
+            return False
+        oldest, _ = self._idle.popitem(last=False)
+        self._reclaiming += 1
+        if self.metrics is not None:
+            self.metrics.idle_closed.inc()
+        oldest.reclaim()
+        return True
+
+    def idle(self, protocol: _Protocol) -> None:
+        self._idle[protocol] = None
+        self._idle.move_to_end(protocol)
+
+    def busy(self, protocol: _Protocol) -> None:
+        self._idle.pop(protocol, None)
 
     def refuse(self, transport: asyncio.Transport) -> None:
         """503 to a connection over the cap: the answer, a half-close, and the close itself once
@@ -272,11 +314,18 @@ class _Server(web.Server):
         if self.metrics is not None:
             self.metrics.rejected.labels(limit).inc()
 
-    def opened(self) -> None:
+    def opened(self, protocol: _Protocol) -> None:
+        # A new connection is idle until its first byte: one that never speaks is as closable
+        # as a kept-alive one between requests (nginx counts both reusable).
+        self._idle[protocol] = None
         if self.connections_gauge is not None:
             self.connections_gauge.inc()
 
-    def closed(self) -> None:
+    def closed(self, protocol: _Protocol) -> None:
+        self._idle.pop(protocol, None)
+        if protocol._reclaimed:
+            protocol._reclaimed = False
+            self._reclaiming -= 1
         if self.connections_gauge is not None:
             self.connections_gauge.dec()
 
@@ -315,6 +364,8 @@ class GatewayRunner(web.AppRunner):
         served.edge = edge_limits(self._config, current_fd_limit())
         served._unfinished = OrderedDict()
         served._lingering = 0
+        served._idle = OrderedDict()
+        served._reclaiming = 0
         if served.edge.max_connections < self._config.server.max_connections:
             log.warning(
                 "max_connections_lowered",

@@ -340,6 +340,13 @@ INSTRUMENTS: tuple[Instrument, ...] = (
         mode="livesum",
     ),
     Instrument(
+        "idle_closed",
+        Counter,
+        "gateway_idle_connections_closed_total",
+        "Idle client connections closed at server.max_connections to admit a new one (longest idle first).",
+        (),
+    ),
+    Instrument(
         "task_failures",
         Counter,
         "gateway_background_task_failures_total",
