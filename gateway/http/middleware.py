@@ -63,6 +63,10 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     started = time.perf_counter()
     # The error middleware sits inside: error answers are counted and logged with their status.
     response = await handler(request)
+    if not request.content.is_eof():
+        # A body the handler did not read: the connection ends with this answer, rather than
+        # carry on past bytes whose end only the body's length tells.
+        response.force_close()
     response.headers["X-Request-Id"] = request_id
     duration = time.perf_counter() - started
     metrics = request.app[keys.METRICS]

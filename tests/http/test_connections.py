@@ -141,6 +141,30 @@ async def test_slowloris_and_silent_connections_are_closed_at_the_head_deadline_
     assert sample(client, "gateway_rejected_requests_total", limit="head_timeout") == 100
 
 
+async def test_a_kept_alive_connections_next_head_has_its_own_deadline_from_its_first_byte(
+    upstream: Any, gateway: Any
+) -> None:
+    """The deadline is per head: time spent idle between requests does not count against the
+    next one (the keep-alive timeout bounds that), and a head begun late still gets the whole
+    deadline, then its 408 at it (the listener's sweep, not a timer per request)."""
+    _, client, port = await started(upstream, gateway, head_timeout=1.0, keepalive_timeout=60.0)
+    async with connections(port, 1) as [conn]:
+        for _ in range(3):
+            conn.writer.write(KEEP_ALIVE)
+            assert (await conn.response())[0] == 200
+        # Idle for longer than the head deadline: still open.
+        assert await conn.closed_within(1.5) is None
+        conn.writer.write(KEEP_ALIVE)  # and still served
+        assert (await conn.response())[0] == 200
+        conn.writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        began = time.monotonic()
+        seen = await conn.closed_within(1.0 + SLACK)
+        took = time.monotonic() - began
+    assert seen is not None and seen.startswith(b"HTTP/1.1 408"), seen
+    assert 0.9 <= took < 1.0 + SLACK, took
+    assert sample(client, "gateway_rejected_requests_total", limit="head_timeout") == 1
+
+
 async def test_a_head_beyond_max_head_bytes_is_431(upstream: Any, gateway: Any) -> None:
     _, client, port = await started(upstream, gateway, max_head_bytes=16384)
     async with connections(port, 1) as [conn]:
