@@ -7,6 +7,7 @@ refuses what the HTTP parser accepts but no handler should have to handle."""
 from __future__ import annotations
 
 import os
+import random
 import re
 import time
 
@@ -75,7 +76,28 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     metrics.child(metrics.http_duration, route).observe(duration)
     if old_route is not None:
         old_path.account(request, old_route, response, status_class)
-    access_line(log, method=request.method, route=route, status=response.status, duration_ms=round(duration * 1000, 2))
+    status = response.status
+    if old_route != "poll" or status >= 400:
+        access_line(log, method=request.method, route=route, status=status, duration_ms=round(duration * 1000, 2))
+        return response
+    # A successful poll: the first final answer of its session always has a line, with how the
+    # client got there; the others only at the sampled share (docs/metrics.md, "Logs").
+    poll = request.get(keys.POLL)
+    if poll is not None and poll.first_final:
+        access_line(
+            log,
+            method=request.method,
+            route=route,
+            status=status,
+            duration_ms=round(duration * 1000, 2),
+            final=True,
+            polls=poll.polls,
+            to_final_s=round(poll.to_final_s, 3),
+        )
+    elif (share := request.app[keys.CONFIG].log.poll_sample) and random.random() < share:
+        access_line(
+            log, method=request.method, route=route, status=status, duration_ms=round(duration * 1000, 2), sampled=True
+        )
     return response
 
 
