@@ -70,10 +70,8 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         response.force_close()
     response.headers["X-Request-Id"] = request_id
     duration = time.perf_counter() - started
-    metrics = request.app[keys.METRICS]
     status_class = STATUS_CLASSES.get(response.status) or f"{response.status // 100}xx"
-    metrics.child(metrics.http_requests, route, status_class).inc()
-    metrics.child(metrics.http_duration, route).observe(duration)
+    request.app[keys.TALLY].request(route, status_class, duration)
     if old_route is not None:
         old_path.account(request, old_route, response, status_class)
     status = response.status
