@@ -2,9 +2,9 @@
 
 Nothing in the gateway logs headers or bodies. Request-scoped keys (the request id) and the
 secrets to redact come from one context variable, set once per request by the request
-middleware (`begin_request`) and copied into the tasks a request starts. The access line, one
-per request, is rendered directly (`access_line`): the same JSON as any other line, without the
-processor chain's cost on the hot path.
+middleware (`begin_request`) and copied into the tasks a request starts. The access line (which
+requests get one: docs/metrics.md, "Logs") is rendered directly (`access_line`): the same JSON as
+any other line, without the processor chain's cost on the hot path.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ verbatim. A client is labelled one way everywhere: `cohort="app/platform/version
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -350,6 +350,13 @@ INSTRUMENTS: tuple[Instrument, ...] = (
         mode="livesum",
     ),
     Instrument(
+        "idle_closed",
+        Counter,
+        "gateway_idle_connections_closed_total",
+        "Idle client connections closed at server.max_connections to admit a new one (longest idle first).",
+        (),
+    ),
+    Instrument(
         "task_failures",
         Counter,
         "gateway_background_task_failures_total",
@@ -423,6 +430,9 @@ class Metrics:
         # files there, and a scrape of any worker shows them all.
         self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        # Run before each scrape: counts kept in process fold into the instruments first
+        # (gateway/observability/tally.py), so what a scrape shows is exact.
+        self.before_scrape: list[Callable[[], None]] = []
         # The process's memory, CPU and file descriptors (process_*) and the interpreter's version
         # and collections (python_*), on this registry rather than the library's global one: what a
         # pod's memory limit is watched with. Each reads the process when scraped. With several
@@ -441,6 +451,8 @@ class Metrics:
 
     def exposition(self) -> CollectorRegistry:
         """The registry a scrape renders: this one, or every worker's samples together."""
+        for fold in self.before_scrape:
+            fold()
         if self.multiprocess_dir is None:
             return self.registry
         merged = CollectorRegistry()
