@@ -7,22 +7,25 @@ the page's server time per view."""
 from __future__ import annotations
 
 import re
+import ssl
 import statistics
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import aiohttp
 from aiohttp.test_utils import TestClient
 
-from gateway.app import create_metrics_app
+from gateway.app import create_app, create_metrics_app
 from gateway.console import signin
 from gateway.http import keys
 from gateway.migration.clock import ManualClock
 from gateway.sandbox.data import LpuKnobs
 from tests.support.console import ADMIN_TOKEN, ALPHA, ALPHA_RAIL, DEMO, console_config, flags, serve, write_history
 from tests.support.fake_legacy import start_legacy, write_flags
-from tests.support.gateway import bearer, create, patient, poll_until_final, wait_until
+from tests.support.gateway import GatewayTestServer, bearer, create, patient, poll_until_final, wait_until
 
 HTML = "text/html"
 
@@ -200,3 +203,35 @@ async def test_the_page_server_time_per_view(
         assert resp.status == 200
         timings.append(float(resp.headers["Server-Timing"].split("=", 1)[1]))
     print(f"\nconsole page, 3 cohorts x 46 days, memory ledger: median {statistics.median(timings):.1f} ms per view")
+
+
+def _self_signed(tmp_path: Path) -> ssl.SSLContext:
+    """A server context with a throwaway certificate for 127.0.0.1 (openssl, a Debian package)."""
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subject = ["-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)]
+    command = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", *subject]
+    subprocess.run(command, check=True, capture_output=True, timeout=60)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+async def test_over_tls_the_sign_in_cookie_is_secure(aiohttp_server: Any, upstream: Any, tmp_path: Path) -> None:
+    """Served over TLS, the cookie carries Secure, so a browser never sends it in the clear."""
+    context = _self_signed(tmp_path)
+    _, upstream_url = await upstream(patient(None))
+    _, legacy_url = await start_legacy(aiohttp_server)
+    flags_file = tmp_path / "flags.toml"
+    write_flags(flags_file, flags(time.time(), rule=False))
+    app = create_app(console_config(upstream_url, legacy_url, "", flags_file))
+    server = GatewayTestServer(app, host="127.0.0.1", scheme="https")
+    await server.start_server(ssl=context)
+    try:
+        async with aiohttp.ClientSession() as session:
+            url = server.make_url("/admin/sign-in")
+            resp = await session.post(url, data={"token": ADMIN_TOKEN}, allow_redirects=False, ssl=False)
+            assert resp.status == 303
+            header = resp.headers["Set-Cookie"]
+            assert "Secure" in header and "HttpOnly" in header and "SameSite=Strict" in header
+    finally:
+        await server.close()
