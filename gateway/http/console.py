@@ -222,15 +222,17 @@ async def rearm(request: web.Request, console: Console) -> web.StreamResponse:
     cohort = Cohort.parse(name)
     rails = console.gateway[keys.ROLLOUT].guardrails
     # describe() lists every cohort the guardrails hold a state or a reading for: one they do
-    # not list cannot be tripped.
+    # not list cannot be tripped. A cohort the client table can produce is a real one even when
+    # unlisted (a re-arm clears its readings): that is "armed", not "no such cohort".
     cohorts = (rails.describe()["cohorts"] if rails is not None else {}) or {}
-    if cohort is None or name not in cohorts:
+    known = cohort is not None and (name in cohorts or cohort in console.gateway[keys.CLIENTS].cohorts)
+    if not known:
         return _problem(
             request,
             404,
             "No such cohort",
-            f"The guardrails have no cohort named “{name}” with a state: it is not one of theirs, "
-            "or it has had no traffic on the gateway yet. Nothing was done.",
+            f"No client the configuration classifies is named “{name}”: cohorts are written "
+            "app/platform/version, as the Cohorts table shows them. Nothing was done.",
             signin=session,
             csrf=session.csrf(console.key),
         )

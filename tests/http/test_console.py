@@ -127,6 +127,8 @@ async def test_bad_input_gets_a_page_that_says_what_is_wrong(
     resp = await client.get("/admin/guardrails/nobody%3A0.0/rearm")
     text = await resp.text()
     assert resp.status == 404 and resp.content_type == HTML and "No such cohort" in text and "nobody:0.0" in text
+    resp = await client.get(f"/admin/guardrails/{quote('nobody/web/1.0', safe='')}/rearm")
+    assert resp.status == 404 and "No such cohort" in await resp.text()
     # A forged CSRF field: nothing is done.
     confirm = await client.get(f"/admin/guardrails/{quote(ALPHA_RAIL, safe='')}/rearm")
     assert confirm.status == 200 and f"Yes, re-arm {ALPHA_RAIL}" in await confirm.text()
