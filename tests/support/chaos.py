@@ -285,7 +285,7 @@ class Replica:
         env = self.env | serve_env(self.port, self.metrics_port, GATEWAY_CONFIG=str(self.config))
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "/tmp/serve_debug.py"],
+                [sys.executable, "-m", "tests.support.serve_dumping"],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
