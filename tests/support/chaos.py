@@ -1311,7 +1311,7 @@ async def flood(port: int, count: int, hold: float) -> None:
     prints {"opened", "answered"} once they are, then {"closed"} (by the server) at the end."""
     request = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
     conns = []
-    # At a low priority and at most 500 new connections a second: the flood's own CPU stands
+    # At a low priority and at most 200 new connections a second: the flood's own CPU stands
     # for another machine's, and it builds up as idle keep-alive sockets do, not in one burst.
     with contextlib.suppress(OSError):
         os.setpriority(os.PRIO_PROCESS, 0, STARTING_NICE)  # absolute: the driver's is PLATFORM_NICE
@@ -1320,7 +1320,7 @@ async def flood(port: int, count: int, hold: float) -> None:
             with contextlib.suppress(OSError):
                 conns.append(await asyncio.open_connection("127.0.0.1", port))
                 conns[-1][1].write(request)
-            if n % 50 == 49:
+            if n % 20 == 19:
                 await asyncio.sleep(0.1)
         answered = 0
         for reader, _ in conns:
