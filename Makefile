@@ -7,10 +7,11 @@ RUN_PACKAGES ?= python3-venv
 # And those the tests run for real; podman and mmdebstrap build and run the container image
 # without a registry (tests/deploy/test_image.py), uidmap is podman's user-namespace helper.
 # chromium is the browser Playwright drives through the console, with a font for its screenshots
-# (tests/http/test_console_browser.py); openssl makes the console's TLS test certificate.
-SYSTEM_PACKAGES ?= $(RUN_PACKAGES) redis-server prometheus podman mmdebstrap uidmap chromium fonts-dejavu-core openssl
+# (tests/http/test_console_browser.py); openssl makes the console's TLS test certificate;
+# haproxy and redis-sentinel run in front of and beside the replicas in `make chaos`.
+SYSTEM_PACKAGES ?= $(RUN_PACKAGES) redis-server redis-sentinel haproxy prometheus podman mmdebstrap uidmap chromium fonts-dejavu-core openssl
 
-.PHONY: setup run test lint system-deps audit soak bench
+.PHONY: setup run test lint system-deps audit soak bench chaos
 
 $(VENV)/.installed: pyproject.toml
 	bash scripts/system-deps.sh $(RUN_PACKAGES)
@@ -48,6 +49,12 @@ audit: setup
 MINUTES ?= 2
 soak: setup
 	$(VENV)/bin/python scripts/soak.py --minutes $(MINUTES)
+
+# Chaos on loopback (docs/reliability.md, "Chaos"): 3 replicas behind HAProxy, Redis with Sentinel,
+# faults on a seeded schedule; `make chaos` (5 minutes) or `make chaos MINUTES=10`. Exit 1 on a
+# missed target; the table is printed and written to chaos-report.json.
+chaos: setup system-deps
+	$(VENV)/bin/python scripts/chaos.py --minutes $(if $(filter command line environment,$(origin MINUTES)),$(MINUTES),5)
 
 test: setup system-deps lint audit
 	$(VENV)/bin/pytest

@@ -10,6 +10,8 @@ Redis keys (`prefix` is `redis.prefix`):
 - `{prefix}:mig:d:{day}`: hash, one per UTC day (days since 1970-01-01), field
   `{app}/{platform}/{version}|{field}` → count; expires `migration.retention_days` after the day.
 - `{prefix}:mig:first` and `{prefix}:mig:last`: hashes, cohort → unix seconds.
+- `{prefix}:mig:w:{writer}`: string, per replica process, the number of its last batch applied,
+  so that a batch resent after a timed-out write is not counted twice; expires a day after.
 
 Both are bounded by the configured cohorts (gateway/cohorts.py) times the fields below.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -51,6 +54,11 @@ Counts = dict[tuple[int, Cohort, str], int]
 class Batch:
     counts: Counts = field(default_factory=dict)  # (day, cohort, field) → n
     seen: dict[Cohort, tuple[float, float]] = field(default_factory=dict)  # cohort → (first, last)
+    # Set when the batch is first sent: the writer's id and the batch's number, increasing. A
+    # retry of the batch carries the same pair, and the ledger applies a writer's batch only if
+    # its number is above the last one applied (a write that timed out may still have been).
+    writer: str = ""
+    seq: int = 0
 
     def __bool__(self) -> bool:
         return bool(self.counts or self.seen)
@@ -75,17 +83,11 @@ class Pending:
         batch, self._batch = self._batch, Batch()
         return batch
 
-    def restore(self, batch: Batch, oldest_day: int) -> None:
-        """A batch that could not be written goes back, merged, minus days past retention."""
-        for (day, cohort, name), n in batch.counts.items():
-            if day >= oldest_day:
-                self._batch.counts[(day, cohort, name)] = self._batch.counts.get((day, cohort, name), 0) + n
-        for cohort, (first, last) in batch.seen.items():
-            old_first, old_last = self._batch.seen.get(cohort, (first, last))
-            self._batch.seen[cohort] = (min(first, old_first), max(last, old_last))
-
     def __len__(self) -> int:
         return len(self._batch.counts)
+
+    def __bool__(self) -> bool:
+        return bool(self._batch)
 
 
 @dataclass
@@ -101,7 +103,8 @@ class Ledger(Protocol):
     backend: str
 
     async def apply(self, batch: Batch, now: float) -> dict[str, float]:
-        """Adds a batch; returns every cohort's last-seen time."""
+        """Adds a batch, once however often it is sent (by its writer and number); returns every
+        cohort's last-seen time."""
         ...
 
     async def last_seen(self) -> dict[str, float]: ...
@@ -121,8 +124,13 @@ class MemoryLedger:
         self._days: dict[int, dict[str, dict[str, int]]] = {}
         self._first: dict[str, float] = {}
         self._last: dict[str, float] = {}
+        self._applied: dict[str, int] = {}  # writer → the last batch number applied
 
     async def apply(self, batch: Batch, now: float) -> dict[str, float]:
+        if batch.seq:
+            if batch.seq <= self._applied.get(batch.writer, 0):
+                return dict(self._last)
+            self._applied[batch.writer] = batch.seq
         for (day, cohort, name), n in batch.counts.items():
             counted = self._days.setdefault(day, {}).setdefault(str(cohort), {})
             counted[name] = counted.get(name, 0) + n
@@ -150,19 +158,29 @@ class MemoryLedger:
         return None
 
 
-# KEYS: first, last, then the batch's day keys. ARGV: number of day keys d, d TTLs (seconds),
-# number of increments n, n × (day key number, field, amount), then (cohort, first, last) ×.
+# KEYS: first, last, the writer's key, then the batch's day keys. ARGV: the batch's number,
+# number of day keys d, d TTLs (seconds), number of increments n, n × (day key number, field,
+# amount), then (cohort, first, last) ×. A number not above the writer's last was applied
+# already (its first send timed out after Redis ran it): only last seen is returned.
 _APPLY = """
-local d = tonumber(ARGV[1])
-local pos = 2 + d
+local seq = tonumber(ARGV[1])
+if seq > 0 then
+  local done = tonumber(redis.call('GET', KEYS[3]) or '0')
+  if seq <= done then
+    return redis.call('HGETALL', KEYS[2])
+  end
+  redis.call('SET', KEYS[3], seq, 'EX', 86400)
+end
+local d = tonumber(ARGV[2])
+local pos = 3 + d
 local n = tonumber(ARGV[pos])
 pos = pos + 1
 for i = 1, n do
-  redis.call('HINCRBY', KEYS[2 + tonumber(ARGV[pos])], ARGV[pos + 1], ARGV[pos + 2])
+  redis.call('HINCRBY', KEYS[3 + tonumber(ARGV[pos])], ARGV[pos + 1], ARGV[pos + 2])
   pos = pos + 3
 end
 for i = 1, d do
-  redis.call('EXPIRE', KEYS[2 + i], ARGV[1 + i])
+  redis.call('EXPIRE', KEYS[3 + i], ARGV[2 + i])
 end
 while pos <= #ARGV do
   local cohort = ARGV[pos]
@@ -203,13 +221,19 @@ class RedisLedger:
         days = sorted({day for day, _, _ in batch.counts})
         index = {day: i + 1 for i, day in enumerate(days)}
         # Relative TTLs from the gateway's clock: a day's bucket lives until `retention` days after it.
-        args: list[Any] = [len(days), *(max(1, int((d + self._retention + 1) * DAY - now)) for d in days)]
+        args: list[Any] = [
+            batch.seq,
+            len(days),
+            *(max(1, int((d + self._retention + 1) * DAY - now)) for d in days),
+        ]
         args.append(len(batch.counts))
         for (day, cohort, name), n in batch.counts.items():
             args += [index[day], f"{cohort}|{name}", n]
         for cohort, (first, last) in batch.seen.items():
             args += [str(cohort), f"{first:.3f}", f"{last:.3f}"]
-        keys = [f"{self._prefix}:first", f"{self._prefix}:last", *(self.day_key(d) for d in days)]
+        # One key per writer (a replica process), living a day after its last write.
+        writer = f"{self._prefix}:w:{batch.writer or '-'}"
+        keys = [f"{self._prefix}:first", f"{self._prefix}:last", writer, *(self.day_key(d) for d in days)]
         async with asyncio.timeout(self._timeout):
             return _seen(await self._apply(keys=keys, args=args))
 
@@ -261,6 +285,10 @@ class LedgerWriter:
         self._on_flush = on_flush  # (result, last seen) → metrics
         self._failing = False
         self._lock = asyncio.Lock()
+        # The batch sent and not confirmed (its write failed), resent as it is until it is.
+        self._unconfirmed: Batch | None = None
+        self._writer_id = uuid.uuid4().hex
+        self._sent = 0
         # Other replicas' traffic shows in the last-seen gauge when this one is idle, too.
         self._refresh_every = max(30.0, interval)
         self._refreshed_at = float("-inf")
@@ -270,19 +298,37 @@ class LedgerWriter:
 
     async def _tick(self) -> None:
         loop = asyncio.get_running_loop()
-        if len(self.pending) or loop.time() - self._refreshed_at >= self._refresh_every:
+        due = loop.time() - self._refreshed_at >= self._refresh_every
+        if len(self.pending) or self._unconfirmed is not None or due:
             await self.flush()
             self._refreshed_at = loop.time()
 
     async def flush(self) -> bool:
-        """Writes what is pending (or, with nothing pending, reads last seen); False on failure."""
+        """Writes what is pending (or, with nothing pending, reads last seen); False on failure.
+
+        A batch whose write failed is sent again as it was, with its id, before anything newer:
+        a write that timed out may have been applied by Redis all the same (a stalled Redis runs
+        it when it resumes), and the ledger applies an id once, so a retry never counts twice."""
         async with self._lock:
-            batch = self.pending.take()
             now = self._clock.now()
             try:
-                last = await self.ledger.apply(batch, now) if batch else await self.ledger.last_seen()
+                last = None
+                for _ in range(2):  # the unconfirmed batch first, then what is pending
+                    if self._unconfirmed is None:
+                        if not self.pending:
+                            break
+                        batch = self.pending.take()
+                        self._sent += 1
+                        batch.writer, batch.seq = self._writer_id, self._sent
+                        self._unconfirmed = batch
+                    last = await self.ledger.apply(self._unconfirmed, now)
+                    self._unconfirmed = None
+                if last is None:
+                    last = await self.ledger.last_seen()
             except (RedisError, OSError, TimeoutError) as exc:
-                self.pending.restore(batch, day_of(now) - self._retention)
+                oldest = day_of(now) - self._retention
+                if self._unconfirmed is not None:
+                    self._unconfirmed.counts = {k: n for k, n in self._unconfirmed.counts.items() if k[0] >= oldest}
                 if not self._failing:
                     log.warning("migration_ledger_unavailable", error=type(exc).__name__)
                 self._failing = True

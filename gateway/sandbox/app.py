@@ -10,6 +10,7 @@ import asyncio
 import gzip
 import json
 import zlib
+from collections import Counter
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -36,6 +37,8 @@ class Sandbox:
     def __init__(self, patients: list[SandboxPatient] | None = None) -> None:
         self.patients = {p.token: p for p in (demo_patients() if patients is None else patients)}
         self.calls: list[CallRecord] = []
+        # Calls received per (method, LPU GUID or "" for the MKAB list), for GET /sandbox/calls.
+        self.call_counts: Counter[tuple[str, str]] = Counter()
         self._release: asyncio.Event | None = None
         self._flaky_seen: dict[tuple[str, str], int] = {}
         self._new_call: asyncio.Event | None = None
@@ -82,6 +85,7 @@ class Sandbox:
 
     def record(self, call: CallRecord) -> None:
         self.calls.append(call)
+        self.call_counts[(call.method, call.lpu_guid or "")] += 1
         if self._new_call is not None:
             self._new_call.set()
 
@@ -262,6 +266,12 @@ async def list_patients(request: web.Request) -> web.Response:
     )
 
 
+async def call_counts(request: web.Request) -> web.Response:
+    """GET /sandbox/calls: how many calls of each method each LPU received (`lpu` "" for mkab)."""
+    counts = request.app[SANDBOX].call_counts
+    return web.json_response([{"method": m, "lpu": g, "calls": n} for (m, g), n in sorted(counts.items())])
+
+
 async def set_knobs(request: web.Request) -> web.Response:
     """PUT /sandbox/lpus/{guid} {"delay": 2, "fault": "status", "status": 503}: change an LPU live."""
     lpu = request.app[SANDBOX].lpu(request.match_info["guid"])
@@ -294,5 +304,6 @@ def create_sandbox_app(sandbox: Sandbox | None = None) -> web.Application:
     app.router.add_get("/api/v2/disp", _per_lpu("disp", "disps"))
     app.router.add_get("/sandbox/patients", list_patients)
     app.router.add_put("/sandbox/lpus/{guid}", set_knobs)
+    app.router.add_get("/sandbox/calls", call_counts)
     app.on_shutdown.append(_release_hangs)
     return app

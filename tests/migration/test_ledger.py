@@ -10,9 +10,12 @@ import uuid
 from collections import Counter
 from typing import Any
 
+from gateway.cohorts import Cohort
 from gateway.http import keys
 from gateway.migration.clock import DAY, ManualClock, day_of
+from gateway.migration.ledger import REQUESTS, Batch, LedgerWriter, MemoryLedger, RedisLedger
 from gateway.sandbox.data import SandboxPatient, demo_lpu
+from gateway.tasks import Tasks
 from tests.support.gateway import TICKETS, new_token, sample, wait_until
 from tests.support.migration import ADMIN, APPS, T0, call, migration_config, report, serve
 
@@ -146,7 +149,9 @@ async def test_unknown_clients_are_one_cohort_and_the_ledger_does_not_grow_with_
     bucket = decoded(redis.hgetall(f"vg:mig:d:{day_of(T0)}"))
     assert bucket == {"unknown/unknown/unknown|requests": 300, "unknown/unknown/unknown|gateway": 300}
     assert set(redis.hkeys("vg:mig:last")) == {b"unknown/unknown/unknown"}
-    assert sorted(k.decode() for k in redis.keys("vg:mig:*")) == [
+    # Besides the writer's own key (one per replica process: the number of its last batch).
+    assert len(redis.keys("vg:mig:w:*")) == 1
+    assert sorted(k.decode() for k in redis.keys("vg:mig:*") if not k.startswith(b"vg:mig:w:")) == [
         f"vg:mig:d:{day_of(T0)}",
         "vg:mig:first",
         "vg:mig:last",
@@ -203,3 +208,50 @@ async def test_counts_made_while_redis_is_down_are_written_when_it_is_back(
     await wait_until(writer.flush, within=10, what="the ledger written after Redis is back")
     bucket = decoded(redis_server.client().hgetall(f"vg:mig:d:{day_of(T0)}"))
     assert bucket["beta/ios/4.9|requests"] == 5
+
+
+class _TimesOutAfterApplying(MemoryLedger):
+    """A ledger whose first write is applied and then times out, as a write to a Redis that
+    stalled past `redis.timeout` does: Redis runs the script when it resumes."""
+
+    def __init__(self) -> None:
+        super().__init__(retention_days=90)
+        self.sends = 0
+
+    async def apply(self, batch: Batch, now: float) -> dict[str, float]:
+        self.sends += 1
+        last = await super().apply(batch, now)
+        if self.sends == 1:
+            raise TimeoutError
+        return last
+
+
+async def test_a_write_that_timed_out_after_being_applied_is_not_counted_twice() -> None:
+    ledger = _TimesOutAfterApplying()
+    clock = ManualClock(T0 + 60)
+    writer = LedgerWriter(ledger, clock, Tasks(), 1.0, 90, lambda result, last: None)
+    cohort = Cohort("alpha", "android", "5.0")
+    for _ in range(7):
+        writer.pending.record(cohort, clock.now(), [REQUESTS])
+    assert not await writer.flush()  # applied, but the answer never came
+    writer.pending.record(cohort, clock.now(), [REQUESTS])  # counted meanwhile
+    assert await writer.flush()  # the same batch again (a no-op), then the newer one
+    history = await ledger.history(day_of(clock.now()), 1)
+    assert history.days[day_of(T0)]["alpha/android/5.0"][REQUESTS] == 8
+    assert ledger.sends == 3
+
+
+async def test_redis_applies_a_batch_id_once(redis_server: Any) -> None:
+    from redis.asyncio import Redis
+
+    ledger = RedisLedger(Redis.from_url(redis_server.url), "vg", 90, 2.0)
+    cohort = Cohort("alpha", "android", "5.0")
+    batch = Batch({(day_of(T0), cohort, REQUESTS): 5}, {cohort: (T0, T0)}, writer="replica", seq=1)
+    for _ in range(3):
+        await ledger.apply(batch, T0)
+    await ledger.apply(Batch({(day_of(T0), cohort, REQUESTS): 2}, {cohort: (T0, T0)}, writer="replica", seq=2), T0)
+    # Another replica's first batch is its own.
+    await ledger.apply(Batch({(day_of(T0), cohort, REQUESTS): 1}, {cohort: (T0, T0)}, writer="other", seq=1), T0)
+    await ledger.close()
+    bucket = decoded(redis_server.client().hgetall(f"vg:mig:d:{day_of(T0)}"))
+    assert bucket["alpha/android/5.0|requests"] == 8

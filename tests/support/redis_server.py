@@ -3,12 +3,13 @@
 `redis_server` starts one per test and kills it in teardown, whatever the test did. It can be
 stopped and started again on the same port to play a Redis outage. `redis_sentinel` starts a
 primary, a replica of it and a sentinel watching them (the same binary, `--sentinel`), for
-failover.
+failover; `RedisSentinel(directory, sentinels=3)` is the production shape `make chaos` runs.
 """
 
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -71,6 +72,15 @@ class RedisServer:
                     raise RuntimeError(f"redis-server did not start on port {self.port}")
                 time.sleep(0.02)
 
+    def pause(self) -> None:
+        """SIGSTOP: the process is frozen, its connections open and silent (a stalled host)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         """Kills the server (SIGKILL: an outage, not a shutdown) and waits for it to be gone."""
         if self.proc is None:
@@ -81,26 +91,39 @@ class RedisServer:
 
 
 class RedisSentinel:
-    """A primary, one replica and one sentinel (quorum 1) that fails over within seconds."""
+    """A primary, one replica and `sentinels` sentinels (quorum: a majority) that fail over
+    within seconds. One sentinel with quorum 1 by default; `make chaos` runs three, as
+    production does (docs/replicas.md)."""
 
     PRIMARY = "gw-primary"
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(
+        self, directory: Path, sentinels: int = 1, down_after_ms: int = 300, failover_timeout_ms: int = 3000
+    ) -> None:
         self.primary = RedisServer(directory / "primary", "--repl-diskless-sync-delay", "0")
-        self.replica = RedisServer(directory / "replica", "--replicaof", "127.0.0.1", str(self.primary.port))
-        conf = directory / "sentinel.conf"  # the sentinel rewrites its own config file
-        self.sentinel = RedisServer(directory / "sentinel", "--sentinel", conf=conf)
-        conf.write_text(
-            f"sentinel monitor {self.PRIMARY} 127.0.0.1 {self.primary.port} 1\n"
-            f"sentinel down-after-milliseconds {self.PRIMARY} 300\n"
-            f"sentinel failover-timeout {self.PRIMARY} 3000\n"
+        self.replica = RedisServer(
+            directory / "replica", "--replicaof", "127.0.0.1", str(self.primary.port), "--repl-diskless-sync-delay", "0"
         )
-        for server in (self.primary, self.replica, self.sentinel):
+        self.quorum = sentinels // 2 + 1
+        self.sentinels = []
+        for n in range(sentinels):
+            name = "sentinel" if sentinels == 1 else f"sentinel-{n + 1}"
+            conf = directory / f"{name}.conf"  # each sentinel rewrites its own config file
+            self.sentinels.append(RedisServer(directory / name, "--sentinel", conf=conf))
+            conf.write_text(
+                f"sentinel monitor {self.PRIMARY} 127.0.0.1 {self.primary.port} {self.quorum}\n"
+                f"sentinel down-after-milliseconds {self.PRIMARY} {down_after_ms}\n"
+                f"sentinel failover-timeout {self.PRIMARY} {failover_timeout_ms}\n"
+                f"sentinel parallel-syncs {self.PRIMARY} 1\n"
+            )
+        self.sentinel = self.sentinels[0]
+        for server in (self.primary, self.replica, *self.sentinels):
             server.directory.mkdir()
 
     @property
     def url(self) -> str:
-        return f"redis+sentinel://127.0.0.1:{self.sentinel.port}/{self.PRIMARY}"
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        return f"redis+sentinel://{hosts}/{self.PRIMARY}"
 
     def start(self) -> None:
         self.primary.start()
@@ -108,24 +131,37 @@ class RedisSentinel:
         with self.replica.client() as client:
             # The sentinel learns of the replica from the primary: link them before it starts.
             self._until(lambda: client.info("replication")["master_link_status"] == "up", "replica never synced")
-        self.sentinel.start()
+        for sentinel in self.sentinels:
+            sentinel.start()
+        if len(self.sentinels) > 1:
+            # Each sentinel finds the others through the primary's hello channel (every 2 s).
+            with self.sentinel.client() as client:
+                self._until(
+                    lambda: int(client.sentinel_master(self.PRIMARY)["num-other-sentinels"]) == len(self.sentinels) - 1,
+                    "the sentinels never found each other",
+                    limit=START_LIMIT * 2,
+                )
 
     def primary_port(self) -> int:
         with self.sentinel.client() as client:
             _, port = client.sentinel_get_master_addr_by_name(self.PRIMARY)
             return int(port)
 
+    def server_on(self, port: int) -> RedisServer:
+        """The data node (primary or replica object) listening on `port`."""
+        return next(s for s in (self.primary, self.replica) if s.port == port)
+
     def stop(self) -> None:
-        for server in (self.sentinel, self.replica, self.primary):
+        for server in (*self.sentinels, self.replica, self.primary):
             server.stop()
 
     @staticmethod
-    def _until(check: Callable[[], bool], problem: str) -> None:
-        end = time.monotonic() + START_LIMIT
+    def _until(check: Callable[[], bool], problem: str, limit: float = START_LIMIT) -> None:
+        end = time.monotonic() + limit
         while not check():
             if time.monotonic() > end:
                 raise RuntimeError(problem)
-            time.sleep(0.02)
+            time.sleep(0.05)
 
 
 @pytest.fixture
