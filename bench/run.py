@@ -29,6 +29,7 @@ from bench.httpload import LoadClient
 from bench.machine import describe, load_average
 from bench.procs import Proc, started, started_redis, started_serve
 from bench.report import render
+from gateway.cli import loop_factory
 
 FIGURES = ("overhead", "calls", "polls", "redis", "workers", "memory", "amplification")
 # (concurrent sessions, LPUs each, upstream delay s) → bursts (full, quick). Every wait is bounded.
@@ -54,6 +55,11 @@ BENCH_LIMITS = {
     "create_rate_per_token": 1e9,
     "create_burst_per_token": 10**9,
 }
+
+
+def default_loop() -> str:
+    """The loop `gateway serve` runs by default here: every process of a run gets the same."""
+    return "asyncio" if loop_factory("auto") is None else "uvloop"
 
 
 def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -90,12 +96,13 @@ def targets(upstream: Proc, spec: dict[str, Any], logdir: str, loop: str) -> Ite
 async def alternate(
     runs: int, names: list[str], measure: Callable[[str], Awaitable[dict[str, float]]]
 ) -> dict[str, dict[str, float]]:
-    """`runs` rounds, each measuring every name in turn; the median per name."""
+    """`runs` rounds, each measuring every name in turn; the median per name, with every run's
+    figures under "runs" (the report's spreads and per-round ratios)."""
     out: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     for _ in range(runs):
         for name in names:
             out[name].append(await measure(name))
-    return {name: median_of(values) for name, values in out.items()}
+    return {name: median_of(values) | {"runs": values} for name, values in out.items()}  # type: ignore[dict-item]
 
 
 async def measure_all(args: argparse.Namespace, logdir: str) -> dict[str, Any]:
@@ -223,12 +230,20 @@ async def measure_redis(
                 await up.set_delay(0.0, slow=[scenarios.token(5, 1)], slow_delay=scenarios.WAIT_LIMIT)
                 body_path = Path(logdir) / "poll-body-redis.json"
                 body_path.write_bytes(body)
-                with started("bare", {"body": str(body_path), "loop": loop}) as bare:
+                with (
+                    started("bare", {"body": str(body_path), "loop": loop}) as bare,
+                    started("minimal", minimal_spec(upstream, logdir, loop)) as minimal,
+                ):
                     bare_client = LoadClient(bare.port)
+                    small = scenarios.Target(upstream, minimal)
+                    minimal_guid, _ = await finished_session(small)
 
                     async def measure(name: str) -> dict[str, float]:
                         if name == "bare":
                             return await scenarios.polls(bare_client, [bare], "/poll", scenarios.auth(5, 0), *load)
+                        if name == "minimal":  # the targets' baseline: its memory-store poll
+                            path = scenarios.POLL.format(minimal_guid)
+                            return await scenarios.polls(small.client, [minimal], path, scenarios.auth(5, 0), *load)
                         if name == "finished":
                             path, headers = scenarios.POLL.format(guid), scenarios.auth(5, 0)
                         else:  # a new one each time: it stays in progress until its deadline
@@ -237,9 +252,10 @@ async def measure_redis(
 
                     load = (count, POLL_CLIENTS, 10)
                     try:
-                        return await alternate(runs, ["finished", "in_progress", "bare"], measure)
+                        return await alternate(runs, ["finished", "in_progress", "minimal", "bare"], measure)
                     finally:
                         bare_client.close()
+                        small.close()
             finally:
                 await up.set_delay(0.0)
                 t.close()
@@ -275,7 +291,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--runs", type=int, default=5, help="runs per figure; the table shows medians")
     parser.add_argument("--quick", action="store_true", help="smaller runs (a smoke test of the benchmark)")
-    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio", help="every process's event loop")
+    parser.add_argument(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default=default_loop(),
+        help="every process's event loop (default: the gateway's own, server.event_loop = auto)",
+    )
     parser.add_argument(
         "--json", dest="json_lib", choices=("orjson", "stdlib"), default="orjson", help="the gateway's JSON library"
     )
