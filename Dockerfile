@@ -1,10 +1,14 @@
 # visit-gateway image (docs/deployment.md): `podman build -t visit-gateway .` or `docker build ...`.
-# BASE is any image with Python 3.11 and its venv module: the official slim image by default;
-# tests/deploy/test_image.py builds on a Debian base made with mmdebstrap (no registry there).
-ARG BASE=python:3.11-slim
+# BASE is any image with Python 3.11 and its venv module: by default the official slim image of
+# Debian 12 (the release pinned, not a moving `slim`); tests/deploy/test_image.py builds on a
+# Debian 12 base made with mmdebstrap (no registry there).
+ARG BASE=python:3.11-slim-bookworm
 
 # --- build: the gateway and its dependencies installed into a venv ----------------------------
 FROM ${BASE} AS build
+# The extras installed with it: `otel` by default, so that tracing.opentelemetry = true can start
+# from this image; `--build-arg EXTRAS=` builds without them (smaller, tracing unavailable).
+ARG EXTRAS=otel
 # pip reads these from the environment: another index (a mirror), and a CA bundle for a network
 # whose TLS is re-signed (the test mounts the host's bundle: --volume and --build-arg PIP_CERT).
 ARG PIP_INDEX_URL="https://pypi.org/simple" \
@@ -17,7 +21,7 @@ COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 # Neither pip nor setuptools is needed to run, so they leave the venv before the final stage.
 RUN python3 -m venv /opt/venv \
-    && /opt/venv/bin/pip install /src \
+    && /opt/venv/bin/pip install "/src${EXTRAS:+[$EXTRAS]}" \
     && /opt/venv/bin/pip uninstall --yes pip setuptools \
     && /opt/venv/bin/gateway --help >/dev/null
 

@@ -2,13 +2,18 @@
 # installed from this repo's own files.
 VENV ?= .venv
 PYTHON ?= python3
-# Debian packages the tests run for real; podman and mmdebstrap build and run the container image
+# Debian packages `make run` needs (`python3 -m venv`; make itself must be there to read this).
+RUN_PACKAGES ?= python3-venv
+# And those the tests run for real; podman and mmdebstrap build and run the container image
 # without a registry (tests/deploy/test_image.py), uidmap is podman's user-namespace helper.
-SYSTEM_PACKAGES ?= redis-server prometheus podman mmdebstrap uidmap
+# chromium is the browser Playwright drives through the console, with a font for its screenshots
+# (tests/http/test_console_browser.py); openssl makes the console's TLS test certificate.
+SYSTEM_PACKAGES ?= $(RUN_PACKAGES) redis-server prometheus podman mmdebstrap uidmap chromium fonts-dejavu-core openssl
 
 .PHONY: setup run test lint system-deps audit soak bench
 
 $(VENV)/.installed: pyproject.toml
+	bash scripts/system-deps.sh $(RUN_PACKAGES)
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -e '.[test]'

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from gateway.cohorts import ClientTable
 from gateway.config import Config
-from gateway.http import admin, health, keys, openapi, scrape, tickets
+from gateway.http import admin, console, health, keys, openapi, scrape, tickets
 from gateway.http.middleware import errors, request_context, tracing_span, well_formed
 from gateway.http.old_path import brownouts
 from gateway.migration.clock import Clock, SystemClock
@@ -187,7 +187,7 @@ def create_app(config: Config, metrics: Metrics | None = None, clock: Clock | No
     tickets.add_routes(app)
     health.add_routes(app)
     if not admin.admin_listener(app):
-        admin.add_routes(app, app)
+        console.add_routes(app, app, admin.add_routes(app, app))
     if config.metrics.port == 0:
         scrape.add_routes(app)
     openapi.add_routes(app)
@@ -204,5 +204,5 @@ def create_metrics_app(gateway: web.Application) -> web.Application:
     app[keys.CONFIG] = gateway[keys.CONFIG]
     scrape.add_routes(app)
     if admin.admin_listener(gateway):
-        admin.add_routes(app, gateway)
+        console.add_routes(app, gateway, admin.add_routes(app, gateway))
     return app

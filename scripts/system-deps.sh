@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the tests start for real (on loopback, in temp dirs): only what
-# is missing, so a machine that has them is not touched.
+# Installs the Debian packages named (the Makefile's RUN_PACKAGES for `make run` and `make setup`,
+# SYSTEM_PACKAGES for `make test`: python3-venv, and what the tests start for real on loopback):
+# only what is missing, so a machine that has them is not touched.
 set -euo pipefail
 need=()
 for pkg in "$@"; do

@@ -26,6 +26,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway import __version__
 from gateway.contract import LPU_FAILURE_REASONS, OLD_ROUTES, SIDES, UPSTREAM_METHODS
+from gateway.observability.cgroup import MemoryLimitCollector
 
 # Buckets sit on the time-to-complete SLO thresholds (seconds) so p50/p95/p99 are readable there.
 SESSION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 10.0, 15.0, 20.0, 30.0, 60.0)
@@ -184,6 +185,15 @@ INSTRUMENTS: tuple[Instrument, ...] = (
         "gateway_store_refused_total",
         "Store calls refused by a store that is up (oom: Redis at maxmemory; error: any other), by reason.",
         ("reason",),
+    ),
+    # docs/redis.md's `redis_setting_unsafe` lines, as a number an alert can watch.
+    Instrument(
+        "redis_settings_unsafe",
+        Gauge,
+        "gateway_redis_settings_unsafe",
+        "Problems found in Redis's settings at the last check (redis_setting_unsafe log lines; 0: none).",
+        (),
+        mode="livemax",
     ),
     Instrument(
         "admin_failures",
@@ -431,6 +441,8 @@ class Metrics:
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         GCCollector(registry=r)
+        # The container's memory limit beside them, for GatewayMemoryNearLimit.
+        r.register(MemoryLimitCollector())
         for spec in INSTRUMENTS:
             setattr(self, spec.attr, build(spec, r))
         self.build_info.labels(__version__).set(1)

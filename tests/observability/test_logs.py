@@ -132,6 +132,21 @@ def test_gateway_serve_takes_log_format_level_and_metrics_port_from_the_environm
     assert token not in out.read_text()
 
 
+async def test_a_short_authorization_value_leaves_every_log_line_valid_json(upstream: Any, gateway: Any) -> None:
+    """A client's Authorization of "," (the fuzzer's find) must not turn every comma of the
+    request's log lines into the redaction mark; a real token is still redacted."""
+    p = patient(None)
+    _, url = await upstream(p)
+    client = await gateway(url)
+    mark = len(LOG.getvalue())
+    assert (await client.get(TICKETS, headers={"Authorization": ","})).status == 401
+    assert (await client.get(TICKETS, headers={"Authorization": f"Bearer {p.token}"})).status == 200
+    raw = LOG.getvalue()[mark:]
+    lines = lines_since(mark)  # json.loads of every line: a broken line fails here
+    assert [line["status"] for line in lines if line.get("event") == "request"] == [401, 200]
+    assert p.token not in raw
+
+
 # The polls after the final answer come faster than limits.poll_rate allows.
 RAISED = {"poll_rate": 1000.0, "poll_burst": 1000}
 

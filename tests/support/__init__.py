@@ -6,6 +6,7 @@
   `fake_legacy` (a legacy service), `faultnet` (proxies that cut a connection or hold
   one reply);
 - `rawhttp` (requests the client library would refuse to send), `netutil` (free ports),
+  `kubernetes` (the rendered manifests and the configuration a pod starts with),
   `workload` (a scripted old-path workload), `dashboards` (the Grafana panels' queries).
 """
 

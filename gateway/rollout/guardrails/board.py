@@ -1,5 +1,5 @@
 """The guardrails' shared board: where trips, re-arms and each replica's counts are shared
-between replicas (docs/rollout-guardrails.md, "Across replicas"). `LocalBoard` is one process;
+between replicas (docs/rollout-guardrails.md, "4. Guardrails per cohort"). `LocalBoard` is one process;
 `RedisBoard` is Redis, when the sessions are there. Cohorts are keyed by their text form
 (`android/ios/4.11`, gateway/cohorts.py).
 """
