@@ -179,3 +179,21 @@ def render(machine: dict[str, Any], results: dict[str, Any]) -> str:
     ]
     lines += ["| " + " | ".join(row) + " |" for row in rows(results)]
     return "\n".join(lines)
+
+
+def render_loops(by_loop: dict[str, dict[str, Any]]) -> str:
+    """Every figure under each event loop of one run, side by side: the gateway's figure and its
+    ratio to the baseline, which ran on the same loop (server.event_loop's evidence)."""
+    loops = list(by_loop)
+    tables = {loop: {row[0]: row for row in rows(results)} for loop, results in by_loop.items()}
+    lines = [
+        "| figure | " + " | ".join(f"{loop}: visit-gateway (ratio, verdict)" for loop in loops) + " |",
+        "|---|" + "---|" * len(loops),
+    ]
+    for label in tables[loops[0]]:
+        cells = []
+        for loop in loops:
+            row = tables[loop].get(label)
+            cells.append("—" if row is None else f"{row[1]} ({row[3]}, {row[5]})")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -28,7 +28,7 @@ from bench import scenarios
 from bench.httpload import LoadClient
 from bench.machine import describe, load_average
 from bench.procs import Proc, started, started_redis, started_serve
-from bench.report import render
+from bench.report import render, render_loops
 from gateway.cli import loop_factory
 
 FIGURES = ("overhead", "calls", "polls", "redis", "workers", "memory", "amplification")
@@ -293,9 +293,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller runs (a smoke test of the benchmark)")
     parser.add_argument(
         "--loop",
-        choices=("asyncio", "uvloop"),
-        default=default_loop(),
-        help="every process's event loop (default: the gateway's own, server.event_loop = auto)",
+        type=_loops,
+        default=[default_loop()],
+        help="every process's event loop (default: the gateway's own, server.event_loop = auto); "
+        "asyncio,uvloop measures every figure under each, one after the other, and compares them",
     )
     parser.add_argument(
         "--json", dest="json_lib", choices=("orjson", "stdlib"), default="orjson", help="the gateway's JSON library"
@@ -303,15 +304,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(FIGURES)}")
     parser.add_argument("--save", type=Path, help="also write the raw figures here (JSON)")
     args = parser.parse_args(argv)
-    machine = describe(args.loop, args.json_lib)
-    machine["load_before"] = load_average()
-    started_at = time.time()
-    with tempfile.TemporaryDirectory(prefix="gateway-bench-") as logdir:
-        results = asyncio.run(measure_all(args, logdir))
-    machine["load_after"] = load_average()
-    machine["duration_s"] = round(time.time() - started_at)
-    machine["runs"] = args.runs
-    print(render(machine, results))
+    saved: dict[str, Any] = {}
+    for loop in args.loop:
+        machine = describe(loop, args.json_lib)
+        machine["load_before"] = load_average()
+        started_at = time.time()
+        with tempfile.TemporaryDirectory(prefix="gateway-bench-") as logdir:
+            results = asyncio.run(measure_all(argparse.Namespace(**{**vars(args), "loop": loop}), logdir))
+        machine["load_after"] = load_average()
+        machine["duration_s"] = round(time.time() - started_at)
+        machine["runs"] = args.runs
+        print(render(machine, results), flush=True)
+        print()
+        saved[loop] = {"machine": machine, "results": results}
+    if len(saved) > 1:
+        print(render_loops({loop: run["results"] for loop, run in saved.items()}))
     if args.save:
-        args.save.write_text(json.dumps({"machine": machine, "results": results}, indent=2))
+        args.save.write_text(json.dumps(saved if len(saved) > 1 else saved[args.loop[0]], indent=2))
     return 0
+
+
+def _loops(text: str) -> list[str]:
+    loops = [part.strip() for part in text.split(",") if part.strip()]
+    if not loops or any(loop not in ("asyncio", "uvloop") for loop in loops):
+        raise argparse.ArgumentTypeError("asyncio, uvloop, or both: asyncio,uvloop")
+    return loops
