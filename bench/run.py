@@ -28,7 +28,8 @@ from bench import scenarios
 from bench.httpload import LoadClient
 from bench.machine import describe, load_average
 from bench.procs import Proc, started, started_redis, started_serve
-from bench.report import render
+from bench.report import render, render_loops
+from gateway.cli import loop_factory
 
 FIGURES = ("overhead", "calls", "polls", "redis", "workers", "memory", "amplification")
 # (concurrent sessions, LPUs each, upstream delay s) → bursts (full, quick). Every wait is bounded.
@@ -54,6 +55,11 @@ BENCH_LIMITS = {
     "create_rate_per_token": 1e9,
     "create_burst_per_token": 10**9,
 }
+
+
+def default_loop() -> str:
+    """The loop `gateway serve` runs by default here: every process of a run gets the same."""
+    return "asyncio" if loop_factory("auto") is None else "uvloop"
 
 
 def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -90,12 +96,13 @@ def targets(upstream: Proc, spec: dict[str, Any], logdir: str, loop: str) -> Ite
 async def alternate(
     runs: int, names: list[str], measure: Callable[[str], Awaitable[dict[str, float]]]
 ) -> dict[str, dict[str, float]]:
-    """`runs` rounds, each measuring every name in turn; the median per name."""
+    """`runs` rounds, each measuring every name in turn; the median per name, with every run's
+    figures under "runs" (the report's spreads and per-round ratios)."""
     out: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     for _ in range(runs):
         for name in names:
             out[name].append(await measure(name))
-    return {name: median_of(values) for name, values in out.items()}
+    return {name: median_of(values) | {"runs": values} for name, values in out.items()}  # type: ignore[dict-item]
 
 
 async def measure_all(args: argparse.Namespace, logdir: str) -> dict[str, Any]:
@@ -223,12 +230,20 @@ async def measure_redis(
                 await up.set_delay(0.0, slow=[scenarios.token(5, 1)], slow_delay=scenarios.WAIT_LIMIT)
                 body_path = Path(logdir) / "poll-body-redis.json"
                 body_path.write_bytes(body)
-                with started("bare", {"body": str(body_path), "loop": loop}) as bare:
+                with (
+                    started("bare", {"body": str(body_path), "loop": loop}) as bare,
+                    started("minimal", minimal_spec(upstream, logdir, loop)) as minimal,
+                ):
                     bare_client = LoadClient(bare.port)
+                    small = scenarios.Target(upstream, minimal)
+                    minimal_guid, _ = await finished_session(small)
 
                     async def measure(name: str) -> dict[str, float]:
                         if name == "bare":
                             return await scenarios.polls(bare_client, [bare], "/poll", scenarios.auth(5, 0), *load)
+                        if name == "minimal":  # the targets' baseline: its memory-store poll
+                            path = scenarios.POLL.format(minimal_guid)
+                            return await scenarios.polls(small.client, [minimal], path, scenarios.auth(5, 0), *load)
                         if name == "finished":
                             path, headers = scenarios.POLL.format(guid), scenarios.auth(5, 0)
                         else:  # a new one each time: it stays in progress until its deadline
@@ -237,9 +252,10 @@ async def measure_redis(
 
                     load = (count, POLL_CLIENTS, 10)
                     try:
-                        return await alternate(runs, ["finished", "in_progress", "bare"], measure)
+                        return await alternate(runs, ["finished", "in_progress", "minimal", "bare"], measure)
                     finally:
                         bare_client.close()
+                        small.close()
             finally:
                 await up.set_delay(0.0)
                 t.close()
@@ -275,22 +291,41 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--runs", type=int, default=5, help="runs per figure; the table shows medians")
     parser.add_argument("--quick", action="store_true", help="smaller runs (a smoke test of the benchmark)")
-    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio", help="every process's event loop")
+    parser.add_argument(
+        "--loop",
+        type=_loops,
+        default=[default_loop()],
+        help="every process's event loop (default: the gateway's own, server.event_loop = auto); "
+        "asyncio,uvloop measures every figure under each, one after the other, and compares them",
+    )
     parser.add_argument(
         "--json", dest="json_lib", choices=("orjson", "stdlib"), default="orjson", help="the gateway's JSON library"
     )
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(FIGURES)}")
     parser.add_argument("--save", type=Path, help="also write the raw figures here (JSON)")
     args = parser.parse_args(argv)
-    machine = describe(args.loop, args.json_lib)
-    machine["load_before"] = load_average()
-    started_at = time.time()
-    with tempfile.TemporaryDirectory(prefix="gateway-bench-") as logdir:
-        results = asyncio.run(measure_all(args, logdir))
-    machine["load_after"] = load_average()
-    machine["duration_s"] = round(time.time() - started_at)
-    machine["runs"] = args.runs
-    print(render(machine, results))
+    saved: dict[str, Any] = {}
+    for loop in args.loop:
+        machine = describe(loop, args.json_lib)
+        machine["load_before"] = load_average()
+        started_at = time.time()
+        with tempfile.TemporaryDirectory(prefix="gateway-bench-") as logdir:
+            results = asyncio.run(measure_all(argparse.Namespace(**{**vars(args), "loop": loop}), logdir))
+        machine["load_after"] = load_average()
+        machine["duration_s"] = round(time.time() - started_at)
+        machine["runs"] = args.runs
+        print(render(machine, results), flush=True)
+        print()
+        saved[loop] = {"machine": machine, "results": results}
+    if len(saved) > 1:
+        print(render_loops({loop: run["results"] for loop, run in saved.items()}))
     if args.save:
-        args.save.write_text(json.dumps({"machine": machine, "results": results}, indent=2))
+        args.save.write_text(json.dumps(saved if len(saved) > 1 else saved[args.loop[0]], indent=2))
     return 0
+
+
+def _loops(text: str) -> list[str]:
+    loops = [part.strip() for part in text.split(",") if part.strip()]
+    if not loops or any(loop not in ("asyncio", "uvloop") for loop in loops):
+        raise argparse.ArgumentTypeError("asyncio, uvloop, or both: asyncio,uvloop")
+    return loops

@@ -8,7 +8,7 @@ import asyncio
 import json
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import aiohttp
 import structlog
@@ -37,6 +37,8 @@ async def run_apps(
     drain (server.drain_seconds), stop listening, answer in-flight requests (up to
     server.shutdown_timeout), clean up."""
     runners: list[web.AppRunner] = []
+    # Which loop runs is an operator's question (server.event_loop = auto): the start says it.
+    loop_name = type(asyncio.get_running_loop()).__module__.partition(".")[0]
     try:
         for name, app, host, port in apps:
             # The gateway app carries its own parser limits (create_app's handler_args).
@@ -49,7 +51,7 @@ async def run_apps(
             await runner.setup()
             runners.append(runner)
             await web.TCPSite(runner, host, port, reuse_port=reuse_port or None).start()
-            log.info("listening", app=name, url=f"http://{host}:{port}")
+            log.info("listening", app=name, url=f"http://{host}:{port}", loop=loop_name)
         stop, hurry = asyncio.Event(), asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -122,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             config = config.replace(upstream={"url": f"http://127.0.0.1:{args.sandbox_port}"})
         otel.require(config.tracing)
+        new_loop = loop_factory(config.server.event_loop)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
@@ -152,11 +155,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             host = config.metrics.host or config.server.host
             apps.append(("metrics", create_metrics_app(gateway), host, config.metrics.port))
     try:
-        asyncio.run(run_apps(apps, config, reuse_port=args.command == "serve" and args.reuse_port))
+        with asyncio.Runner(loop_factory=new_loop) as runner:
+            runner.run(run_apps(apps, config, reuse_port=args.command == "serve" and args.reuse_port))
     except OSError as exc:
         print(f"gateway: cannot listen: {exc.strerror}", file=sys.stderr)
         return 1
     return 0
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """server.event_loop: uvloop (a dependency on Linux) unless it is "asyncio" or not installed;
+    None is asyncio's own loop."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ConfigError("server.event_loop = uvloop, but uvloop is not installed") from None
+        return None
+    return uvloop.new_event_loop
 
 
 REPORT_TIMEOUT = 30.0

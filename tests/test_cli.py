@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateway import __version__
-from gateway.config import Config, build_config
+from gateway.config import Config, build_config, load_config
 from tests.support.gateway import run_cli as _gateway
 
 
@@ -72,3 +72,26 @@ def test_check_config_says_where_each_changed_key_came_from(tmp_path: Path) -> N
         f"[clients.by_guid]  # from {path}",
     ]
     assert build_config(tomllib.loads(proc.stdout)).clients.by_guid == {guid: "android"}
+
+
+def test_gateway_serve_runs_uvloop_by_default_where_installed_and_asyncio_when_told() -> None:
+    """server.event_loop (GATEWAY_SERVER_EVENT_LOOP): auto picks uvloop when it is installed
+    (a dependency on Linux), asyncio picks asyncio's own loop."""
+    import asyncio
+
+    import uvloop  # a dependency on Linux (pyproject.toml): the default must not silently be asyncio
+
+    from gateway.cli import loop_factory
+
+    new = loop_factory("auto")
+    assert new is uvloop.new_event_loop
+    loop = new()
+    try:
+        assert isinstance(loop, uvloop.Loop)
+    finally:
+        loop.close()
+    assert loop_factory("uvloop") is uvloop.new_event_loop
+    assert loop_factory("asyncio") is None
+    with asyncio.Runner(loop_factory=loop_factory("asyncio")) as runner:
+        assert type(runner.get_loop()).__module__.startswith("asyncio")
+    assert load_config(env={"GATEWAY_SERVER_EVENT_LOOP": "ASYNCIO"}).server.event_loop == "asyncio"

@@ -31,6 +31,8 @@ class ServerConfig:
     # An idle keep-alive connection is closed after this long: above the idle timeout of the
     # load balancers in front (nginx and AWS ALB: 60 s), so that they, not we, close first.
     keepalive_timeout: float = _opt(checks.positive, default=75.0)
+    # The event loop of `gateway serve`: uvloop where it is installed (auto), or asyncio's own.
+    event_loop: str = _opt(checks.one_of("auto", "uvloop", "asyncio"), default="auto")
     # A request head (request line and headers) must arrive whole within this long from the
     # connection's start, or from its first byte on a kept-alive connection.
     head_timeout: float = _opt(checks.positive, default=10.0)

@@ -26,18 +26,13 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready"})
 
 
-async def _close_while_draining(request: web.Request, response: web.StreamResponse) -> None:
-    if request.app[keys.DRAINING].is_set():
-        response.force_close()
-
-
 def start_draining(app: web.Application) -> None:
-    """From now on /readyz answers 503 and every answer closes its connection."""
+    """From now on /readyz answers 503 and every answer closes its connection (the request
+    context's doing: gateway/http/middleware.py)."""
     app[keys.DRAINING].set()
 
 
 def add_routes(app: web.Application) -> None:
     app[keys.DRAINING] = asyncio.Event()
-    app.on_response_prepare.append(_close_while_draining)
     app.router.add_get("/healthz", healthz, allow_head=False)
     app.router.add_get("/readyz", readyz, allow_head=False)

@@ -6,7 +6,6 @@ refuses what the HTTP parser accepts but no handler should have to handle."""
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import time
@@ -42,7 +41,8 @@ async def tracing_span(request: web.Request, handler: Handler) -> web.StreamResp
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     incoming = request.headers.get("X-Request-Id", "")
-    request_id = incoming if _REQUEST_ID.fullmatch(incoming) else os.urandom(16).hex()
+    # An id, not a secret: the interpreter's generator, without a system call per request.
+    request_id = incoming if _REQUEST_ID.fullmatch(incoming) else f"{random.getrandbits(128):032x}"
     request[keys.REQUEST_ID] = request_id
     # With OpenTelemetry on, its server span (outside this middleware) is the gateway's hop.
     tracing = request.app.get(keys.TRACING)
@@ -64,9 +64,10 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     started = time.perf_counter()
     # The error middleware sits inside: error answers are counted and logged with their status.
     response = await handler(request)
-    if not request.content.is_eof():
+    if not request.content.is_eof() or request.app[keys.DRAINING].is_set():
         # A body the handler did not read: the connection ends with this answer, rather than
-        # carry on past bytes whose end only the body's length tells.
+        # carry on past bytes whose end only the body's length tells. Draining: every answer
+        # closes its connection, so kept-alive clients reconnect to a replica that stays.
         response.force_close()
     response.headers["X-Request-Id"] = request_id
     duration = time.perf_counter() - started

@@ -38,6 +38,7 @@ import contextlib
 import math
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any, TypeVar
 
@@ -72,6 +73,9 @@ from gateway.tasks import Tasks
 log = structlog.get_logger("gateway.store")
 
 T = TypeVar("T")
+# Sessions whose unchanging fields a replica keeps to read only the results of the next poll:
+# as many as are polled at once (a few KiB each: the LPU list), the first remembered out first.
+FIXED_FIELDS_KEPT = 4096
 
 
 def _ms(seconds: float) -> int:
@@ -134,7 +138,7 @@ class RedisStore:
         self._redis = redis_client(config)
         self._create = self._redis.register_script(redis_scripts.CREATE)
         self._admit = self._redis.register_script(redis_scripts.ADMIT)
-        self._count_poll = self._redis.register_script(redis_scripts.COUNT_POLL)
+        self._poll_read = self._redis.register_script(redis_scripts.POLL_READ)
         self._finish = self._redis.register_script(redis_scripts.FINISH)
         self._acquire = self._redis.register_script(redis_scripts.ACQUIRE)
         self._renew = self._redis.register_script(redis_scripts.RENEW)
@@ -142,6 +146,9 @@ class RedisStore:
         # At most max_connections calls at once, whatever the pool kind: the others wait (within
         # their timeout) instead of failing.
         self._slots = asyncio.Semaphore(config.max_connections)
+        # The fields of a session that never change once created (token hash, times, LPU list),
+        # of the sessions this replica polled lately: a poll then reads only the results.
+        self._fixed: OrderedDict[str, _Fixed] = OrderedDict()
         self.reachability = Reachability(metrics, config.down_after_timeouts)
         self._settings_checked = False
         # The app's task owner; a store made on its own (tools, tests) owns its probe itself.
@@ -322,21 +329,40 @@ class RedisStore:
     async def read_poll(self, guid: str, binding: str | None) -> PollRead:
         if not self._poll_burst:
             return PollRead(await self.load(guid))
-        keys = [self.session_key(guid), self.poll_key(guid)]
+        session_key = self.session_key(guid)
+        keys = [session_key, self.poll_key(guid), self.lease_key(guid)]
         args = ["0" if binding is None else "1", binding or "", self._poll_rate_ms, self._poll_burst]
+        fixed = self._fixed.get(guid)
 
         async def read() -> list[Any]:
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.time()  # first, as in `load`: the clock the session is rendered with
-                pipe.hgetall(self.session_key(guid))
-                pipe.exists(self.lease_key(guid))
-                await self._count_poll(keys=keys, args=args, client=pipe)
+                await self._poll_read(keys=keys, args=args, client=pipe)
+                if fixed is None:
+                    pipe.hgetall(session_key)
+                else:
+                    pipe.hmget(session_key, fixed.result_fields)
                 return await pipe.execute()
 
-        (seconds, micros), raw, leased, over_ms = await self._call(read, fail_fast=True)
+        (seconds, micros, exists, leased, over_ms), raw = await self._call(read, fail_fast=True)
+        read_at = int(seconds) + int(micros) / 1_000_000
         retry_after = _seconds(over_ms) if over_ms else None
-        session = self._loaded(guid, raw, leased, seconds + micros / 1_000_000)
+        if not exists or (fixed is None and not raw):
+            self._metrics.store_misses.inc()
+            return PollRead(None, counted=True, retry_after=retry_after)
+        self._metrics.store_hits.inc()
+        if fixed is None:
+            session = _decode(guid, raw, orphaned=not leased, read_at=read_at)
+            self._remember(session)
+        else:
+            results = {index: value for index, value in enumerate(raw) if value is not None}
+            session = fixed.session(guid, results, orphaned=not leased, read_at=read_at)
         return PollRead(session, counted=True, retry_after=retry_after)
+
+    def _remember(self, session: Session) -> None:
+        fixed = self._fixed
+        fixed[session.guid] = _Fixed.of(session)
+        if len(fixed) > FIXED_FIELDS_KEPT:
+            fixed.popitem(last=False)
 
     async def finish_lpu(self, guid: str, index: int, entry: bytes) -> bool:
         written = await self._call(
@@ -383,6 +409,36 @@ class RedisStore:
     async def close(self) -> None:
         await self._tasks.cancel("redis_probe")
         await self._redis.aclose()
+
+
+class _Fixed:
+    """A session's unchanging fields, and the names of its result fields to read."""
+
+    __slots__ = ("created_at", "deadline", "lpu_guids", "lpus", "result_fields", "token_hash")
+
+    def __init__(
+        self, token_hash: str, created_at: float, deadline: float, lpus: tuple[bytes, ...], lpu_guids: tuple[str, ...]
+    ) -> None:
+        self.token_hash, self.created_at, self.deadline = token_hash, created_at, deadline
+        self.lpus, self.lpu_guids = lpus, lpu_guids
+        self.result_fields = [b"r%d" % i for i in range(len(lpus))]
+
+    @classmethod
+    def of(cls, session: Session) -> _Fixed:
+        return cls(session.token_hash, session.created_at, session.deadline, session.lpus, session.lpu_guids)
+
+    def session(self, guid: str, results: dict[int, bytes], orphaned: bool, read_at: float) -> Session:
+        return Session(
+            guid=guid,
+            token_hash=self.token_hash,
+            created_at=self.created_at,
+            deadline=self.deadline,
+            lpus=self.lpus,
+            lpu_guids=self.lpu_guids,
+            results=results,
+            orphaned=orphaned,
+            read_at=read_at,
+        )
 
 
 def _decode(guid: str, raw: dict[bytes, bytes], orphaned: bool, read_at: float) -> Session:

@@ -90,33 +90,39 @@ return {0, 0}
 """
 )
 
-# KEYS: session, the session's poll bucket. ARGV: "1" when the poll has credentials, then the
-# hash they must match to be counted; refill per ms; burst. Returns the ms until the bucket holds
-# a poll when this one is over the limit, else 0. The same token bucket as the in-process one
-# (limits.poll_rate, poll_burst), shared by every replica and pipelined with the poll's read (one
-# round trip; the read itself stays outside the script, so a big session is not copied through
-# Lua). Its write is a pcall: Redis out of memory refuses the count, not the poll, and a missing
-# session or another token's poll counts nothing.
-COUNT_POLL = (
+# KEYS: session, the session's poll bucket, its lease. ARGV: "1" when the poll has credentials,
+# then the hash they must match to be counted; refill per ms; burst.
+# Returns {Redis's TIME seconds, microseconds, the session exists (1) or not (0), its lease is
+# held (1) or not, the ms until the bucket holds a poll when this one is over the limit, else 0}.
+# A poll's read in one round trip: this script, then (pipelined behind it) the session's results
+# alone when the replica already holds its unchanging fields, else the whole hash. The script
+# returns numbers only and the read stays outside it, so a big session is not copied through Lua;
+# TIME comes first, as in `load`, so the read is rendered by a clock no later write precedes.
+# The same token bucket as the in-process one (limits.poll_rate, poll_burst), shared by every
+# replica. Its write is a pcall: Redis out of memory refuses the count, not the poll, and a
+# missing session or another token's poll counts nothing.
+POLL_READ = (
     _NOW
     + _BUCKET
     + """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return 0
+local h = redis.call('HGET', KEYS[1], 'h')
+if not h then
+  return {t[1], t[2], 0, 0, 0}
 end
-if ARGV[1] == '1' and redis.call('HGET', KEYS[1], 'h') ~= ARGV[2] then
-  return 0
+local leased = redis.call('EXISTS', KEYS[3])
+if ARGV[1] == '1' and h ~= ARGV[2] then
+  return {t[1], t[2], 1, leased, 0}
 end
 local rate, burst = tonumber(ARGV[3]), tonumber(ARGV[4])
 local tokens = tokens_in(KEYS[2], rate, burst)
 if tokens < 1 then
-  return math.ceil((1 - tokens) / rate)
+  return {t[1], t[2], 1, leased, math.ceil((1 - tokens) / rate)}
 end
 local written = redis.pcall('HSET', KEYS[2], 't', tostring(tokens - 1), 'at', now)
 if type(written) == 'number' then
   redis.call('PEXPIRE', KEYS[2], math.ceil(burst / rate))
 end
-return 0
+return {t[1], t[2], 1, leased, 0}
 """
 )
 

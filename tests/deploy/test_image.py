@@ -4,6 +4,7 @@ what an operator's `docker run` would start answers health, readiness and a whol
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import shutil
 import subprocess
@@ -129,6 +130,9 @@ async def test_entrypoint_serves_health_readiness_and_a_session_with_tracing_on(
                     return False
 
             await wait_until(healthy, within=60, what="the image's gateway answering /healthz")
+            # The image ships uvloop and runs it by default (server.event_loop = auto).
+            started = [json.loads(line) for line in log.read_text().splitlines() if '"listening"' in line]
+            assert started and {line["loop"] for line in started} == {"uvloop"}, started
             async with http.get("/readyz") as resp:
                 assert resp.status == 200, await resp.text()
             async with (

@@ -86,6 +86,32 @@ async def test_a_session_reads_back_as_written(make_store: StoreFactory) -> None
     assert await store.load("unknown") is None
 
 
+async def test_each_poll_reads_the_results_written_since_the_last(make_store: StoreFactory) -> None:
+    """A poll reads what a load reads, every time: on Redis the second and later polls read only
+    the results (the replica keeps the rest), and still see each new one, the lease, the token
+    binding and the poll limit."""
+    store = await make_store(limits=LimitsConfig(poll_rate=1.0, poll_burst=3))
+    s = session("p", lpus=3)
+    await store.create(s)
+    states = []
+    for index in range(3):
+        read = await store.read_poll("p", "h")
+        assert read.session is not None and read.retry_after is None
+        assert (read.session.token_hash, read.session.lpus, read.session.deadline) == ("h", s.lpus, s.deadline)
+        assert read.session.body(read.session.read_at) == (await store.load("p")).body(read.session.read_at)  # type: ignore[union-attr]
+        states.append(read.session.states(read.session.read_at))
+        await store.finish_lpu("p", index, entry_bytes(COMPLETE, s.lpus[index]))
+    assert states == [
+        ["InProgress"] * 3,
+        ["Complete", "InProgress", "InProgress"],
+        ["Complete", "Complete", "InProgress"],
+    ]
+    read = await store.read_poll("p", "h")
+    if read.counted:  # the store counts polls itself: the fourth within the burst of 3 is over
+        assert read.retry_after is not None and read.retry_after >= 1
+    assert (await store.read_poll("unknown", "h")).session is None
+
+
 async def test_first_terminal_write_wins(make_store: StoreFactory) -> None:
     store = await make_store()
     s = session("a")
