@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support import terminate
 from tests.support.netutil import free_port
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
@@ -113,16 +114,8 @@ class HAProxy:
 
     def server_states(self) -> dict[str, str]:
         """Server name → status as HAProxy sees it now (UP, DOWN, `UP 1/2`, MAINT, ...)."""
-        lines = self.admin("show stat").splitlines()
-        if not lines or not lines[0].startswith("# "):
-            return {}
-        header = lines[0][2:].split(",")
-        states = {}
-        for line in lines[1:]:
-            row = dict(zip(header, line.split(","), strict=False))
-            if row.get("pxname") == "gateway" and row.get("svname") not in ("FRONTEND", "BACKEND", None):
-                states[row["svname"]] = row.get("status", "")
-        return states
+        rows = self.stats().items()
+        return {name: row.get("status", "") for name, row in rows if name not in ("FRONTEND", "BACKEND")}
 
     def stats(self) -> dict[str, dict[str, str]]:
         """`show stat` rows of the gateway backend, by server name (BACKEND for the totals)."""
@@ -140,11 +133,5 @@ class HAProxy:
     def stop(self) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        terminate(self.proc)
         self.proc = None

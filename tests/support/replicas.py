@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.support import terminate
 from tests.support.gateway import LOG
 from tests.support.netutil import free_port, serve_env
 
@@ -42,13 +43,7 @@ class Replica:
         self.proc.wait(timeout=10)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        terminate(self.proc)
 
     def events(self, name: str) -> list[dict[str, Any]]:
         """The replica's log lines with event `name`."""
