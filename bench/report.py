@@ -52,10 +52,9 @@ def _overhead_rows(results: dict[str, Any]) -> list[Row]:
             continue
         g, m = both["gateway"], both["minimal"]
         ratio = g["p95"] / m["p95"] if m["p95"] > 0 else float("inf")
-        if key == "1x10":
-            target, holds = "≤ 10 ms", g["p95"] <= 10.0
-        else:
-            target, holds = "≤ 0.8 × minimal", ratio <= 0.8
+        # Issue 19's targets: a lone session at the minimal gateway's cost, bursts ahead of it.
+        limit = 1.1 if key == "1x10" else 0.9
+        target, holds = f"≤ {limit} × minimal", ratio <= limit
         out.append(
             (
                 f"fan-out overhead p95, {label} (create answer → first poll with no InProgress, "
@@ -83,8 +82,8 @@ def rows(results: dict[str, Any]) -> list[Row]:
                 f"minimal gateway: {_rate(m['per_cpu_s'])} ({_rate(m['per_s'])}/s wall; "
                 f"upstream {m['upstream_busy']:.0%} busy)",
                 f"{ratio:.2f}",
-                "≥ 0.9 × minimal",
-                _verdict(ratio >= 0.9),
+                "≥ 1.0 × minimal",
+                _verdict(ratio >= 1.0),
             )
         )
     if "polls" in results:
