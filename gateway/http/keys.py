@@ -4,11 +4,13 @@ imports the class it calls and finds its instance here; nothing else is shared."
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 from aiohttp import web
 
 from gateway.cohorts import ClientTable, Cohort
 from gateway.config import Config
+from gateway.contract import GATEWAY
 from gateway.migration.brownout import BrownoutDecision
 from gateway.migration.service import Migration
 from gateway.observability.metrics import Metrics
@@ -42,19 +44,30 @@ DRAINING = web.AppKey("draining", asyncio.Event)
 CLIENTS = web.AppKey("clients", ClientTable)
 # Only with tracing.opentelemetry = true: the app's OpenTelemetry tracing.
 TRACING = web.AppKey("tracing", Tracing)
-# Per request: the id logged on every line and sent upstream as X-Request-Id.
-REQUEST_ID = web.RequestKey("request_id", str)
-# Per request: the gateway's hop of the caller's W3C trace (or a new trace), sent to the new API
-# and the legacy service; its trace id is on every log line.
-TRACE = web.RequestKey("trace", TraceContext)
-# Per request: which side served an old-path request ("gateway", "legacy" or "shadow"); the
-# rollout sets it, the old-path metrics read it.
-SERVED_BY = web.RequestKey("served_by", str)
 # Retiring the old path: the ledger, deprecation signals and brownouts (gateway/migration/).
 MIGRATION = web.AppKey("migration", Migration)
-# Per request: the brownout decision a create met (the old-path accounting counts it).
-BROWNOUT = web.RequestKey("brownout", BrownoutDecision)
-# Per old-path request: its client cohort, classified once by the request context.
-COHORT = web.RequestKey("cohort", Cohort)
-# Per poll the gateway answered: the poll's result, which the old-path accounting reads.
-POLL = web.RequestKey("poll", Poll)
+
+
+@dataclass(slots=True)
+class RequestState:
+    """What one request's middlewares and handler hand each other, set once by the request
+    context: one request key read by attribute, rather than a key each (a request's mapping
+    lookups are Python code, and a missing key raises inside `get`)."""
+
+    # The id logged on every line and sent upstream as X-Request-Id.
+    request_id: str
+    # The gateway's hop of the caller's W3C trace (or a new trace), sent to the new API and the
+    # legacy service; its trace id is on every log line.
+    trace: TraceContext
+    # An old-path request's client cohort, classified once (None on every other route).
+    cohort: Cohort | None = None
+    # Which side served an old-path request ("gateway", "legacy" or "shadow"): the rollout's
+    # choice, which the old-path accounting counts by.
+    served_by: str = GATEWAY
+    # The brownout decision a create met (the old-path accounting counts it).
+    brownout: BrownoutDecision | None = None
+    # A poll the gateway answered: its result, which the accounting and the access log read.
+    poll: Poll | None = None
+
+
+STATE = web.RequestKey("state", RequestState)

@@ -43,28 +43,26 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     incoming = request.headers.get("X-Request-Id", "")
     # An id, not a secret: the interpreter's generator, without a system call per request.
     request_id = incoming if _REQUEST_ID.fullmatch(incoming) else f"{random.getrandbits(128):032x}"
-    request[keys.REQUEST_ID] = request_id
     # With OpenTelemetry on, its server span (outside this middleware) is the gateway's hop.
-    tracing = request.app.get(keys.TRACING)
+    app = request.app
+    tracing = app.get(keys.TRACING)
+    headers = request.headers
     trace = (tracing.current() if tracing is not None else None) or continue_trace(
-        request.headers.getall(TRACEPARENT, []), request.headers.getall(TRACESTATE, [])
+        headers.getall(TRACEPARENT, []), headers.getall(TRACESTATE, [])
     )
-    request[keys.TRACE] = trace
+    state = request[keys.STATE] = keys.RequestState(request_id, trace)
     # The tasks a request starts (its fan-out) copy this context: their lines carry both ids too.
-    begin_request(request.headers.get("Authorization"), request_id=request_id, trace_id=trace.trace_id)
+    begin_request(headers.get("Authorization"), request_id=request_id, trace_id=trace.trace_id)
     route = route_template(request)
     old_route = OLD_ROUTES.get(route)
     if old_route is not None:
         # The one classification of the request: the rollout, brownouts, guardrails, ledger,
         # signals and metrics all read this.
-        headers = request.headers
-        request[keys.COHORT] = request.app[keys.CLIENTS].classify(
-            headers.get("ClientApplication"), headers.get("User-Agent")
-        )
+        state.cohort = app[keys.CLIENTS].classify(headers.get("ClientApplication"), headers.get("User-Agent"))
     started = time.perf_counter()
     # The error middleware sits inside: error answers are counted and logged with their status.
     response = await handler(request)
-    if not request.content.is_eof() or request.app[keys.DRAINING].is_set():
+    if not request.content.is_eof() or app[keys.DRAINING].is_set():
         # A body the handler did not read: the connection ends with this answer, rather than
         # carry on past bytes whose end only the body's length tells. Draining: every answer
         # closes its connection, so kept-alive clients reconnect to a replica that stays.
@@ -72,16 +70,16 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     response.headers["X-Request-Id"] = request_id
     duration = time.perf_counter() - started
     status_class = STATUS_CLASSES.get(response.status) or f"{response.status // 100}xx"
-    request.app[keys.TALLY].request(route, status_class, duration)
+    app[keys.TALLY].request(route, status_class, duration)
     if old_route is not None:
-        old_path.account(request, old_route, response, status_class)
+        old_path.account(app, state, old_route, response, status_class)
     status = response.status
     if old_route != "poll" or status >= 400:
         access_line(log, method=request.method, route=route, status=status, duration_ms=round(duration * 1000, 2))
         return response
     # A successful poll: the first final answer of its session always has a line, with how the
     # client got there; the others only at the sampled share (docs/metrics.md, "Logs").
-    poll = request.get(keys.POLL)
+    poll = state.poll
     if poll is not None and poll.first_final:
         access_line(
             log,
@@ -93,7 +91,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
             polls=poll.polls,
             to_final_s=round(poll.to_final_s, 3),
         )
-    elif (share := request.app[keys.CONFIG].log.poll_sample) and random.random() < share:
+    elif (share := app[keys.CONFIG].log.poll_sample) and random.random() < share:
         access_line(
             log, method=request.method, route=route, status=status, duration_ms=round(duration * 1000, 2), sampled=True
         )

@@ -2,8 +2,8 @@
 route's brownout (before the handler), and once the answer is in hand, who still calls (the
 usage metrics), the guardrails' feed, the migration ledger and the cohort's deprecation
 headers (docs/migration.md). The request's cohort was classified once, by the request context
-(`keys.COHORT`); a poll's handler leaves its result (`keys.POLL`), which carries what is counted
-of it, so no answer is read twice.
+(`keys.STATE`'s `cohort`); a poll's handler leaves its result there (`poll`), which carries
+what is counted of it, so no answer is read twice.
 
 The brownout middleware sits inside the error middleware (which renders the refusal) and inside
 the request context (which calls `account` with the decision). Polls never pass through the
@@ -30,10 +30,11 @@ async def brownouts(request: web.Request, handler: Handler) -> web.StreamRespons
     if request.method != "GET" or route_template(request) != CREATE_PATH:
         return await handler(request)
     migration = request.app[keys.MIGRATION]
-    decision = migration.brownout(request[keys.COHORT], bearer_token(request.headers.get("Authorization")))
+    state = request[keys.STATE]
+    decision = migration.brownout(state.cohort, bearer_token(request.headers.get("Authorization")))
     if decision is None:
         return await handler(request)
-    request[keys.BROWNOUT] = decision
+    state.brownout = decision
     if decision.outcome == REFUSED:
         raise GatewayError("unavailable", retry_after=decision.retry_after)
     if decision.outcome == DELAYED:
@@ -41,26 +42,28 @@ async def brownouts(request: web.Request, handler: Handler) -> web.StreamRespons
     return await handler(request)
 
 
-def account(request: web.Request, route: str, response: web.StreamResponse, status_class: str) -> None:
+def account(
+    app: web.Application, state: keys.RequestState, route: str, response: web.StreamResponse, status_class: str
+) -> None:
     """One answered old-path request: by route, serving side, cohort and status class, and the
     cohort's last-seen time (the dashboards' "who still calls" and the retirement alert read
     these); a gateway-side answer for the guardrails, and a poll's first final answer with its
     LPUs and Failed ones; the ledger's count; the cohort's deprecation signals on the answer."""
-    cohort = request[keys.COHORT]
-    label = str(cohort)
+    cohort = state.cohort
+    assert cohort is not None  # an old-path request is classified first
     # The rollout marks requests it forwarded ("legacy") or shadowed; the rest the gateway served.
-    side = request.get(keys.SERVED_BY, GATEWAY)
-    app = request.app
-    app[keys.TALLY].old_path(route, side, label, status_class, time.time())
+    side = state.served_by
+    app[keys.TALLY].old_path(route, side, str(cohort), status_class, time.time())
     rollout = app.get(keys.ROLLOUT)
     rails = rollout.guardrails if rollout is not None else None
+    status = response.status
     if side == GATEWAY and rails is not None and rails.active:
-        rails.record_answer(cohort, route, response.status)
-        poll = request.get(keys.POLL)
+        rails.record_answer(cohort, route, status)
+        poll = state.poll
         if poll is not None and poll.first_final:
             rails.record_final(cohort, poll.lpus, poll.failed)
     migration = app[keys.MIGRATION]
-    migration.observe(cohort, route, side, response.status, request.get(keys.BROWNOUT))
+    migration.observe(cohort, route, side, status, state.brownout)
     headers = migration.headers(cohort)
     if headers:
         response.headers.extend(headers)

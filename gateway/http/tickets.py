@@ -1,7 +1,7 @@
 """The old session contract's two routes (old-api.md §1 and §2): parse and check the request,
 then hand it to the session service (gateway/sessions/service.py) or, by the rollout's choice,
 to the legacy service, and render the answer. Nothing here knows how a session is run or
-stored, nor counts anything: the request's cohort comes classified (`keys.COHORT`), and what is
+stored, nor counts anything: the request's cohort comes classified (`keys.STATE`), and what is
 counted of an answer is gateway/http/old_path.py's.
 """
 
@@ -16,18 +16,19 @@ from gateway.upstream.client import Caller
 
 
 def caller_of(request: web.Request) -> Caller:
+    state = request[keys.STATE]
     return Caller(
         authorization=request.headers["Authorization"],
-        request_id=request[keys.REQUEST_ID],
+        request_id=state.request_id,
         client_app=request.headers.get("ClientApplication"),
-        trace=request[keys.TRACE],
+        trace=state.trace,
     )
 
 
 async def create_session(request: web.Request) -> web.Response:
     token = bearer_token(request.headers.get("Authorization"))
-    side = request.app[keys.ROLLOUT].decide(token, request[keys.COHORT]).side
-    request[keys.SERVED_BY] = side
+    state = request[keys.STATE]
+    side = state.served_by = request.app[keys.ROLLOUT].decide(token, state.cohort).side
     if side != GATEWAY:
         return await _create_on_legacy(request, token, shadow=side == SHADOW)
     if token is None:
@@ -37,7 +38,6 @@ async def create_session(request: web.Request) -> web.Response:
 
 
 async def read_session(request: web.Request) -> web.Response:
-    request[keys.SERVED_BY] = GATEWAY
     guid = request.match_info["session"]
     if not GUID.fullmatch(guid):
         raise GatewayError("bad_session_id")
@@ -53,7 +53,7 @@ async def read_session(request: web.Request) -> web.Response:
             # was put in front or by the rollout's choice.
             return await _poll_on_legacy(request, guid)
         raise GatewayError("session_not_found")
-    request[keys.POLL] = poll
+    request[keys.STATE].poll = poll
     return web.Response(body=poll.body, content_type="application/json")
 
 
@@ -66,8 +66,9 @@ def origin_form(raw_target: str, relative: str) -> str:
 
 def _outgoing(request: web.Request) -> tuple[str, dict[str, str]]:
     """The target and headers a forwarded request carries to the legacy service."""
+    state = request[keys.STATE]
     return origin_form(request.raw_path, str(request.rel_url)), forwarded_headers(
-        request.headers, request[keys.REQUEST_ID], request[keys.TRACE]
+        request.headers, state.request_id, state.trace
     )
 
 
@@ -87,13 +88,14 @@ async def _create_on_legacy(request: web.Request, token: str | None, shadow: boo
             compare.not_compared("legacy_unavailable")
         raise
     if compare is not None and token is not None:
-        headers = forwarded_headers(request.headers, request[keys.REQUEST_ID], request[keys.TRACE])
-        compare.begin(created, token, caller_of(request), headers, request[keys.COHORT])
+        state = request[keys.STATE]
+        headers = forwarded_headers(request.headers, state.request_id, state.trace)
+        compare.begin(created, token, caller_of(request), headers, state.cohort)
     return as_response(created)
 
 
 async def _poll_on_legacy(request: web.Request, guid: str) -> web.Response:
-    request[keys.SERVED_BY] = LEGACY
+    request[keys.STATE].served_by = LEGACY
     target, headers = _outgoing(request)
     answer = await request.app[keys.LEGACY].forward_unknown_poll(request.remote or "unknown", target, headers)
     request.app[keys.SHADOW].offer(guid, answer.status, answer.body)

@@ -433,6 +433,9 @@ class Metrics:
         # Run before each scrape: counts kept in process fold into the instruments first
         # (gateway/observability/tally.py), so what a scrape shows is exact.
         self.before_scrape: list[Callable[[], None]] = []
+        # Increments made per request, as plain dict counts until the next fold (`count`).
+        self._counts: dict[Any, int] = {}
+        self.before_scrape.append(self.fold_counts)
         # The process's memory, CPU and file descriptors (process_*) and the interpreter's version
         # and collections (python_*), on this registry rather than the library's global one: what a
         # pod's memory limit is watched with. Each reads the process when scraped. With several
@@ -458,6 +461,21 @@ class Metrics:
         merged = CollectorRegistry()
         MultiProcessCollector(merged, self.multiprocess_dir)
         return merged
+
+    def count(self, counter: Any) -> None:
+        """One increment of `counter` (a counter without labels, or a `child`), kept as a dict
+        count until the next fold: a prometheus increment takes a lock, and the request path
+        makes several. Folded before every scrape and with the tally's once a second; at once
+        under `--workers`, where a scrape reads the files and folds only its own worker."""
+        counts = self._counts
+        counts[counter] = counts.get(counter, 0) + 1
+        if self.multiprocess_dir is not None:
+            self.fold_counts()
+
+    def fold_counts(self) -> None:
+        counts, self._counts = self._counts, {}
+        for counter, n in counts.items():
+            counter.inc(n)
 
     def child(self, metric: Any, *labels: str) -> Any:
         """`metric.labels(*labels)`, looked up once: labels() costs more than the observation

@@ -266,14 +266,14 @@ class SessionService:
             raise GatewayError("too_many_requests", retry_after=read.retry_after)
         if not read.counted:
             self.limits.check_poll(session.guid)
-        if session.orphaned:
+        if session.orphaned and len(session.results) < len(session.lpus):
             # The replica that ran this session is gone: finish it here (docs/replicas.md).
             await self.take_over(session, caller() if caller is not None else None)
         # The store's clock at the read, which is the one it refuses late Completes by (a
         # finished copy's is older, and harmless: nothing in it depends on the clock).
         now = session.read_at
         final = session.is_final(now)
-        self._metrics.child(self._metrics.polls, "true" if final else "false").inc()
+        self._metrics.count(self._metrics.child(self._metrics.polls, "true" if final else "false"))
         guid = session.guid
         if not final:
             polls = self._polls

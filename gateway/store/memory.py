@@ -118,11 +118,15 @@ class MemoryStore:
         return PollRead(await self.load(guid))
 
     async def load(self, guid: str) -> Session | None:
-        session = self._cache.get(guid)
-        (self._metrics.store_hits if session is not None else self._metrics.store_misses).inc()
-        if session is not None:
-            session.orphaned = guid not in self._leases
-            session.read_at = time.time()
+        try:
+            # One lookup (`get` is a second): the cache's expiry check is Python code.
+            session = self._cache[guid]
+        except KeyError:
+            self._metrics.count(self._metrics.store_misses)
+            return None
+        self._metrics.count(self._metrics.store_hits)
+        session.orphaned = guid not in self._leases
+        session.read_at = time.time()
         return session
 
     async def finish_lpu(self, guid: str, index: int, entry: bytes) -> bool:

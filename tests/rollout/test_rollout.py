@@ -312,7 +312,7 @@ async def test_served_by_names_the_side_of_each_old_path_request(
         try:
             return await handler(request)
         finally:
-            served.append((request.path.count("/"), request.get(keys.SERVED_BY)))
+            served.append((request.path.count("/"), request[keys.STATE].served_by))
 
     app.middlewares.append(record)
     client = await aiohttp_client(app, server_kwargs={"host": "127.0.0.1"})
