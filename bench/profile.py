@@ -1,10 +1,11 @@
 """A py-spy profile of the gateway process under one load: where its CPU goes.
 
     python -m bench.profile polls|fanout [--seconds 8] [--loop asyncio|uvloop] [--top 25]
+                            [--server gateway|minimal] [--native] [--raw FILE]
 
-Starts the fake upstream and the gateway as `python -m bench` does, samples the gateway with
-`py-spy record` (from the `bench` extra) while the load runs, and prints the functions with the
-most samples: "self" (the function itself was running) and "total" (it was on the stack).
+Starts the fake upstream and the gateway (or the minimal gateway) as `python -m bench` does,
+samples it with `py-spy record` (from the `bench` extra) while the load runs, and prints the
+functions with the most samples: "self" (the function itself was running) and "total" (it was on the stack).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 from bench import scenarios
 from bench.httpload import closed_loop
 from bench.procs import started
-from bench.run import gateway_spec
+from bench.run import gateway_spec, minimal_spec
 
 
 def summarize(raw: str, top: int) -> str:
@@ -67,13 +68,20 @@ async def load(t: scenarios.Target, kind: str, seconds: float) -> None:
 async def main_async(args: argparse.Namespace, tmp: str) -> str:
     upstream_spec = {"groups": {"10": 0, "5": 0}, "patients": 200, "loop": args.loop}
     with started("upstream", upstream_spec) as upstream:
-        with started("gateway", gateway_spec(upstream, tmp, args.loop)) as gateway:
+        spec = (
+            gateway_spec(upstream, tmp, args.loop)
+            if args.server == "gateway"
+            else minimal_spec(upstream, tmp, args.loop)
+        )
+        with started(args.server, spec) as gateway:
             t = scenarios.Target(upstream, gateway)
             try:
                 await load(t, args.kind, 1.0)  # warm-up
                 out = Path(tmp) / "profile.txt"
                 command = [args.py_spy, "record", "--pid", str(gateway.pid), "--format", "raw", "--output", str(out)]
-                command += ["--duration", str(int(args.seconds)), "--rate", "250", "--nonblocking"]
+                command += ["--duration", str(int(args.seconds)), "--rate", "250"]
+                # py-spy reads C frames only from a paused process; without them it need not pause it.
+                command.append("--native" if args.native else "--nonblocking")
                 spy = await asyncio.to_thread(
                     subprocess.Popen, command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
                 )
@@ -84,6 +92,8 @@ async def main_async(args: argparse.Namespace, tmp: str) -> str:
                     raise RuntimeError(f"py-spy failed: {err.decode()[-500:]}")
             finally:
                 t.close()
+    if args.raw is not None:
+        args.raw.write_text(out.read_text())
     return summarize(out.read_text(), args.top)
 
 
@@ -93,6 +103,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--server", choices=("gateway", "minimal"), default="gateway", help="the process profiled")
+    parser.add_argument("--native", action="store_true", help="C frames too (py-spy --native)")
+    parser.add_argument("--raw", type=Path, help="also keep py-spy's raw stacks here (one line a stack)")
     args = parser.parse_args()
     args.py_spy = shutil.which("py-spy", path=os.path.dirname(sys.executable)) or shutil.which("py-spy")
     if args.py_spy is None:

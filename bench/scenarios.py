@@ -91,7 +91,7 @@ async def overhead(t: Target, concurrent: int, bursts: int, lpus: int, delay: fl
         guid = await t.create(lpus, i)
         answered = time.monotonic()
         body = await t.until_final(guid, lpus, i)
-        assert b'"Failed"' not in body, "an LPU failed: the figure would not be the fan-out's"
+        assert b'"Failed"' not in body, f"{t.server.kind}: an LPU failed: the figure would not be the fan-out's"
         out.append(time.monotonic() - answered - delay)
 
     for _ in range(bursts + 1):
