@@ -6,7 +6,9 @@ PYTHON ?= python3
 RUN_PACKAGES ?= python3-venv
 # And those the tests run for real; podman and mmdebstrap build and run the container image
 # without a registry (tests/deploy/test_image.py), uidmap is podman's user-namespace helper.
-SYSTEM_PACKAGES ?= $(RUN_PACKAGES) redis-server prometheus podman mmdebstrap uidmap
+# chromium is the browser Playwright drives through the console, with a font for its screenshots
+# (tests/http/test_console_browser.py); openssl makes the console's TLS test certificate.
+SYSTEM_PACKAGES ?= $(RUN_PACKAGES) redis-server prometheus podman mmdebstrap uidmap chromium fonts-dejavu-core openssl
 
 .PHONY: setup run test lint system-deps audit soak bench
 

@@ -27,6 +27,7 @@ from aiohttp import web
 from bench.minimal import minimal_app
 from gateway.app import create_app
 from gateway.config import Config
+from gateway.http.runner import GatewayRunner
 from gateway.observability.logs import configure_logging
 from gateway.sandbox.data import demo_lpu
 
@@ -179,8 +180,11 @@ APPS: dict[str, Callable[[dict[str, Any]], web.Application]] = {
 }
 
 
-async def serve(app: web.Application) -> None:
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=False, shutdown_timeout=1.0)
+async def serve(app: web.Application, kind: str) -> None:
+    # The gateway is served as `gateway serve` serves it (its connection protocol included); the
+    # others by aiohttp's own runner.
+    factory = GatewayRunner if kind == "gateway" else web.AppRunner
+    runner = factory(app, access_log=None, handler_cancellation=False, shutdown_timeout=1.0)
     await runner.setup()
     # A large accept backlog: a burst of new upstream connections must not wait for SYN retries.
     site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096)
@@ -213,7 +217,7 @@ def main() -> None:
         runner_factory = uvloop.new_event_loop
 
     async def run() -> None:
-        await serve(APPS[args.kind](spec))
+        await serve(APPS[args.kind](spec), args.kind)
 
     with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=runner_factory) as runner:
         runner.run(run())

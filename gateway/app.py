@@ -13,7 +13,7 @@ from aiohttp import web
 
 from gateway.cohorts import ClientTable
 from gateway.config import Config
-from gateway.http import admin, health, keys, openapi, scrape, tickets
+from gateway.http import admin, console, health, keys, openapi, scrape, tickets
 from gateway.http.middleware import errors, request_context, tracing_span, well_formed
 from gateway.http.old_path import brownouts
 from gateway.migration.clock import Clock, SystemClock
@@ -21,6 +21,7 @@ from gateway.migration.ledger import Ledger, MemoryLedger, RedisLedger
 from gateway.migration.service import Migration
 from gateway.observability.metrics import Metrics
 from gateway.observability.otel import Tracing
+from gateway.observability.tally import Tally
 from gateway.rollout.flags import Rollout
 from gateway.rollout.guardrails.board import Board, LocalBoard, RedisBoard
 from gateway.rollout.guardrails.engine import Guardrails
@@ -43,8 +44,10 @@ from gateway.upstream.client import Upstream, new_client_session
 async def _tasks(app: web.Application) -> AsyncIterator[None]:
     # First in, last out: each component cancels its own tasks as it closes; whatever is left
     # (a task of a component that failed to close) is cancelled and awaited here.
+    app[keys.TASKS].every(1.0, app[keys.TALLY].tick, "metrics_fold")
     yield
     await app[keys.TASKS].close()
+    app[keys.TALLY].fold()  # the last second's counts too
 
 
 async def _store(app: web.Application) -> AsyncIterator[None]:
@@ -176,6 +179,7 @@ def create_app(config: Config, metrics: Metrics | None = None, clock: Clock | No
         app[keys.TRACING] = tracing
         app.cleanup_ctx.append(_tracing)
     app[keys.METRICS] = metrics = metrics or Metrics()
+    app[keys.TALLY] = Tally(metrics)
     app[keys.TASKS] = Tasks(on_crash=lambda group: metrics.task_failures.labels(group).inc())
     app[keys.CLIENTS] = clients = ClientTable(config.clients, config.migration.platforms)
     metrics.zero_client_series(str(cohort) for cohort in clients.ordered())
@@ -183,7 +187,7 @@ def create_app(config: Config, metrics: Metrics | None = None, clock: Clock | No
     tickets.add_routes(app)
     health.add_routes(app)
     if not admin.admin_listener(app):
-        admin.add_routes(app, app)
+        console.add_routes(app, app, admin.add_routes(app, app))
     if config.metrics.port == 0:
         scrape.add_routes(app)
     openapi.add_routes(app)
@@ -200,5 +204,5 @@ def create_metrics_app(gateway: web.Application) -> web.Application:
     app[keys.CONFIG] = gateway[keys.CONFIG]
     scrape.add_routes(app)
     if admin.admin_listener(gateway):
-        admin.add_routes(app, gateway)
+        console.add_routes(app, gateway, admin.add_routes(app, gateway))
     return app

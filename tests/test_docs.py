@@ -140,8 +140,13 @@ def test_every_metric_is_documented_and_every_documented_metric_exists() -> None
 
 
 def test_the_alert_table_is_the_alert_rules() -> None:
-    rules = yaml.safe_load((ROOT / "prometheus" / "alerts.yml").read_text())
-    alerts = {rule["alert"] for group in rules["groups"] for rule in group["rules"] if "alert" in rule}
+    alerts = {
+        rule["alert"]
+        for name in ("alerts.yml", "slo_rules.yml")
+        for group in yaml.safe_load((ROOT / "prometheus" / name).read_text())["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+    }
     assert _table_names(METRICS, r"Gateway[A-Za-z]+") == alerts
 
 

@@ -85,7 +85,9 @@ def test_the_cohort_is_defined_once() -> None:
     assert found == []
 
 
-def test_the_carved_modules_stay_under_500_lines() -> None:
-    carved = [*sorted((ROOT / "gateway" / "rollout" / "guardrails").glob("*.py")), ROOT / "gateway" / "cohorts.py"]
-    long = {str(p.relative_to(ROOT)): n for p in carved if (n := len(p.read_text().splitlines())) > 500}
-    assert long == {}
+def test_no_module_of_the_package_is_over_500_lines() -> None:
+    # A room that long holds several concerns (issue 18 carved config, the Redis store and the
+    # guardrails on their seams): carve the next one before it gets there.
+    modules = sorted((ROOT / "gateway").rglob("*.py"))
+    long = {str(p.relative_to(ROOT)): n for p in modules if (n := len(p.read_text().splitlines())) > 500}
+    assert modules and long == {}

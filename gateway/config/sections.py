@@ -166,6 +166,9 @@ class LimitsConfig:
 class LogConfig:
     level: str = _opt(checks.one_of("debug", "info", "warning", "error"), default="info")
     format: str = _opt(checks.one_of("json", "console"), default="json")
+    # Share of the successful polls other than a session's first final answer that get an access
+    # line (docs/metrics.md, "Logs"): creates, errors and first final answers always do.
+    poll_sample: float = _opt(checks.fraction, default=0.0)
 
 
 @dataclass(frozen=True)

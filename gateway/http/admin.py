@@ -20,6 +20,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Awaitable, Callable
 
+import structlog
 from aiohttp import web
 
 from gateway.buckets import KeyedBuckets
@@ -28,6 +29,7 @@ from gateway.config import RolloutConfig
 from gateway.contract import GatewayError
 from gateway.http import keys
 
+log = structlog.get_logger("gateway.admin")
 ADMIN_HEADER = "X-Admin-Token"
 ROLLOUT_PATH = "/admin/rollout"
 SHADOW_PATH = "/admin/rollout/shadow"
@@ -51,20 +53,30 @@ class AdminGuard:
         self._per_client = KeyedBuckets(per_client / 60, per_client, _TRACKED_CLIENTS)
         self._total = KeyedBuckets(total / 60, total, 1)
 
+    def throttled(self, request: web.Request, gateway: web.Application) -> int:
+        """Seconds until this client may try a token again (0: now). Header and sign-in form
+        draw on the same allowances."""
+        wait = max(self._per_client.wait(request.remote or "unknown"), self._total.wait(_ALL))
+        if wait:
+            gateway[keys.METRICS].rejected.labels("admin_failures").inc()
+        return wait
+
+    def accepts(self, request: web.Request, gateway: web.Application, given: str) -> bool:
+        """Whether `given` is the admin token; a wrong one is counted and spends the allowances."""
+        if hmac.compare_digest(given.encode("utf-8", "surrogateescape"), self._token):
+            return True
+        gateway[keys.METRICS].admin_failures.inc()
+        self._per_client.spend(request.remote or "unknown")
+        self._total.spend(_ALL)
+        return False
+
     def authorize(self, request: web.Request, gateway: web.Application, method: str) -> None:
         """The allowance first, then the token, then the method: without the token not even a
         405 tells the route exists."""
-        client = request.remote or "unknown"
-        metrics = gateway[keys.METRICS]
-        wait = max(self._per_client.wait(client), self._total.wait(_ALL))
+        wait = self.throttled(request, gateway)
         if wait:
-            metrics.rejected.labels("admin_failures").inc()
             raise GatewayError("too_many_requests", retry_after=wait)
-        given = request.headers.get(ADMIN_HEADER, "").encode("utf-8", "surrogateescape")
-        if not hmac.compare_digest(given, self._token):
-            metrics.admin_failures.inc()
-            self._per_client.spend(client)
-            self._total.spend(_ALL)
+        if not self.accepts(request, gateway, request.headers.get(ADMIN_HEADER, "")):
             raise GatewayError("route_not_found")
         if request.method != method:
             raise web.HTTPMethodNotAllowed(request.method, [method])
@@ -84,11 +96,19 @@ async def shadow_samples(request: web.Request, gateway: web.Application) -> web.
     return web.json_response({"mismatches": shadow.samples(), "fields": shadow.report()})
 
 
-async def rearm(request: web.Request, gateway: web.Application) -> web.Response:
+async def rearm_cohort(request: web.Request, gateway: web.Application, cohort: Cohort, via: str) -> bool:
+    """The re-arm, from the API route or the console, audited alike: one `admin_rearm` line
+    (cohort, outcome, which door, the client's address) besides the guardrails' own."""
     rails = gateway[keys.ROLLOUT].guardrails
+    rearmed = rails is not None and await rails.rearm(cohort)
+    log.info("admin_rearm", cohort=str(cohort), rearmed=rearmed, via=via, client=request.remote)
+    return rearmed
+
+
+async def rearm(request: web.Request, gateway: web.Application) -> web.Response:
     match = request.match_info
     cohort = Cohort(match["app"], match["platform"], match["version"])
-    if rails is None or not await rails.rearm(cohort):
+    if not await rearm_cohort(request, gateway, cohort, "api"):
         # Not tripped (or no such cohort): nothing to do, and the answer says so.
         return web.json_response({"cohort": str(cohort), "rearmed": False}, status=409)
     return web.json_response({"cohort": str(cohort), "rearmed": True})
@@ -104,12 +124,13 @@ def admin_listener(gateway: web.Application) -> bool:
     return config.rollout.admin_on_metrics_port and config.metrics.port != 0
 
 
-def add_routes(app: web.Application, gateway: web.Application) -> None:
+def add_routes(app: web.Application, gateway: web.Application) -> AdminGuard | None:
     """Adds the admin routes to `app` (the gateway itself, or its admin listener's app), serving
-    `gateway`'s rollout."""
+    `gateway`'s rollout; returns their guard (None: no admin token, no routes), which the
+    console shares."""
     config = gateway[keys.CONFIG].rollout
     if not config.admin_token:
-        return
+        return None
     guard = AdminGuard(config)
 
     def guarded(view: View, method: str = "GET") -> Callable[[web.Request], Awaitable[web.Response]]:
@@ -123,3 +144,4 @@ def add_routes(app: web.Application, gateway: web.Application) -> None:
     app.router.add_route("*", SHADOW_PATH, guarded(shadow_samples))
     app.router.add_route("*", REARM_PATH, guarded(rearm, "POST"))
     app.router.add_route("*", MIGRATION_PATH, guarded(migration_report))
+    return guard

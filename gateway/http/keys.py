@@ -13,6 +13,7 @@ from gateway.migration.brownout import BrownoutDecision
 from gateway.migration.service import Migration
 from gateway.observability.metrics import Metrics
 from gateway.observability.otel import Tracing
+from gateway.observability.tally import Tally
 from gateway.observability.trace import TraceContext
 from gateway.rollout.flags import Rollout
 from gateway.rollout.legacy import Legacy
@@ -23,6 +24,8 @@ from gateway.tasks import Tasks
 
 CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
+# The request counts kept in process until folded into METRICS (once a second and at a scrape).
+TALLY = web.AppKey("tally", Tally)
 TASKS = web.AppKey("tasks", Tasks)
 # Readiness asks the store directly; everything else about sessions goes through the service.
 STORE = web.AppKey("store", SessionStore)

@@ -7,6 +7,7 @@ refuses what the HTTP parser accepts but no handler should have to handle."""
 from __future__ import annotations
 
 import os
+import random
 import re
 import time
 
@@ -63,15 +64,38 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     started = time.perf_counter()
     # The error middleware sits inside: error answers are counted and logged with their status.
     response = await handler(request)
+    if not request.content.is_eof():
+        # A body the handler did not read: the connection ends with this answer, rather than
+        # carry on past bytes whose end only the body's length tells.
+        response.force_close()
     response.headers["X-Request-Id"] = request_id
     duration = time.perf_counter() - started
-    metrics = request.app[keys.METRICS]
     status_class = STATUS_CLASSES.get(response.status) or f"{response.status // 100}xx"
-    metrics.child(metrics.http_requests, route, status_class).inc()
-    metrics.child(metrics.http_duration, route).observe(duration)
+    request.app[keys.TALLY].request(route, status_class, duration)
     if old_route is not None:
         old_path.account(request, old_route, response, status_class)
-    access_line(log, method=request.method, route=route, status=response.status, duration_ms=round(duration * 1000, 2))
+    status = response.status
+    if old_route != "poll" or status >= 400:
+        access_line(log, method=request.method, route=route, status=status, duration_ms=round(duration * 1000, 2))
+        return response
+    # A successful poll: the first final answer of its session always has a line, with how the
+    # client got there; the others only at the sampled share (docs/metrics.md, "Logs").
+    poll = request.get(keys.POLL)
+    if poll is not None and poll.first_final:
+        access_line(
+            log,
+            method=request.method,
+            route=route,
+            status=status,
+            duration_ms=round(duration * 1000, 2),
+            final=True,
+            polls=poll.polls,
+            to_final_s=round(poll.to_final_s, 3),
+        )
+    elif (share := request.app[keys.CONFIG].log.poll_sample) and random.random() < share:
+        access_line(
+            log, method=request.method, route=route, status=status, duration_ms=round(duration * 1000, 2), sampled=True
+        )
     return response
 
 

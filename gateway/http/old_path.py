@@ -51,9 +51,7 @@ def account(request: web.Request, route: str, response: web.StreamResponse, stat
     # The rollout marks requests it forwarded ("legacy") or shadowed; the rest the gateway served.
     side = request.get(keys.SERVED_BY, GATEWAY)
     app = request.app
-    metrics = app[keys.METRICS]
-    metrics.child(metrics.old_requests, route, side, label, status_class).inc()
-    metrics.child(metrics.client_last_seen, label).set(time.time())
+    app[keys.TALLY].old_path(route, side, label, status_class, time.time())
     rollout = app.get(keys.ROLLOUT)
     rails = rollout.guardrails if rollout is not None else None
     if side == GATEWAY and rails is not None and rails.active:

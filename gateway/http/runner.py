@@ -11,8 +11,11 @@ Each connection is bounded too, so that slow or idle clients cannot hold what ot
 need (issue 11, row 5): an idle keep-alive connection is closed after `server.keepalive_timeout`;
 a request head must arrive whole within `server.head_timeout` and `server.max_head_bytes`; at
 most `server.max_unfinished_heads` connections may hold an unfinished head (beyond, the oldest
-is closed); and beyond `server.max_connections` open connections a new one is answered 503 and
-closed. Each refusal is counted in `gateway_rejected_requests_total{limit=...}`.
+is closed); and at `server.max_connections` open connections the longest-idle one (no request in
+progress, no unfinished head) is closed to admit a new one, as nginx does, or, with none idle,
+the new one is answered 503 and closed. Each refusal is counted in
+`gateway_rejected_requests_total{limit=...}`, each idle connection closed for room in
+`gateway_idle_connections_closed_total`.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from gateway.contract import ERRORS, ErrorKind
 from gateway.http import keys
 from gateway.http.errors import error_bytes, error_response, kind_for_status
 from gateway.observability.metrics import Metrics
+from gateway.tasks import Tasks
 
 log = structlog.get_logger("gateway.server")
 
@@ -107,22 +111,42 @@ def current_fd_limit() -> int:
     return soft if soft != resource.RLIM_INFINITY else 1 << 20
 
 
+# The head deadline is checked by one sweep per listener, this often (a tenth of the deadline,
+# within these bounds): a connection is closed at most that long after its deadline, and no timer
+# is armed or cancelled per request.
+SWEEP_MIN, SWEEP_MAX = 0.05, 1.0
+# At the cap with no idle connection found, the connections are scanned again at most this often:
+# a flood of new connections at a cap of busy ones costs one scan per interval, not one each.
+RESCAN_EVERY = 0.05
+
+
+def sweep_interval(head_timeout: float) -> float:
+    return min(SWEEP_MAX, max(SWEEP_MIN, head_timeout / 10))
+
+
 class _Protocol(web.RequestHandler):
     """One client connection: aiohttp's, with the head deadline, the head size bound and the
-    standard error for parser refusals."""
+    standard error for parser refusals.
+
+    A head that arrives whole in one chunk, as nearly all do, costs one comparison here: only a
+    head still arriving after its first chunk (or a connection that has not spoken yet) is
+    tracked, and its deadline is checked by the server's sweep. Whether a connection is idle is
+    read from aiohttp's own state when the cap needs one, not kept per request."""
 
     def __init__(self, manager: _Server, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._edge = manager.edge
         self._head_bytes = 0  # bytes of the request head still arriving
-        self._head_timer: asyncio.TimerHandle | None = None
-        # True from a complete head until its response is written: bytes then are a body or the
-        # next pipelined request, which the parser already bounds.
-        self._in_request = False
+        # Loop time the unfinished head (or, before the first byte, the connection) began; None
+        # while no head is arriving.
+        self._head_since: float | None = None
+        self._opened_at = 0.0
+        # Closed by the server to make room at the connection cap, its close not yet seen.
+        self._reclaimed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         server = cast(_Server, self._manager)
-        if server.is_full():
+        if server.is_full() and not server.reclaim_idle():
             # Before aiohttp sees the connection: it is never served, never counted as open.
             self._manager = None
             self._close = True  # data_received drops whatever arrives
@@ -130,69 +154,84 @@ class _Protocol(web.RequestHandler):
             server.refuse(cast(asyncio.Transport, transport))
             return
         super().connection_made(transport)
-        server.opened()
         # A new connection's first head is due within the deadline, bytes or not: a socket
         # that never speaks is the cheapest way to hold a descriptor.
-        self._start_head_clock()
+        self._opened_at = self._head_since = self._loop.time()
+        server.opened(self, self._opened_at)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         server = self._manager
-        self._stop_head_clock()
+        self._head_finished()
         super().connection_lost(exc)
         if isinstance(server, _Server):
-            server.closed()
+            server.closed(self)
 
     def data_received(self, data: bytes) -> None:
-        if self._in_request or self._close or self._force_close:
-            super().data_received(data)
-            return
-        if self._head_timer is None:
-            self._start_head_clock()  # a kept-alive connection's next request begins
-        self._head_bytes += len(data)
         heads = self._request_count
-        super().data_received(data)
+        _base_data_received(self, data)
         if self._request_count != heads:
             # A whole head (or a parser refusal, answered by handle_error) is in the queue.
-            self._in_request = True
-            self._stop_head_clock()
-        elif self._head_bytes > self._edge.max_head_bytes:
+            if self._head_since is not None:
+                self._head_finished()
+            return
+        if self._request_in_progress or self._messages or self._close or self._force_close:
+            return  # a body, or a pipelined request behind one being answered: the parser bounds it
+        self._head_chunk(len(data))
+
+    def _head_chunk(self, size: int) -> None:
+        """Part of a head, its end still to come."""
+        first = self._head_bytes == 0
+        self._head_bytes += size
+        if self._head_bytes > self._edge.max_head_bytes:
             self._abort_head("head_bytes", ERRORS["headers_too_large"])
-        else:
-            cast(_Server, self._manager).unfinished_head(self)
+            return
+        server = cast(_Server, self._manager)
+        if self._head_since is None:
+            # A kept-alive connection's next request began: its deadline runs from here.
+            self._head_since = self._loop.time()
+            server.head_started(self, self._head_since)
+        if first:
+            server.unfinished_head(self)
 
-    async def finish_response(
-        self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
-    ) -> tuple[web.StreamResponse, bool]:
-        if not request.content.is_eof():
-            # A body the handler did not read: the connection ends with this answer, rather than
-            # carry on past bytes whose end only the body's length tells.
-            resp.force_close()
-        try:
-            return await super().finish_response(request, resp, start_time)
-        finally:
-            self._in_request = bool(self._messages)
+    def idle_since(self) -> float | None:
+        """Loop time since which the connection has been idle (no request in progress or queued,
+        no head arriving: its answer written, or accepted and silent), or None if it is not."""
+        if (
+            self._request_in_progress
+            or self._messages
+            or self._head_bytes
+            or self._reclaimed
+            or self._close
+            or self._force_close
+            or self.transport is None
+        ):
+            return None
+        # aiohttp notes each answer's keep-alive close time; before the first, the accept counts.
+        return max(self._opened_at, self._next_keepalive_close_time - self._keepalive_timeout)
 
-    def _start_head_clock(self) -> None:
-        self._head_bytes = 0
-        self._head_timer = self._loop.call_later(self._edge.head_timeout, self._head_late)
+    def reclaim(self) -> None:
+        """Closed, idle, to admit a new connection at the cap: the client sees the close an idle
+        keep-alive connection gets at its timeout, and reconnects when it next needs to."""
+        self._reclaimed = True
+        self._head_finished()
+        self.force_close()
 
-    def _stop_head_clock(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+    def _head_finished(self) -> None:
+        self._head_since = None
         self._head_bytes = 0
         manager = self._manager
         if isinstance(manager, _Server):
             manager.head_done(self)
 
-    def _head_late(self) -> None:
-        self._head_timer = None
-        if self._in_request or self.transport is None:
+    def head_late(self) -> None:
+        """The head deadline passed (the server's sweep): a head under way gets 408; a connection
+        that never spoke is closed without an answer, as nobody is there to read one."""
+        if self._head_since is None or self.transport is None:
+            self._head_finished()
             return
         if self._head_bytes == 0:
-            # Never spoke: closed without an answer, as nobody is there to read one.
             cast(_Server, self._manager).count("head_timeout")
-            self._stop_head_clock()
+            self._head_finished()
             self.force_close()
             return
         self._abort_head("head_timeout", kind_for_status(408))
@@ -205,7 +244,7 @@ class _Protocol(web.RequestHandler):
         """An unfinished head over a bound: the standard error written straight to the socket
         (no request exists to answer), then the connection is closed."""
         server = self._manager
-        self._stop_head_clock()
+        self._head_finished()
         if isinstance(server, _Server):
             server.count(limit)
         log.warning("request_rejected", status=kind.status, limit=limit)
@@ -233,24 +272,72 @@ class _Protocol(web.RequestHandler):
         return response
 
 
+# Called directly: the fast path of every request goes through it.
+_base_data_received = web.RequestHandler.data_received
+
+
 class _Server(web.Server):
     """aiohttp's Server, building the protocol above for each connection, and keeping the
-    listener-wide counts the protocol's bounds need."""
+    listener-wide state the protocol's bounds need."""
 
     metrics: Metrics | None = None
     # The gateway's own listener only: the metrics listener shares the registry, not the gauge.
     connections_gauge: Gauge | None = None
     edge: EdgeLimits
-    # Connections whose head is still arriving, oldest first.
+    # Connections with a head deadline running (an unfinished head, or not spoken yet) → when it
+    # began. Inserted when it begins, so oldest first: the sweep stops at the first not yet late.
+    _heads: dict[_Protocol, float]
+    # Connections whose head is still arriving (bytes received), oldest first.
     _unfinished: OrderedDict[_Protocol, None]
     # Refused connections waiting to be closed.
     _lingering: int
+    # Idle connections found by the last scan, (idle since, connection), longest idle last; an
+    # entry whose connection was used since is skipped.
+    _reclaimable: list[tuple[float, _Protocol]]
+    _scanned_empty_at: float
+    # Idle connections closed for room whose close has not been seen yet (still in
+    # `_connections`, not counted against the cap).
+    _reclaiming: int
 
     def __call__(self) -> web.RequestHandler:
         return _Protocol(self, loop=self._loop, **self._kwargs)
 
     def is_full(self) -> bool:
-        return len(self._connections) >= self.edge.max_connections
+        return len(self._connections) - self._reclaiming >= self.edge.max_connections
+
+    def reclaim_idle(self) -> bool:
+        """Closes the longest-idle connection to make room for a new one (nginx drains its idle
+        keep-alive connections the same way when it runs out); False when none is idle."""
+        for _ in range(2):
+            while self._reclaimable:
+                since, oldest = self._reclaimable.pop()
+                if oldest.idle_since() != since:
+                    continue  # used (or closed) since the scan
+                self._reclaiming += 1
+                if self.metrics is not None:
+                    self.metrics.idle_closed.inc()
+                oldest.reclaim()
+                return True
+            if not self._scan_idle():
+                return False
+        return False
+
+    def _scan_idle(self) -> bool:
+        """Every idle connection, longest idle last; False when none is (and then no scan again
+        for RESCAN_EVERY)."""
+        now = self._loop.time()
+        if now - self._scanned_empty_at < RESCAN_EVERY:
+            return False
+        found = []
+        for protocol in self._connections:
+            if isinstance(protocol, _Protocol) and (since := protocol.idle_since()) is not None:
+                found.append((since, protocol))
+        if not found:
+            self._scanned_empty_at = now
+            return False
+        found.sort(key=lambda item: item[0], reverse=True)
+        self._reclaimable = found
+        return True
 
     def refuse(self, transport: asyncio.Transport) -> None:
         """503 to a connection over the cap: the answer, a half-close, and the close itself once
@@ -272,13 +359,20 @@ class _Server(web.Server):
         if self.metrics is not None:
             self.metrics.rejected.labels(limit).inc()
 
-    def opened(self) -> None:
+    def opened(self, protocol: _Protocol, at: float) -> None:
+        self._heads[protocol] = at
         if self.connections_gauge is not None:
             self.connections_gauge.inc()
 
-    def closed(self) -> None:
+    def closed(self, protocol: _Protocol) -> None:
+        if protocol._reclaimed:
+            protocol._reclaimed = False
+            self._reclaiming -= 1
         if self.connections_gauge is not None:
             self.connections_gauge.dec()
+
+    def head_started(self, protocol: _Protocol, at: float) -> None:
+        self._heads[protocol] = at
 
     def unfinished_head(self, protocol: _Protocol) -> None:
         """`protocol` holds an unfinished head; beyond the bound the oldest such one is closed:
@@ -290,7 +384,20 @@ class _Server(web.Server):
             oldest.evict()
 
     def head_done(self, protocol: _Protocol) -> None:
+        self._heads.pop(protocol, None)
         self._unfinished.pop(protocol, None)
+
+    async def sweep(self) -> None:
+        """Closes every connection whose head deadline has passed (oldest first, so it stops at
+        the first one still within it)."""
+        cutoff = self._loop.time() - self.edge.head_timeout
+        late = []
+        for protocol, since in self._heads.items():
+            if since > cutoff:
+                break
+            late.append(protocol)
+        for protocol in late:
+            protocol.head_late()
 
 
 class GatewayRunner(web.AppRunner):
@@ -302,6 +409,17 @@ class GatewayRunner(web.AppRunner):
         self._config = app.get(keys.CONFIG) or Config()
         kwargs.setdefault("keepalive_timeout", self._config.server.keepalive_timeout)
         super().__init__(app, **kwargs)
+        metrics = app.get(keys.METRICS)
+        on_crash = (lambda group: metrics.task_failures.labels(group).inc()) if metrics is not None else None
+        # The listener's own task (the head-deadline sweep): it outlives the app's cleanup, so
+        # that the deadline holds through the shutdown, and ends with the runner.
+        self._tasks = Tasks(on_crash=on_crash)
+
+    async def cleanup(self) -> None:
+        try:
+            await super().cleanup()
+        finally:
+            await self._tasks.close()
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
@@ -313,8 +431,13 @@ class GatewayRunner(web.AppRunner):
         if served.metrics is not None and keys.CONFIG in self.app:
             served.connections_gauge = served.metrics.client_connections
         served.edge = edge_limits(self._config, current_fd_limit())
+        served._heads = {}
         served._unfinished = OrderedDict()
         served._lingering = 0
+        served._reclaimable = []
+        served._scanned_empty_at = float("-inf")
+        served._reclaiming = 0
+        self._tasks.every(sweep_interval(served.edge.head_timeout), served.sweep, "head_deadline")
         if served.edge.max_connections < self._config.server.max_connections:
             log.warning(
                 "max_connections_lowered",

@@ -28,7 +28,7 @@ from gateway.migration.brownout import (
     open_window,
 )
 from gateway.migration.clock import Clock, day_of
-from gateway.migration.ledger import CREATES, ERRORS, REQUESTS, SESSIONS, Ledger, LedgerWriter
+from gateway.migration.ledger import CREATES, ERRORS, REQUESTS, SESSIONS, History, Ledger, LedgerWriter
 from gateway.migration.report import Rules, build_report
 from gateway.migration.signals import MigrationFlags
 from gateway.observability.metrics import Metrics
@@ -138,9 +138,15 @@ class Migration:
     async def report(self) -> dict[str, Any]:
         """The report, after writing what this replica has pending (others' last second may be
         missing: they flush within migration.flush_interval)."""
+        report, _ = await self.report_and_history(min(self._config.retention_days, REPORT_DAYS))
+        return report
+
+    async def report_and_history(self, days: int) -> tuple[dict[str, Any], History]:
+        """The report and the ledger's last `days` days it was built from (the console charts
+        the whole retention window: one read serves both)."""
         await self.writer.flush()
         now = self.clock.now()
-        history = await self.writer.ledger.history(day_of(now), min(self._config.retention_days, REPORT_DAYS))
+        history = await self.writer.ledger.history(day_of(now), days)
         rules = Rules(self._config.retire_after_days, self._config.silent_after_days, self._config.fading_ratio)
         report = build_report(history, now, rules)
         flags = self._flags()
@@ -148,4 +154,4 @@ class Migration:
         report["brownouts"] = self.counts.describe(flags, now)
         report["brownout_kill_switch"] = flags.brownout_kill_switch
         report["signals"] = flags.as_json()
-        return report
+        return report, history

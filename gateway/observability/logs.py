@@ -2,9 +2,9 @@
 
 Nothing in the gateway logs headers or bodies. Request-scoped keys (the request id) and the
 secrets to redact come from one context variable, set once per request by the request
-middleware (`begin_request`) and copied into the tasks a request starts. The access line, one
-per request, is rendered directly (`access_line`): the same JSON as any other line, without the
-processor chain's cost on the hot path.
+middleware (`begin_request`) and copied into the tasks a request starts. The access line (which
+requests get one: docs/metrics.md, "Logs") is rendered directly (`access_line`): the same JSON as
+any other line, without the processor chain's cost on the hot path.
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ import structlog
 from gateway.config import LogConfig
 
 REDACTED = "[redacted]"
+# Shorter values are not redacted: replacing "," or "e" in a rendered line would break the line's
+# JSON (and say nothing), and no credential the upstream issues is that short.
+MIN_SECRET = 8
 
 
 class RequestContext:
@@ -48,7 +51,7 @@ def begin_request(authorization: str | None, **keys: str) -> None:
     secrets: tuple[str, ...] = ()
     if authorization:
         credential = authorization.partition(" ")[2].strip()
-        secrets = (authorization, credential) if len(credential) >= 4 else (authorization,)
+        secrets = tuple(value for value in (authorization, credential) if len(value) >= MIN_SECRET)
     _REQUEST.set(RequestContext(keys, secrets))
 
 

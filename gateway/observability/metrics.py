@@ -9,7 +9,7 @@ verbatim. A client is labelled one way everywhere: `cohort="app/platform/version
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway import __version__
 from gateway.contract import LPU_FAILURE_REASONS, OLD_ROUTES, SIDES, UPSTREAM_METHODS
+from gateway.observability.cgroup import MemoryLimitCollector
 
 # Buckets sit on the time-to-complete SLO thresholds (seconds) so p50/p95/p99 are readable there.
 SESSION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 10.0, 15.0, 20.0, 30.0, 60.0)
@@ -185,6 +186,15 @@ INSTRUMENTS: tuple[Instrument, ...] = (
         "Store calls refused by a store that is up (oom: Redis at maxmemory; error: any other), by reason.",
         ("reason",),
     ),
+    # docs/redis.md's `redis_setting_unsafe` lines, as a number an alert can watch.
+    Instrument(
+        "redis_settings_unsafe",
+        Gauge,
+        "gateway_redis_settings_unsafe",
+        "Problems found in Redis's settings at the last check (redis_setting_unsafe log lines; 0: none).",
+        (),
+        mode="livemax",
+    ),
     Instrument(
         "admin_failures",
         Counter,
@@ -340,6 +350,13 @@ INSTRUMENTS: tuple[Instrument, ...] = (
         mode="livesum",
     ),
     Instrument(
+        "idle_closed",
+        Counter,
+        "gateway_idle_connections_closed_total",
+        "Idle client connections closed at server.max_connections to admit a new one (longest idle first).",
+        (),
+    ),
+    Instrument(
         "task_failures",
         Counter,
         "gateway_background_task_failures_total",
@@ -413,6 +430,9 @@ class Metrics:
         # files there, and a scrape of any worker shows them all.
         self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        # Run before each scrape: counts kept in process fold into the instruments first
+        # (gateway/observability/tally.py), so what a scrape shows is exact.
+        self.before_scrape: list[Callable[[], None]] = []
         # The process's memory, CPU and file descriptors (process_*) and the interpreter's version
         # and collections (python_*), on this registry rather than the library's global one: what a
         # pod's memory limit is watched with. Each reads the process when scraped. With several
@@ -421,6 +441,8 @@ class Metrics:
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         GCCollector(registry=r)
+        # The container's memory limit beside them, for GatewayMemoryNearLimit.
+        r.register(MemoryLimitCollector())
         for spec in INSTRUMENTS:
             setattr(self, spec.attr, build(spec, r))
         self.build_info.labels(__version__).set(1)
@@ -429,6 +451,8 @@ class Metrics:
 
     def exposition(self) -> CollectorRegistry:
         """The registry a scrape renders: this one, or every worker's samples together."""
+        for fold in self.before_scrape:
+            fold()
         if self.multiprocess_dir is None:
             return self.registry
         merged = CollectorRegistry()

@@ -234,7 +234,7 @@ class Shadow:
             self._count("match", "equal")
         else:
             self._count("mismatch", result.reason)
-            self._sample(result, verdict, regressions, len(legacy), timing, started)
+            self._sample(result, verdict, regressions, len(legacy), timing, started, cohort)
         if self._should_calibrate():
             await self._calibrate(headers, legacy, legacy_at - started)
 
@@ -251,7 +251,14 @@ class Shadow:
         )
 
     def _sample(
-        self, result: Comparison, verdict: str, regressions: list[str], lpus: int, timing: Timing, started: float
+        self,
+        result: Comparison,
+        verdict: str,
+        regressions: list[str],
+        lpus: int,
+        timing: Timing,
+        started: float,
+        cohort: str,
     ) -> None:
         # Field paths only: no values, no token, no session GUID (a GUID alone can read a session),
         # no pass-through key's text.
@@ -267,6 +274,8 @@ class Shadow:
         self._samples.append(
             {
                 "at": time.time(),
+                # The console's per-cohort classes; a cohort is a closed-set name, not client text.
+                "cohort": str(cohort),
                 "reason": result.reason,
                 "class": result.cls,
                 "verdict": verdict,

@@ -55,6 +55,10 @@ class Poll:
     first_final: bool = False
     lpus: int = 0
     failed: int = 0
+    # For the first final answer: the session's polls on this replica (this one included), and
+    # the seconds from its creation to this answer (its access line says both).
+    polls: int = 0
+    to_final_s: float = 0.0
 
 
 class SessionService:
@@ -78,6 +82,8 @@ class SessionService:
         # at most one per token, gone when its fetch ends; it learns the run to share.
         self._opening: dict[str, asyncio.Future[Run | None]] = {}
         self._served_final: OrderedDict[str, None] = OrderedDict()
+        # Polls served of each session not yet final here, oldest session first (bounded too).
+        self._polls: dict[str, int] = {}
 
     async def create(self, token: str, caller: Caller, *, admit: bool = True) -> str:
         """Creates a session for `token` and starts its fan-out; returns the session GUID.
@@ -268,12 +274,21 @@ class SessionService:
         now = session.read_at
         final = session.is_final(now)
         self._metrics.child(self._metrics.polls, "true" if final else "false").inc()
-        if not final or session.guid in self._served_final:
-            return Poll(session.body(now), final)
-        self._served_final[session.guid] = None
+        guid = session.guid
+        if not final:
+            polls = self._polls
+            if guid not in polls and len(polls) >= MAX_SERVED_FINAL:
+                del polls[next(iter(polls))]
+            polls[guid] = polls.get(guid, 0) + 1
+            return Poll(session.body(now), False)
+        if guid in self._served_final:
+            return Poll(session.body(now), True)
+        self._served_final[guid] = None
         if len(self._served_final) > MAX_SERVED_FINAL:
             self._served_final.popitem(last=False)
-        return Poll(session.body(now), True, True, len(session.lpus), session.failed(now))
+        polls = self._polls.pop(guid, 0) + 1
+        body = session.body(now)
+        return Poll(body, True, True, len(session.lpus), session.failed(now), polls, now - session.created_at)
 
     async def take_over(self, session: Session, caller: Caller | None) -> None:
         """Finishes an orphaned session (no replica holds its lease: its replica died or lost the

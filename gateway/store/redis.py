@@ -168,6 +168,7 @@ class RedisStore:
             return []  # checked when the probe first reaches Redis
         self._settings_checked = True
         problems = redis_setting_problems({_text(k): _text(v) for k, v in got.items()})
+        self._metrics.redis_settings_unsafe.set(len(problems))
         for problem in problems:
             log.warning("redis_setting_unsafe", problem=problem)
         return problems

@@ -46,6 +46,10 @@ class Breakers:
             return "open"
         return "half_open"
 
+    def open_count(self) -> int:
+        """Circuits open now (half-open ones included): the console's upstream health."""
+        return sum(1 for key in list(self._circuits) if self.state(key) != "closed")
+
     def allow(self, key: str) -> bool:
         """Whether a call to `key` may go now; in half-open state only the first caller may."""
         state = self.state(key)

@@ -143,6 +143,24 @@ def test_resources_follow_the_sizing(rendered: dict, tmp_path: Path) -> None:
     assert "cpu" in resources["requests"], "the HorizontalPodAutoscaler scales on CPU utilisation of the request"
 
 
+def test_the_autoscaler_scales_on_cpu_and_on_sessions_in_flight_per_pod(rendered: dict, tmp_path: Path) -> None:
+    config = effective_config(rendered, tmp_path)
+    metrics = {m["type"]: m for m in one(rendered, "HorizontalPodAutoscaler")["spec"]["metrics"]}
+    assert metrics["Resource"]["resource"]["name"] == "cpu"
+    pods = metrics["Pods"]["pods"]
+    # Scaling starts well before the busiest replica answers 503 at its own limit.
+    assert pods["target"]["type"] == "AverageValue"
+    assert float(pods["target"]["averageValue"]) < config.limits.sessions_in_flight
+    # The custom metric is the one the shipped adapter rule serves, from a gauge the gateway has.
+    adapter = rendered[("ConfigMap", "visit-gateway-prometheus-adapter-rules")]
+    [rule] = yaml.safe_load(adapter["data"]["config.yaml"])["rules"]
+    assert rule["name"]["as"] == pods["metric"]["name"]
+    series = rule["seriesQuery"].split("{")[0]
+    assert series in {family.name for family in Metrics().registry.collect()}
+    assert {target["resource"] for target in rule["resources"]["overrides"].values()} == {"namespace", "pod"}
+    assert "<<.GroupBy>>" in rule["metricsQuery"] and "<<.LabelMatchers>>" in rule["metricsQuery"]
+
+
 def test_the_cpu_limit_is_the_processes_in_the_pod(rendered: dict) -> None:
     # One gateway process is one event loop on one core (docs/sizing.md): a limit above the
     # processes it runs would promise cores nothing uses, one below would throttle them.
@@ -263,8 +281,8 @@ def test_the_service_monitor_scrapes_the_metrics_port_as_the_alerts_job(rendered
 def test_the_prometheus_rule_holds_the_alert_rules_unchanged(rendered: dict, tmp_path: Path) -> None:
     rule = one(rendered, "PrometheusRule")
     assert rule["apiVersion"] == "monitoring.coreos.com/v1"
-    alerts = yaml.safe_load((ROOT / "prometheus" / "alerts.yml").read_text())
-    assert rule["spec"]["groups"] == alerts["groups"]
+    files = [yaml.safe_load((ROOT / "prometheus" / name).read_text()) for name in ("alerts.yml", "slo_rules.yml")]
+    assert rule["spec"]["groups"] == [group for rules in files for group in rules["groups"]]
     # And Prometheus accepts them as they are in the object.
     extracted = tmp_path / "rules.yml"
     extracted.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
@@ -291,9 +309,14 @@ def test_the_generator_notices_a_changed_alert(tmp_path: Path) -> None:
     finally:
         sys.path.remove(str(ROOT / "scripts"))
     alerts = (ROOT / "prometheus" / "alerts.yml").read_text()
+    slo_rules = (ROOT / "prometheus" / "slo_rules.yml").read_text()
     committed = (KUBERNETES / "base" / "prometheusrule.yaml").read_text()
-    assert prometheus_rule.render(alerts) == committed
-    assert prometheus_rule.render(alerts.replace("for: 2m", "for: 3m", 1)) != committed
+    assert prometheus_rule.render(alerts, slo_rules) == committed
+    assert prometheus_rule.render(alerts.replace("for: 2m", "for: 3m", 1), slo_rules) != committed
+    # A changed objective changes the generated SLO rules.
+    slo = yaml.safe_load((ROOT / "prometheus" / "slo.yml").read_text())
+    slo["objectives"]["availability"]["target"] = 0.995
+    assert prometheus_rule.dump(prometheus_rule.slo_rules(slo)) not in slo_rules
 
 
 async def test_a_kubelet_style_update_of_the_mounted_flags_is_picked_up(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """Slow and idle clients (issue 11, row 5), with real sockets on 127.0.0.1: idle keep-alive
 connections are closed after `server.keepalive_timeout`, slowloris and silent connections at
-`server.head_timeout`, an unfinished head is bounded in bytes and in number, beyond
-`server.max_connections` a new connection is answered 503 while the existing ones are served,
+`server.head_timeout`, an unfinished head is bounded in bytes and in number, at
+`server.max_connections` the longest-idle connection is closed to admit a new one (with none
+idle, the new one is answered 503 while the existing ones are served),
 and `gateway serve` raises its file-descriptor limit so that idle sockets cannot starve a
 new patient's create. Every count and wait here is bounded.
 """
@@ -140,6 +141,30 @@ async def test_slowloris_and_silent_connections_are_closed_at_the_head_deadline_
     assert sample(client, "gateway_rejected_requests_total", limit="head_timeout") == 100
 
 
+async def test_a_kept_alive_connections_next_head_has_its_own_deadline_from_its_first_byte(
+    upstream: Any, gateway: Any
+) -> None:
+    """The deadline is per head: time spent idle between requests does not count against the
+    next one (the keep-alive timeout bounds that), and a head begun late still gets the whole
+    deadline, then its 408 at it (the listener's sweep, not a timer per request)."""
+    _, client, port = await started(upstream, gateway, head_timeout=1.0, keepalive_timeout=60.0)
+    async with connections(port, 1) as [conn]:
+        for _ in range(3):
+            conn.writer.write(KEEP_ALIVE)
+            assert (await conn.response())[0] == 200
+        # Idle for longer than the head deadline: still open.
+        assert await conn.closed_within(1.5) is None
+        conn.writer.write(KEEP_ALIVE)  # and still served
+        assert (await conn.response())[0] == 200
+        conn.writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        began = time.monotonic()
+        seen = await conn.closed_within(1.0 + SLACK)
+        took = time.monotonic() - began
+    assert seen is not None and seen.startswith(b"HTTP/1.1 408"), seen
+    assert 0.9 <= took < 1.0 + SLACK, took
+    assert sample(client, "gateway_rejected_requests_total", limit="head_timeout") == 1
+
+
 async def test_a_head_beyond_max_head_bytes_is_431(upstream: Any, gateway: Any) -> None:
     _, client, port = await started(upstream, gateway, max_head_bytes=16384)
     async with connections(port, 1) as [conn]:
@@ -177,30 +202,88 @@ async def test_beyond_max_connections_a_new_connection_gets_503_and_existing_cli
     upstream: Any, gateway: Any
 ) -> None:
     _, client, port = await started(upstream, gateway, max_connections=30, head_timeout=30.0)
-    async with connections(port, 1) as [good]:
-        good.writer.write(KEEP_ALIVE)
-        assert (await good.response())[0] == 200
-        async with connections(port, 29) as sitting:
-            await wait_until(lambda: sample(client, "gateway_client_connections") == 30, what="30 connections open")
-            # 50: more than MAX_LINGERING_REFUSALS, so some are closed at once rather than lingering.
-            async with connections(port, 50) as beyond:
-                refused = await asyncio.gather(*(conn.closed_within(SLACK) for conn in beyond))
-                for _ in range(5):
-                    good.writer.write(KEEP_ALIVE)
-                    assert (await good.response())[0] == 200, "an existing client lost its service"
-            assert all(conn.writer.is_closing() is False for conn in sitting)
-            assert await asyncio.gather(*(conn.closed_within(0.2) for conn in sitting)) == [None] * 29
-        # The sitting ones gone, a new connection is served again.
-        await wait_until(lambda: sample(client, "gateway_client_connections") == 1, what="the slots given back")
-        async with connections(port, 1) as [again]:
-            again.writer.write(KEEP_ALIVE)
-            assert (await again.response())[0] == 200
+    # Thirty connections, none idle: each holds the start of a request head.
+    async with connections(port, 30) as sitting:
+        for conn in sitting:
+            conn.writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        await wait_until(lambda: sample(client, "gateway_client_connections") == 30, what="30 connections open")
+        # 50: more than MAX_LINGERING_REFUSALS, so some are closed at once rather than lingering.
+        async with connections(port, 50) as beyond:
+            refused = await asyncio.gather(*(conn.closed_within(SLACK) for conn in beyond))
+            for conn in sitting[:5]:  # existing clients finish their requests and are served
+                conn.writer.write(b"\r\n")
+                assert (await conn.response())[0] == 200, "an existing client lost its service"
+        assert await asyncio.gather(*(conn.closed_within(0.2) for conn in sitting)) == [None] * 30
+    # The sitting ones gone, a new connection is served again.
+    await wait_until(lambda: sample(client, "gateway_client_connections") == 0, what="the slots given back")
+    async with connections(port, 1) as [again]:
+        again.writer.write(KEEP_ALIVE)
+        assert (await again.response())[0] == 200
     for seen in refused:
         assert seen is not None, "a connection beyond the cap was kept"
         head, _, body = seen.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 503") and b"Retry-After: 1" in head, seen
         assert json.loads(body) == {"code": 503, "message": "Service temporarily unavailable", "message_code": "4513"}
     assert sample(client, "gateway_rejected_requests_total", limit="connections") == 50
+    # The five served became idle after the refusals: nothing was closed to make room.
+    assert sample(client, "gateway_idle_connections_closed_total") == 0
+
+
+async def test_at_the_connection_cap_the_longest_idle_connection_makes_room_and_a_request_in_flight_is_kept(
+    upstream: Any, gateway: Any
+) -> None:
+    """Idle keep-alive sockets cannot lock a patient out: at the cap the longest-idle one is
+    closed to admit the newcomer, never one whose request is being answered."""
+    slow = patient(None)
+    slow.mkab_delay = 2.0  # its create is in flight for 2 s
+    newcomer = patient(None)
+    _, url = await upstream(slow, newcomer)
+    client = await gateway(url, server={"max_connections": 20, "head_timeout": 30.0, "keepalive_timeout": 60.0})
+    port = client.server.port
+    create_slow = f"GET {TICKETS} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {slow.token}\r\n\r\n"
+    create_new = f"GET {TICKETS} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {newcomer.token}\r\n\r\n"
+    async with connections(port, 1) as [busy], connections(port, 19) as idle:
+        for conn in idle:  # each served once, then kept alive and idle, oldest first
+            conn.writer.write(KEEP_ALIVE)
+            assert (await conn.response())[0] == 200
+        busy.writer.write(create_slow.encode())  # the oldest connection, its request in flight
+        await wait_until(lambda: sample(client, "gateway_client_connections") == 20, what="the cap reached")
+        async with connections(port, 5) as newcomers:
+            began = time.monotonic()
+            for conn in newcomers:
+                conn.writer.write(create_new.encode())
+            answers = await asyncio.gather(*(conn.response() for conn in newcomers))
+            took = time.monotonic() - began
+            assert [status for status, _ in answers] == [200] * 5, answers
+            assert took < 1.0, f"a newcomer waited {took:.2f} s at the cap"
+            # The five longest idle were closed, without a word, and no other.
+            assert await asyncio.gather(*(conn.closed_within(SLACK) for conn in idle[:5])) == [b""] * 5
+            assert await asyncio.gather(*(conn.closed_within(0.2) for conn in idle[5:])) == [None] * 14
+            # The request in flight all along is answered on its own connection.
+            status, body = await busy.response()
+            assert status == 200 and "session" in json.loads(body)
+    assert sample(client, "gateway_idle_connections_closed_total") == 5
+    assert sample(client, "gateway_rejected_requests_total", limit="connections") == 0
+
+
+async def test_at_the_cap_with_nothing_idle_a_new_connection_still_gets_503(upstream: Any, gateway: Any) -> None:
+    slow = patient(None)
+    slow.mkab_delay = 1.5
+    _, url = await upstream(slow)
+    client = await gateway(url, server={"max_connections": 5, "head_timeout": 30.0})
+    port = client.server.port
+    create_slow = f"GET {TICKETS} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {slow.token}\r\n\r\n"
+    async with connections(port, 5) as busy:
+        for conn in busy:
+            conn.writer.write(create_slow.encode())
+        await wait_until(lambda: sample(client, "gateway_client_connections") == 5, what="the cap reached")
+        await asyncio.sleep(0.1)  # every head read: none of the five is idle
+        async with connections(port, 1) as [late]:
+            seen = await late.closed_within(SLACK)
+        assert seen is not None and seen.startswith(b"HTTP/1.1 503"), seen
+        assert [status for status, _ in await asyncio.gather(*(c.response() for c in busy))] == [200] * 5
+    assert sample(client, "gateway_idle_connections_closed_total") == 0
+    assert sample(client, "gateway_rejected_requests_total", limit="connections") == 1
 
 
 def test_the_connection_cap_is_lowered_to_what_the_descriptor_limit_leaves() -> None:

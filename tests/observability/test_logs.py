@@ -1,6 +1,7 @@
-"""Logs: one access line per request, every upstream failure once with LPU, method, reason and
-duration, the request id on every line of a request (and of the fan-out it starts), format and
-level from the config, and never a token or anything from a record body."""
+"""Logs: an access line per create, error and first final answer (other polls sampled), every
+upstream failure once with LPU, method, reason and duration, the request id on every line of a
+request (and of the fan-out it starts), format and level from the config, and never a token or
+anything from a record body."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import uuid
 from typing import Any
 
 from gateway.sandbox.data import LpuKnobs
-from tests.support.gateway import LOG, TICKETS, bearer, patient, poll_until_final
+from tests.support.gateway import LOG, TICKETS, bearer, patient, poll_until_final, sample
 from tests.support.netutil import free_port, serve_env
 
 
@@ -60,7 +61,8 @@ async def test_upstream_failures_are_logged_once_with_where_why_and_how_long(ups
 
     access = [line for line in lines if line["event"] == "request"]
     polls = [line for line in access if line["route"] == TICKETS + "/{session}"]
-    assert len(access) == len(polls) + 2, "one access line per request"
+    assert len(access) == len(polls) + 2, "an access line per create"
+    assert [line.get("final") for line in polls] == [True], "of the polls, the first final answer only"
     assert {line["status"] for line in access} == {200, 502}
     assert all(isinstance(line["duration_ms"], float) and line["request_id"] for line in access)
     assert [line["request_id"] for line in access if line["route"] == TICKETS] == [request_id, request_id + "-b"]
@@ -128,3 +130,76 @@ def test_gateway_serve_takes_log_format_level_and_metrics_port_from_the_environm
     assert any("mkab_failed" in line and "warning" in line and "reason=connection" in line for line in lines)
     assert not any(" request " in f" {line} " for line in lines), "info lines (the access log) are below the level"
     assert token not in out.read_text()
+
+
+async def test_a_short_authorization_value_leaves_every_log_line_valid_json(upstream: Any, gateway: Any) -> None:
+    """A client's Authorization of "," (the fuzzer's find) must not turn every comma of the
+    request's log lines into the redaction mark; a real token is still redacted."""
+    p = patient(None)
+    _, url = await upstream(p)
+    client = await gateway(url)
+    mark = len(LOG.getvalue())
+    assert (await client.get(TICKETS, headers={"Authorization": ","})).status == 401
+    assert (await client.get(TICKETS, headers={"Authorization": f"Bearer {p.token}"})).status == 200
+    raw = LOG.getvalue()[mark:]
+    lines = lines_since(mark)  # json.loads of every line: a broken line fails here
+    assert [line["status"] for line in lines if line.get("event") == "request"] == [401, 200]
+    assert p.token not in raw
+
+
+# The polls after the final answer come faster than limits.poll_rate allows.
+RAISED = {"poll_rate": 1000.0, "poll_burst": 1000}
+
+
+async def _polled(client: Any, token: str, after_final: int) -> tuple[str, int]:
+    """A session polled until final, then `after_final` more times; its GUID and how many polls
+    it took to the first final answer."""
+    resp = await client.get(TICKETS, headers=bearer(token))
+    assert resp.status == 200
+    guid = (await resp.json())["session"]
+    _, seen = await poll_until_final(client, guid, headers=bearer(token))
+    for _ in range(after_final):
+        assert (await client.get(f"{TICKETS}/{guid}", headers=bearer(token))).status == 200
+    return guid, len(seen)
+
+
+async def test_access_log_has_every_create_every_error_and_each_sessions_first_final_answer(
+    upstream: Any, gateway: Any
+) -> None:
+    """log.poll_sample = 0 (the default): of a session's polls only its first final answer has
+    a line, with its poll count and time to final; errors always have one."""
+    p = patient(None, LpuKnobs(delay=0.3), LpuKnobs())
+    _, url = await upstream(p)
+    client = await gateway(url, limits=RAISED)
+    mark = len(LOG.getvalue())
+    guid, to_final = await _polled(client, p.token, after_final=20)
+    assert to_final >= 2, "the session was final at its first poll: nothing here would be sampled away"
+    unknown = str(uuid.uuid4())
+    assert (await client.get(f"{TICKETS}/{unknown}", headers=bearer(p.token))).status == 404
+    assert (await client.get(f"{TICKETS}/not-a-guid", headers=bearer(p.token))).status == 400
+
+    access = [line for line in lines_since(mark) if line["event"] == "request"]
+    assert [(line["route"], line["status"]) for line in access] == [
+        (TICKETS, 200),
+        (TICKETS + "/{session}", 200),
+        (TICKETS + "/{session}", 404),
+        (TICKETS + "/{session}", 400),
+    ], access
+    final = access[1]
+    assert final["final"] is True and final["polls"] == to_final
+    assert 0.3 <= final["to_final_s"] < 30
+    assert guid not in LOG.getvalue()[mark:], "a session GUID in an access line"
+    assert sample(client, "gateway_session_polls_total", final="true") == 21
+    assert sample(client, "gateway_session_polls_total", final="false") == to_final - 1
+
+
+async def test_log_poll_sample_1_logs_every_poll(upstream: Any, gateway: Any) -> None:
+    p = patient(None, LpuKnobs(delay=0.3))
+    _, url = await upstream(p)
+    client = await gateway(url, log={"poll_sample": 1.0}, limits=RAISED)
+    mark = len(LOG.getvalue())
+    _, to_final = await _polled(client, p.token, after_final=10)
+    polls = [line for line in lines_since(mark) if line["event"] == "request" and line["route"] != TICKETS]
+    assert len(polls) == to_final + 10
+    assert [line.get("final", False) for line in polls].count(True) == 1
+    assert all(line.get("sampled") for line in polls if not line.get("final"))

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway import __version__
 from gateway.http import keys
 from gateway.sandbox.data import SandboxPatient, demo_lpu
-from tests.support.dashboards import used_metric_names
+from tests.support.dashboards import families, used_metric_names
 from tests.support.fake_legacy import start_legacy
 from tests.support.gateway import TOKENS, bearer, new_token, wait_until
 from tests.support.workload import (
@@ -88,6 +88,8 @@ async def test_metrics_after_the_workload(upstream: Any, aiohttp_server: Any, tm
     found, found_rollout = samples(text), samples(rollout_text)
     exposed = {name.removesuffix("_bucket").removesuffix("_count").removesuffix("_sum") for name, _ in found}
     exposed |= {name.removesuffix("_bucket").removesuffix("_count").removesuffix("_sum") for name, _ in found_rollout}
+    # A family declared but without a sample yet (a labelled counter nothing has incremented) is there too.
+    exposed |= families(text) | families(rollout_text)
     missing = used_metric_names() - exposed
     assert not missing, f"dashboards or alert rules use metrics /metrics does not have: {sorted(missing)}"
 
@@ -186,3 +188,38 @@ async def test_process_python_and_build_series_are_on_metrics(upstream: Any, gat
     assert {dict(ls)["generation"] for n, ls in found if n == "python_gc_collections_total"} == {"0", "1", "2"}
     assert next(dict(ls) for n, ls in found if n == "python_info")["major"] == "3"
     assert found[("gateway_build_info", frozenset({("version", __version__)}))] == 1.0
+
+
+async def test_request_counts_are_exact_at_a_scrape_that_comes_right_after_the_requests(
+    upstream: Any, gateway: Any
+) -> None:
+    """The per-request counts are kept in process and folded once a second; a scrape folds
+    first, so it never shows fewer requests than were answered."""
+    someone = SandboxPatient(token=new_token(), lpus=[demo_lpu(0)])
+    _, url = await upstream(someone)
+    client = await gateway(url, metrics={"port": 0}, limits={"poll_rate": 1000.0, "poll_burst": 1000})
+    resp = await client.get("/api/v2/old/visit/tickets", headers=bearer(someone.token))
+    guid = (await resp.json())["session"]
+    for _ in range(37):
+        assert (await client.get(f"/api/v2/old/visit/tickets/{guid}", headers=bearer(someone.token))).status == 200
+    assert (await client.get("/api/v2/old/visit/tickets/not-a-guid", headers=bearer(someone.token))).status == 400
+    text = await (await client.get("/metrics")).text()
+    found = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    poll = "/api/v2/old/visit/tickets/{session}"
+
+    def value(name: str, **labels: str) -> float:
+        return found.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    assert value("gateway_http_requests_total", route=poll, status_class="2xx") == 37
+    assert value("gateway_http_requests_total", route=poll, status_class="4xx") == 1
+    assert value("gateway_http_request_duration_seconds_count", route=poll) == 38
+    assert value("gateway_http_request_duration_seconds_bucket", route=poll, le="+Inf") == 38
+    assert value("gateway_http_requests_total", route="/api/v2/old/visit/tickets", status_class="2xx") == 1
+    old = sum(
+        v for (name, labels), v in found.items() if name == "gateway_old_requests_total" and ("route", "poll") in labels
+    )
+    assert old == 38

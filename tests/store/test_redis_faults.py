@@ -124,11 +124,14 @@ async def test_unsafe_redis_settings_are_reported_at_start(tmp_path: Any) -> Non
     evicting.start()
     try:
         mark = len(LOG.getvalue())
-        store = RedisStore(RedisConfig(url=evicting.url), SessionConfig(), Metrics())
+        metrics = Metrics()
+        store = RedisStore(RedisConfig(url=evicting.url), SessionConfig(), metrics)
         await store.start()
         try:
             [problem] = await store.check_settings()
             assert "maxmemory-policy is allkeys-lru" in problem
+            # The same, as the number the GatewayRedisSettingsUnsafe alert watches.
+            assert metrics.registry.get_sample_value("gateway_redis_settings_unsafe") == 1
             warnings = [
                 json.loads(line) for line in LOG.getvalue()[mark:].splitlines() if "redis_setting_unsafe" in line
             ]
@@ -136,6 +139,7 @@ async def test_unsafe_redis_settings_are_reported_at_start(tmp_path: Any) -> Non
             with evicting.client() as r:
                 r.config_set("maxmemory-policy", "noeviction")
             assert await store.check_settings() == []
+            assert metrics.registry.get_sample_value("gateway_redis_settings_unsafe") == 0
             with evicting.client() as r:
                 r.config_set("maxmemory", 0)
             [problem] = await store.check_settings()

@@ -14,14 +14,21 @@ from contextlib import asynccontextmanager
 from aiohttp import web
 
 from gateway.sandbox.app import Sandbox, create_sandbox_app
+from tests.support.gate import UpstreamGate
 
 BACKLOG = 2048
 
 
 @asynccontextmanager
-async def burst_upstream(sandbox: Sandbox, backlog: int = BACKLOG) -> AsyncIterator[str]:
-    """Serves `sandbox` on 127.0.0.1 (a free port) for the block; yields its base URL."""
-    runner = web.AppRunner(create_sandbox_app(sandbox))
+async def burst_upstream(
+    sandbox: Sandbox, backlog: int = BACKLOG, gate: UpstreamGate | None = None
+) -> AsyncIterator[str]:
+    """Serves `sandbox` on 127.0.0.1 (a free port) for the block, its LPUs' answers behind
+    `gate` if given (tests/support/gate.py); yields its base URL."""
+    app = create_sandbox_app(sandbox)
+    if gate is not None:
+        app.middlewares.append(gate.middleware)
+    runner = web.AppRunner(app)
     await runner.setup()
     try:
         site = web.TCPSite(runner, "127.0.0.1", 0, backlog=backlog)

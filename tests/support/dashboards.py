@@ -8,10 +8,15 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from tests.support import ROOT
 
 DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
 ALERTS = ROOT / "prometheus" / "alerts.yml"
+# The SLOs' recording rules and burn-rate alerts, generated from prometheus/slo.yml.
+SLO_RULES = ROOT / "prometheus" / "slo_rules.yml"
+RULE_FILES = (ALERTS, SLO_RULES)
 # Every alert rule the repo ships, written out: a test that reads them from the file itself could
 # not notice one going missing.
 ALERT_NAMES = frozenset(
@@ -26,6 +31,18 @@ ALERT_NAMES = frozenset(
         "GatewayUpstreamErrorRateHigh",
         "GatewayRetiredAppCallingAgain",
         "GatewayGuardrailTripped",
+        "GatewayOldPathTrafficDropped",
+        "GatewayOldRoutesClientErrorStorm",
+        "GatewayStoreRefusingWrites",
+        "GatewayMemoryNearLimit",
+        "GatewayRestarting",
+        "GatewayBackgroundTaskFailing",
+        "GatewayRedisSettingsUnsafe",
+        "GatewayRequestsRejectedByLimits",
+        "GatewayAvailabilityBudgetBurn",
+        "GatewayAvailabilityBudgetSlowBurn",
+        "GatewayTimeToFinalBudgetBurn",
+        "GatewayTimeToFinalBudgetSlowBurn",
     }
 )
 
@@ -74,6 +91,22 @@ def metric_names(text: str) -> set[str]:
     return {_HISTOGRAM_SUFFIX.sub("", name) for name in _METRIC.findall(text)}
 
 
+def rules() -> list[dict]:
+    """Every rule (alerting and recording) of the shipped rule files."""
+    return [
+        rule for path in RULE_FILES for group in yaml.safe_load(path.read_text())["groups"] for rule in group["rules"]
+    ]
+
+
 def used_metric_names() -> set[str]:
     exprs = "\n".join(q.expr for q in panel_queries())
-    return metric_names(exprs) | metric_names(ALERTS.read_text())
+    return metric_names(exprs) | {name for path in RULE_FILES for name in metric_names(path.read_text())}
+
+
+def families(exposition: str) -> set[str]:
+    """Family names as the text format's TYPE lines write them (a counter with its _total), less
+    the `_created` timestamps prometheus_client writes beside counters and histograms."""
+    types = dict(re.findall(r"^# TYPE (\S+) (\S+)$", exposition, re.M))
+    created = {name for name in types if name.endswith("_created") and types[name] == "gauge"}
+    owners = {name.removesuffix("_total") for name, kind in types.items() if kind in ("counter", "histogram")}
+    return set(types) - {name for name in created if name.removesuffix("_created") in owners}

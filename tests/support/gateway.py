@@ -103,7 +103,7 @@ async def poll_until_final(
 
 def sample(client: TestClient, name: str, **labels: str) -> float:
     """A metric sample of the gateway behind `client`; 0 for a series that does not exist."""
-    return client.app[keys.METRICS].registry.get_sample_value(name, labels) or 0.0
+    return client.app[keys.METRICS].exposition().get_sample_value(name, labels) or 0.0  # as scraped
 
 
 async def wait_until(condition: Callable[[], Any], within: float = 10.0, what: str = "condition") -> None:

@@ -97,12 +97,13 @@ PrometheusFactory = Callable[..., Awaitable[PrometheusServer]]
 
 @pytest.fixture
 def prometheus(tmp_path: Path) -> Iterator[PrometheusFactory]:
-    """start(targets, rule_files=()) → a ready PrometheusServer scraping job "gateway"."""
+    """start(targets, rule_files=(), labels={}) → a ready PrometheusServer scraping job "gateway";
+    `labels` gives a target the labels service discovery would (say Kubernetes' namespace and pod)."""
     binary = shutil.which("prometheus")
     assert binary, "the prometheus binary is missing: `make test` installs Debian's prometheus package"
     processes: list[subprocess.Popen[bytes]] = []
 
-    def spawn(targets: list[str], rule_files: tuple[Path, ...]) -> PrometheusServer:
+    def spawn(targets: list[str], rule_files: tuple[Path, ...], labels: dict[str, dict[str, str]]) -> PrometheusServer:
         root = tmp_path / f"prometheus-{len(processes)}"
         root.mkdir()
         # JSON is YAML: no YAML library needed to write the config.
@@ -113,7 +114,12 @@ def prometheus(tmp_path: Path) -> Iterator[PrometheusFactory]:
                 "evaluation_interval": f"{SCRAPE_INTERVAL:g}s",
             },
             "rule_files": [str(path) for path in rule_files],
-            "scrape_configs": [{"job_name": "gateway", "static_configs": [{"targets": targets}]}],
+            "scrape_configs": [
+                {
+                    "job_name": "gateway",
+                    "static_configs": [{"targets": [target], "labels": labels.get(target, {})} for target in targets],
+                }
+            ],
         }
         (root / "prometheus.yml").write_text(json.dumps(config))
         port = free_port()
@@ -135,8 +141,10 @@ def prometheus(tmp_path: Path) -> Iterator[PrometheusFactory]:
         processes.append(process)
         return PrometheusServer(f"http://127.0.0.1:{port}", process, log_path)
 
-    async def start(targets: list[str], rule_files: tuple[Path, ...] = ()) -> PrometheusServer:
-        server = spawn(targets, rule_files)
+    async def start(
+        targets: list[str], rule_files: tuple[Path, ...] = (), labels: dict[str, dict[str, str]] | None = None
+    ) -> PrometheusServer:
+        server = spawn(targets, rule_files, labels or {})
         await server.wait_ready()
         return server
 
