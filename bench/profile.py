@@ -1,6 +1,7 @@
 """A py-spy profile of the gateway process under one load: where its CPU goes.
 
     python -m bench.profile polls|fanout [--seconds 8] [--loop asyncio|uvloop] [--top 25]
+                            [--server gateway|minimal] [--native] [--raw FILE]
 
 Starts the fake upstream and the gateway (or the minimal gateway) as `python -m bench` does,
 samples it with `py-spy record` (from the `bench` extra) while the load runs, and prints the
