@@ -12,6 +12,7 @@ leases: `start` a run, `runs_here` for a session, `fail_unfinished` for an orpha
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import random
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from gateway.tasks import Tasks
 from gateway.upstream.answers import AnswerCaps, CallFailure, map_answer, parse_answer
 from gateway.upstream.client import Caller, Upstream
 from gateway.upstream.mapping import MappingError, map_calls, map_disps, map_visits
+from gateway.upstream.slots import Gate
 
 log = structlog.get_logger("gateway.fanout")
 
@@ -39,7 +41,7 @@ GROUP = "fanout"
 WRITE_RETRY_FIRST = 0.05
 WRITE_RETRY_MAX = 1.0
 # The mapper of each per-LPU method, in the contract's order (visits, calls, disps).
-MAPPERS = dict(zip(LPU_METHODS, (map_visits, map_calls, map_disps), strict=True))
+MAPPERS = (map_visits, map_calls, map_disps)
 
 
 def dumps_kept(value: Any) -> bytes:
@@ -55,6 +57,22 @@ class LpuFailed(Exception):
         self.reason = reason
         self.detail = detail
         self.duration = duration  # of the failed call, retries included
+
+
+class _Lpu:
+    """One LPU of a run while its three calls are in flight: what they share, made once per LPU,
+    so that a call's own bookkeeping allocates nothing. The last call to answer builds and
+    writes the entry; the first to fail fails the LPU and cancels the other two."""
+
+    __slots__ = ("answers", "calls", "done", "index", "left", "started")
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.started = time.perf_counter()
+        self.answers: list[bytes] = [b""] * len(LPU_METHODS)  # in LPU_METHODS' order
+        self.calls: list[asyncio.Task[None]] = []
+        self.left = len(LPU_METHODS)
+        self.done = False  # its terminal entry is being written: nothing more of it counts
 
 
 class Run:
@@ -74,9 +92,22 @@ class Run:
         self.targets: list[str] = []
         self.failed = False  # an LPU of this run was written Failed
         self.task: asyncio.Task[None] | None = None  # None once the run has ended (or had nothing to run)
-        self.calls = asyncio.Semaphore(calls_in_flight)
+        self.calls = Gate(calls_in_flight)
         self.entry_bytes = sum(len(entry) for entry in session.results.values())
+        # The run's call tasks not yet ended, and `idle` set when the last one does; `error`
+        # the first exception a call task could not handle (it ends the run).
+        self.in_flight = 0
+        self.idle = asyncio.Event()
+        self.lpus: list[_Lpu] = []
+        self.error: BaseException | None = None
         self._leases = leases
+
+    def call_ended(self, _: asyncio.Task[None]) -> None:
+        """A call task's done callback: a task cancelled before its first step never runs its
+        body, so only this sees every one end."""
+        self.in_flight -= 1
+        if not self.in_flight:
+            self.idle.set()
 
     @property
     def guid(self) -> str:
@@ -100,6 +131,7 @@ class Run:
         self._leases.drop(self.session.guid, self.task, self.targets)
         self.task = None
         self.targets = []
+        self.lpus = []  # their answers and tasks: the reuse window may keep the run a while
 
 
 class Fanout:
@@ -180,22 +212,39 @@ class Fanout:
             backoff = min(backoff * 2, WRITE_RETRY_MAX)
 
     async def _run(self, run: Run) -> None:
+        """Three tasks per LPU, one per call, and no task or task group of the LPU's own: the
+        calls keep their LPU's bookkeeping (`_Lpu`), and the run waits for its last call task."""
         session = run.session
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (session.deadline - time.time())
         self._metrics.sessions_in_flight.inc()
+        # One bound method and one context for every call task's done callback (a callback
+        # added without a context gets a copy of the current one, each time).
+        ended, context = run.call_ended, contextvars.copy_context()
+        for index in run.indices:
+            lpu = _Lpu(index)
+            run.lpus.append(lpu)
+            for position in range(len(LPU_METHODS)):
+                task = loop.create_task(self._call(run, lpu, position))
+                task.add_done_callback(ended, context=context)
+                lpu.calls.append(task)
+        run.in_flight = len(run.indices) * len(LPU_METHODS)
         try:
             try:
                 async with asyncio.timeout_at(deadline):
-                    async with asyncio.TaskGroup() as group:
-                        for index in run.indices:
-                            group.create_task(self._lpu(run, index))
+                    await run.idle.wait()
+                if run.error is not None:
+                    raise run.error
             except TimeoutError:
                 self._metrics.sessions_deadline.inc()
+                await self._end_calls(run)
                 waited = time.time() - session.created_at
                 for index in sorted(run.pending):
                     await self._write_failed(run, index, LpuFailed("session", "deadline", "", waited))
-        except* StoreUnavailable:
+            finally:
+                # Cancelled (the app closes) or failed: no call task outlives its run.
+                await self._end_calls(run)
+        except StoreUnavailable:
             # Only once the deadline has passed (writes are retried until then): the unwritten
             # LPUs read as Failed.
             log.warning("fanout_store_unavailable", session=session.guid, unfinished=len(run.pending))
@@ -204,23 +253,50 @@ class Fanout:
             run.ended()
         self._metrics.session_complete.observe(time.time() - session.created_at)
 
-    async def _lpu(self, run: Run, index: int) -> None:
-        session = run.session
-        lpu_guid = session.lpu_guids[index]
-        started = time.perf_counter()
-        try:
-            # The first failed call fails the LPU and cancels its two siblings.
-            async with asyncio.TaskGroup() as group:
-                calls = [group.create_task(self._fetch(method, lpu_guid, run)) for method in LPU_METHODS]
-            visits, lpu_calls, disps = (task.result() for task in calls)
-            entry = entry_bytes(COMPLETE, session.lpus[index], visits, lpu_calls, disps)
-            self._check_size(entry, run, time.perf_counter() - started)
-        except ExceptionGroup as group_error:
-            first = group_error.exceptions[0]
-            if not isinstance(first, LpuFailed):
-                raise
-            await self._fail(run, index, first)
+    @staticmethod
+    async def _end_calls(run: Run) -> None:
+        """Cancels the run's call tasks still running and waits until every one has ended."""
+        if run.idle.is_set():
             return
+        for lpu in run.lpus:
+            for task in lpu.calls:
+                task.cancel()
+        await run.idle.wait()
+
+    async def _call(self, run: Run, lpu: _Lpu, position: int) -> None:
+        """One of an LPU's three calls, in its own task; the last to answer writes the LPU's
+        Complete entry, the first to fail writes it Failed. Ends without raising (or cancelled):
+        what it could not handle becomes the run's `error` and ends the run."""
+        try:
+            answer = await self._fetch(run, lpu, position)
+            if answer is not None:
+                lpu.answers[position] = answer
+                lpu.left -= 1
+                if not lpu.left:
+                    await self._complete(run, lpu)
+        except LpuFailed as failure:
+            if not lpu.done:
+                lpu.done = True
+                for other, task in enumerate(lpu.calls):
+                    if other != position:
+                        task.cancel()
+                await self._fail(run, lpu.index, failure)
+        except Exception as exc:  # a store fault past the deadline, or a bug: the run's to raise
+            if run.error is None:
+                run.error = exc
+                this = lpu.calls[position]
+                for each in run.lpus:
+                    for task in each.calls:
+                        if task is not this:
+                            task.cancel()
+
+    async def _complete(self, run: Run, lpu: _Lpu) -> None:
+        lpu.done = True
+        session, index = run.session, lpu.index
+        try:
+            visits, calls, disps = lpu.answers
+            entry = entry_bytes(COMPLETE, session.lpus[index], visits, calls, disps)
+            self._check_size(entry, run, time.perf_counter() - lpu.started)
         except LpuFailed as failure:
             await self._fail(run, index, failure)
             return
@@ -252,12 +328,22 @@ class Fanout:
             raise LpuFailed("session", "too_large", "session bytes", duration)
         run.entry_bytes += len(entry)
 
-    async def _fetch(self, method: str, lpu_guid: str, run: Run) -> bytes:
+    async def _fetch(self, run: Run, lpu: _Lpu, position: int) -> bytes | None:
+        """The mapped JSON of one call's answer, LpuFailed, or None when the LPU was already
+        done (failed by a sibling) by the time it came."""
+        method = LPU_METHODS[position]
+        lpu_guid = run.session.lpu_guids[lpu.index]
         started = time.perf_counter()
         try:
-            async with run.calls:
+            if not run.calls.take():
+                await run.calls.wait()
+            try:
                 body = await self._upstream.for_lpu(method, lpu_guid, run.caller)
-            return await map_answer(parse_answer(body, self._caps), MAPPERS[method], self._caps)
+            finally:
+                run.calls.release()
+            if lpu.done:
+                return None
+            return await map_answer(parse_answer(body, self._caps), MAPPERS[position], self._caps)
         except CallFailure as failure:
             detail = f"status {failure.status}" if failure.status else failure.detail
             raise LpuFailed(method, failure.reason, detail, time.perf_counter() - started) from None

@@ -6,16 +6,17 @@ closed: calls go through; `failures` consecutive failures (timeouts, connection 
 the circuit. open: calls fail at once for `cooldown` seconds. Then one probe call is let through
 (half-open): a success closes the circuit, a failure opens it for another `cooldown`.
 Only targets with recent failures hold state, in an LRU of `max_keys`: a forgotten target is
-simply closed again.
+simply closed again. The LRU is an OrderedDict (C code) rather than cachetools' (Python): every
+upstream call asks it twice, and nearly always finds nothing.
 """
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 
 import structlog
-from cachetools import LRUCache
 
 log = structlog.get_logger("gateway.breaker")
 
@@ -36,10 +37,17 @@ class Breakers:
         self._threshold = failures
         self._cooldown = cooldown
         self._clock = clock
-        self._circuits: LRUCache[str, _Circuit] = LRUCache(max_keys)
+        self._max_keys = max_keys
+        self._circuits: OrderedDict[str, _Circuit] = OrderedDict()
+
+    def _get(self, key: str) -> _Circuit | None:
+        circuit = self._circuits.get(key)
+        if circuit is not None:
+            self._circuits.move_to_end(key)
+        return circuit
 
     def state(self, key: str) -> str:
-        circuit = self._circuits.get(key)
+        circuit = self._get(key)
         if circuit is None or circuit.opened_at is None:
             return "closed"
         if circuit.probing or self._clock() - circuit.opened_at < self._cooldown:
@@ -60,7 +68,7 @@ class Breakers:
     def record(self, key: str, ok: bool | None) -> None:
         """The outcome of an allowed call: True (the target answered), False (it failed in a way
         that counts), None (the call was cancelled: it proves nothing either way)."""
-        circuit = self._circuits.get(key)
+        circuit = self._get(key)
         if ok is None:
             if circuit is not None:
                 circuit.probing = False
@@ -73,6 +81,8 @@ class Breakers:
             return
         if circuit is None:
             circuit = self._circuits[key] = _Circuit()
+            if len(self._circuits) > self._max_keys:
+                self._circuits.popitem(last=False)
         circuit.failures += 1
         was_probing, circuit.probing = circuit.probing, False
         if was_probing or (circuit.opened_at is None and circuit.failures >= self._threshold):

@@ -22,7 +22,7 @@ from gateway.observability.trace import TraceContext
 from gateway.outbound import BodyRefused, client_session, read_capped
 from gateway.upstream.answers import CallFailure, parse_capped
 from gateway.upstream.breaker import Breakers
-from gateway.upstream.slots import LpuSlots, NoSlot
+from gateway.upstream.slots import Gate, LpuSlots, NoSlot
 
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
 
@@ -82,6 +82,12 @@ def breaks_circuit(failure: CallFailure) -> bool:
     return failure.reason in ("timeout", "connection")
 
 
+def counts_for_target(failure: CallFailure) -> bool | None:
+    """A failed call's outcome for its target's circuit (Breakers.record): None when the call
+    waited for our own slot or connection, which says nothing about the target."""
+    return None if failure.reason in ("limited", "pool_wait") else not breaks_circuit(failure)
+
+
 def new_client_session(
     config: UpstreamConfig, trace_configs: list[aiohttp.TraceConfig] | None = None
 ) -> aiohttp.ClientSession:
@@ -109,7 +115,7 @@ class Upstream:
         self._slots = LpuSlots(limits.upstream_per_lpu, metrics) if limits else None
         # The wait for a pooled connection, bounded on its own: a call that never got one fails
         # `pool_wait` after `upstream.pool_wait`, and the call timeout starts only once it has.
-        self._pool = asyncio.Semaphore(config.max_connections)
+        self._pool = Gate(config.max_connections)
         self._budget = RetryBudget(config.retry_budget_ratio, config.retry_budget_floor)
         base = config.url.rstrip("/")
         # Each method's path is the config key `upstream.<method>_path`.
@@ -132,41 +138,56 @@ class Upstream:
 
     async def for_lpu(self, method: str, lpu_guid: str, caller: Caller) -> bytes:
         """The decoded body of one LPU's answer (parsing and mapping it is the caller's: see
-        gateway/upstream/answers.py)."""
+        gateway/upstream/answers.py). The circuit check, the LPU's slot and the call in one
+        frame: this is the path of every per-LPU call."""
         # The URL is written out, encoded once: yarl's query handling costs more than the rest
         # of building a call.
         url = URL(f"{self._url_text[method]}?{self._lpu_param}={quote(lpu_guid, safe='')}", encoded=True)
+        breakers, slots = self._breakers, self._slots
+        if breakers is None or slots is None:
+            return await self.get_body(method, caller, url)
         # A circuit per LPU and method: after the cooldown each of the three calls has its own
         # probe, so the probe is one whole LPU fetch, which can complete the LPU.
         target = f"{lpu_guid}/{method}"
-        return await self._guarded(target, lambda: self._in_slot(lpu_guid, method, caller, url))
+        self._allow(breakers, target)
+        ok: bool | None = None
+        try:
+            if not slots.take(lpu_guid):
+                try:
+                    await slots.wait(lpu_guid, self._config.call_timeout)
+                except NoSlot:
+                    raise CallFailure("limited") from None
+            try:
+                body = await self.get_body(method, caller, url)
+            finally:
+                slots.release(lpu_guid)
+            ok = True
+            return body
+        except CallFailure as failure:
+            ok = counts_for_target(failure)
+            raise
+        finally:
+            breakers.record(target, ok)
+
+    def _allow(self, breakers: Breakers, target: str) -> None:
+        if not breakers.allow(target):
+            self._metrics.circuit_open.inc()
+            raise CallFailure("circuit_open")
 
     async def _guarded(self, target: str, call: Callable[[], Awaitable[Any]]) -> Any:
         if self._breakers is None:
             return await call()
-        if not self._breakers.allow(target):
-            self._metrics.circuit_open.inc()
-            raise CallFailure("circuit_open")
+        self._allow(self._breakers, target)
         ok: bool | None = None
         try:
             result = await call()
             ok = True
             return result
         except CallFailure as failure:
-            # Waiting for our own slot or connection says nothing about the target.
-            ok = None if failure.reason in ("limited", "pool_wait") else not breaks_circuit(failure)
+            ok = counts_for_target(failure)
             raise
         finally:
             self._breakers.record(target, ok)
-
-    async def _in_slot(self, lpu_guid: str, method: str, caller: Caller, url: URL) -> bytes:
-        if self._slots is None:
-            return await self.get_body(method, caller, url)
-        try:
-            async with self._slots.hold(lpu_guid, self._config.call_timeout):
-                return await self.get_body(method, caller, url)
-        except NoSlot:
-            raise CallFailure("limited") from None
 
     async def get_body(self, method: str, caller: Caller, url: URL | None = None) -> bytes:
         """The decoded body of a 200 answer, or CallFailure. Retries connect errors and
@@ -193,13 +214,10 @@ class Upstream:
             return result
 
     async def _attempt(self, method: str, caller: Caller, url: URL) -> bytes:
-        if not self._pool.locked():
-            await self._pool.acquire()  # a free place is taken at once: no timer on the common path
-        else:
+        if not self._pool.take():  # a free place is taken at once: no timer on the common path
             self._metrics.upstream_pool_waits.inc()
             try:
-                async with asyncio.timeout(self._config.pool_wait):
-                    await self._pool.acquire()
+                await self._pool.wait(self._config.pool_wait)
             except TimeoutError:
                 self._metrics.rejected.labels("upstream_pool").inc()
                 raise CallFailure("pool_wait", detail="no pooled connection within upstream.pool_wait") from None
