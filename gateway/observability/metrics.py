@@ -27,6 +27,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from gateway import __version__
 from gateway.contract import LPU_FAILURE_REASONS, OLD_ROUTES, SIDES, UPSTREAM_METHODS
 from gateway.observability.cgroup import MemoryLimitCollector
+from gateway.observability.counts import Counts
 
 # Buckets sit on the time-to-complete SLO thresholds (seconds) so p50/p95/p99 are readable there.
 SESSION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 10.0, 15.0, 20.0, 30.0, 60.0)
@@ -433,9 +434,8 @@ class Metrics:
         # Run before each scrape: counts kept in process fold into the instruments first
         # (gateway/observability/tally.py), so what a scrape shows is exact.
         self.before_scrape: list[Callable[[], None]] = []
-        # Increments made per request, as plain dict counts until the next fold (`count`).
-        self._counts: dict[Any, int] = {}
-        self.before_scrape.append(self.fold_counts)
+        self.counts = Counts(at_once=self.multiprocess_dir is not None)  # per-request increments
+        self.before_scrape.append(self.counts.fold)
         # The process's memory, CPU and file descriptors (process_*) and the interpreter's version
         # and collections (python_*), on this registry rather than the library's global one: what a
         # pod's memory limit is watched with. Each reads the process when scraped. With several
@@ -461,21 +461,6 @@ class Metrics:
         merged = CollectorRegistry()
         MultiProcessCollector(merged, self.multiprocess_dir)
         return merged
-
-    def count(self, counter: Any) -> None:
-        """One increment of `counter` (a counter without labels, or a `child`), kept as a dict
-        count until the next fold: a prometheus increment takes a lock, and the request path
-        makes several. Folded before every scrape and with the tally's once a second; at once
-        under `--workers`, where a scrape reads the files and folds only its own worker."""
-        counts = self._counts
-        counts[counter] = counts.get(counter, 0) + 1
-        if self.multiprocess_dir is not None:
-            self.fold_counts()
-
-    def fold_counts(self) -> None:
-        counts, self._counts = self._counts, {}
-        for counter, n in counts.items():
-            counter.inc(n)
 
     def child(self, metric: Any, *labels: str) -> Any:
         """`metric.labels(*labels)`, looked up once: labels() costs more than the observation

@@ -75,7 +75,7 @@ class Tally:
         last_seen, self._last_seen = self._last_seen, {}
         for cohort, when in last_seen.items():
             metrics.child(metrics.client_last_seen, cohort).set(when)
-        metrics.fold_counts()
+        metrics.counts.fold()
 
     async def tick(self) -> None:
         self.fold()

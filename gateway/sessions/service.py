@@ -273,7 +273,7 @@ class SessionService:
         # finished copy's is older, and harmless: nothing in it depends on the clock).
         now = session.read_at
         final = session.is_final(now)
-        self._metrics.count(self._metrics.child(self._metrics.polls, "true" if final else "false"))
+        self._metrics.counts.add(self._metrics.child(self._metrics.polls, "true" if final else "false"))
         guid = session.guid
         if not final:
             polls = self._polls

@@ -122,9 +122,9 @@ class MemoryStore:
             # One lookup (`get` is a second): the cache's expiry check is Python code.
             session = self._cache[guid]
         except KeyError:
-            self._metrics.count(self._metrics.store_misses)
+            self._metrics.counts.add(self._metrics.store_misses)
             return None
-        self._metrics.count(self._metrics.store_hits)
+        self._metrics.counts.add(self._metrics.store_hits)
         session.orphaned = guid not in self._leases
         session.read_at = time.time()
         return session

@@ -321,9 +321,9 @@ class RedisStore:
 
     def _loaded(self, guid: str, raw: dict[bytes, bytes], leased: int, read_at: float) -> Session | None:
         if not raw:
-            self._metrics.count(self._metrics.store_misses)
+            self._metrics.counts.add(self._metrics.store_misses)
             return None
-        self._metrics.count(self._metrics.store_hits)
+        self._metrics.counts.add(self._metrics.store_hits)
         return _decode(guid, raw, orphaned=not leased, read_at=read_at)
 
     async def read_poll(self, guid: str, binding: str | None) -> PollRead:
@@ -347,9 +347,9 @@ class RedisStore:
         read_at = int(seconds) + int(micros) / 1_000_000
         retry_after = _seconds(over_ms) if over_ms else None
         if not exists or (fixed is None and not raw):
-            self._metrics.count(self._metrics.store_misses)
+            self._metrics.counts.add(self._metrics.store_misses)
             return PollRead(None, counted=True, retry_after=retry_after)
-        self._metrics.count(self._metrics.store_hits)
+        self._metrics.counts.add(self._metrics.store_hits)
         if fixed is None:
             session = _decode(guid, raw, orphaned=not leased, read_at=read_at)
             self._remember(session)
